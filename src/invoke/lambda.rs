@@ -1,0 +1,1 @@
+//! [`Invoke`](super::Invoke) on aws-sdk-lambda.

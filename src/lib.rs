@@ -19,3 +19,8 @@ pub mod event;
 pub mod filter;
 pub mod invoke;
 pub mod kafka;
+pub mod batch;
+pub mod commit;
+pub mod outcome;
+pub mod metrics;
+pub mod relay;

@@ -37,8 +37,10 @@
 //! holding an object or an empty array does not exist for it. `anything-but` needs the field to be present,
 //! and matches any value of another type than the excluded ones.
 //!
-//! Deliberate differences: numbers compare as `f64` (exact for integers up to 2^53), without EventBridge's
-//! ±5e9 limit, so `timestamp` and `offset` ranges work.
+//! Deliberate differences from EventBridge, all accepting more, none matching differently within its
+//! limits: numbers compare as `f64` (exact for integers up to 2^53), without its ±5e9 range and 6-decimal
+//! limit, so `timestamp` and `offset` ranges work; `cidr` accepts `/32` and `/128`. The one stricter rule is
+//! the record-field check above.
 
 use std::cell::OnceCell;
 use std::net::IpAddr;

@@ -314,6 +314,27 @@ async fn function_info_returns_the_registered_arn_and_timeout() -> TestResult {
 }
 
 #[tokio::test]
+async fn function_info_rounds_a_fractional_timeout_up_to_whole_seconds() -> TestResult {
+    let server = LocalLambda::start().await?;
+    server.register("target", Duration::from_millis(1500), echo_success());
+    let info = invoker_for(&server.endpoint()).await.function_info(&function_arn("target")).await?;
+    assert_eq!(info.timeout, Duration::from_secs(2));
+    Ok(())
+}
+
+#[tokio::test]
+async fn registering_again_replaces_the_handler_and_keeps_the_record() -> TestResult {
+    let (server, invoker) = serving("target", Reply::throttled()).await?;
+    invoker.invoke("target", b"1".to_vec(), INVOKE_TIMEOUT).await;
+    server.register("target", TIMEOUT, always(Reply::success("fixed")));
+    let result = invoker.invoke("target", b"2".to_vec(), INVOKE_TIMEOUT).await;
+    assert!(matches!(&result, InvokeResult::Completed { payload, .. } if payload == b"fixed"), "{result:?}");
+    let seqs_and_payloads: Vec<_> = server.invocations("target").into_iter().map(|i| (i.seq, i.payload)).collect();
+    assert_eq!(seqs_and_payloads, vec![(0, b"1".to_vec()), (1, b"2".to_vec())]);
+    Ok(())
+}
+
+#[tokio::test]
 async fn function_info_of_an_unknown_function_is_not_valid() -> TestResult {
     let server = LocalLambda::start().await?;
     let result = invoker_for(&server.endpoint()).await.function_info("missing").await;

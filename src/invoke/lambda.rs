@@ -286,6 +286,22 @@ mod tests {
     }
 
     #[test]
+    fn invoke_config_makes_one_attempt_within_the_timeout_and_keeps_the_connect_timeout() {
+        let client_config = aws_sdk_lambda::Config::builder()
+            .behavior_version(aws_sdk_lambda::config::BehaviorVersion::latest())
+            .timeout_config(TimeoutConfig::builder().connect_timeout(Duration::from_secs(3)).build())
+            .build();
+        let invoker = LambdaInvoker::from_client(aws_sdk_lambda::Client::from_conf(client_config));
+
+        let config = invoker.invoke_config(Duration::from_secs(61)).build();
+
+        let timeouts = config.timeout_config().cloned();
+        assert_eq!(timeouts.as_ref().and_then(TimeoutConfig::operation_timeout), Some(Duration::from_secs(61)));
+        assert_eq!(timeouts.as_ref().and_then(TimeoutConfig::connect_timeout), Some(Duration::from_secs(3)));
+        assert_eq!(config.retry_config().map(RetryConfig::max_attempts), Some(1));
+    }
+
+    #[test]
     fn only_rejected_lookups_mean_the_function_is_not_valid() {
         assert_eq!(
             lookup_error(rejected("ResourceNotFoundException", "gone")),

@@ -232,8 +232,8 @@ impl Shared {
 
 /// The Lambda Invoke API on `127.0.0.1:PORT`, serving the functions registered on it.
 ///
-/// Dropping it stops the server: new connections are refused at once, in-flight invocations are answered
-/// with 503 and the server task ends within a short grace period.
+/// Dropping it (or [`LocalLambda::shutdown`]) stops the server: it stops accepting connections, answers
+/// in-flight invocations with 503 `ServiceException`, and its task ends within a short grace period.
 pub struct LocalLambda {
     address: SocketAddr,
     shared: Arc<Shared>,
@@ -271,12 +271,13 @@ impl LocalLambda {
         self.shared.registry().functions.insert(name.into(), Function { timeout, handler });
     }
 
-    /// Every invocation function `name` received so far, in order.
+    /// Every invocation that reached function `name` so far, in order (not the requests Lambda itself
+    /// refuses: payload over 6 MB or not JSON), including those still running or cut off by a timeout.
     pub fn invocations(&self, name: &str) -> Vec<Invocation> {
         self.shared.registry().invocations.get(name).cloned().unwrap_or_default()
     }
 
-    /// How many invocations function `name` received so far.
+    /// How many invocations reached function `name` so far (see [`LocalLambda::invocations`]).
     pub fn invocation_count(&self, name: &str) -> usize {
         self.shared.registry().invocations.get(name).map_or(0, Vec::len)
     }

@@ -1258,25 +1258,4 @@ mod tests {
         Ok(())
     }
 }
-
-/// The filters of one mapping (OR-ed). Placeholder until pattern matching lands: no criteria pass all.
-#[derive(Debug, Clone, Default)]
-pub struct Filters {
-    patterns: Vec<Pattern>,
-}
-
-impl Filters {
-    /// Filters from the mapping's criteria.
-    pub fn new(criteria: Option<&crate::config::FilterCriteria>) -> Result<Self, PatternError> {
-        let patterns = criteria
-            .map(|c| c.filters.iter().map(|f| Pattern::parse(&f.pattern)).collect::<Result<Vec<_>, _>>())
-            .transpose()?
-            .unwrap_or_default();
-        Ok(Self { patterns })
-    }
-
-    /// Whether `record` should be delivered.
-    pub fn matches(&self, _record: &crate::kafka::Record) -> bool {
-        self.patterns.is_empty()
-    }
 }

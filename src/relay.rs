@@ -444,7 +444,7 @@ impl<'a> MappingRun<'a> {
             match event {
                 GroupEvent::Assigned(partitions) => {
                     for assigned in partitions {
-                        tracing::info!(mapping = %self.job_context.mapping_uuid, partition = %assigned.key, committed = ?assigned.committed, "partition assigned");
+                        tracing::debug!(mapping = %self.job_context.mapping_uuid, partition = %assigned.key, committed = ?assigned.committed, "partition assigned");
                         let state = PartitionState {
                             tracker: OffsetTracker::new(assigned.committed),
                             retry: assigned.retry,
@@ -456,7 +456,7 @@ impl<'a> MappingRun<'a> {
                 }
                 GroupEvent::Revoked(keys) => {
                     for key in keys {
-                        tracing::info!(mapping = %self.job_context.mapping_uuid, partition = %key, "partition revoked");
+                        tracing::debug!(mapping = %self.job_context.mapping_uuid, partition = %key, "partition revoked");
                         // Jobs still holding records of this partition finish, but their acknowledgements are
                         // ignored: the new owner redelivers from the committed offset.
                         self.partitions.remove(&key);
@@ -469,6 +469,8 @@ impl<'a> MappingRun<'a> {
     }
 
     fn accept(&mut self, record: Record) {
+        // The poll that returned this record may also have assigned its partition.
+        self.apply_group_events();
         let cap = self.queue_cap();
         let key = record.key_partition.clone();
         let Some(state) = self.partitions.get_mut(&key) else { return };
@@ -616,9 +618,10 @@ impl<'a> MappingRun<'a> {
                 for element in position.elements() {
                     let key = PartitionKey::new(element.topic(), element.partition());
                     let (Some(state), rdkafka::Offset::Offset(next)) = (self.partitions.get(&key), element.offset()) else { continue };
-                    // Every record returned to the relay is in the tracker; with none outstanding, the
-                    // position is safe to commit.
-                    if state.tracker.outstanding() == 0 && state.tracker.committable().is_none_or(|c| next > c) {
+                    // Only for partitions that returned no record and had no committed offset (a LATEST or
+                    // AT_TIMESTAMP start): the group then remembers where this run started. Partitions with
+                    // records are committed from the tracker alone.
+                    if state.tracker.committable().is_none() {
                         offsets.insert(key, (next, String::new()));
                     }
                 }

@@ -183,6 +183,10 @@ impl ClientContext for RelayContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(error, KafkaError::PartitionEOF(_)) || matches!(error, KafkaError::Global(rdkafka::error::RDKafkaErrorCode::PartitionEOF)) {
+            // Reaching the end of a partition is how idleness is noticed, not an error.
+            return;
+        }
         tracing::warn!(target: "librdkafka", error_code = "KAFKA_CLIENT_ERROR", %error, reason);
         let mut errors = self.errors.lock().expect("errors lock");
         if errors.len() >= 32 {

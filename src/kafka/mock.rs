@@ -44,9 +44,24 @@ impl MockKafka {
         cluster.create_topic(topic, partitions, 1)
     }
 
-    /// Produces one record and returns once it is acknowledged.
+    /// Queues one record for `partition` (call [`MockKafka::flush`] to wait for acknowledgements).
     pub fn produce(&self, topic: &str, partition: i32, key: Option<&[u8]>, value: Option<&[u8]>) -> KafkaResult<()> {
+        self.produce_at(topic, partition, key, value, None)
+    }
+
+    /// Like [`MockKafka::produce`], with an explicit create time (Unix milliseconds).
+    pub fn produce_at(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        timestamp_ms: Option<i64>,
+    ) -> KafkaResult<()> {
         let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).partition(partition);
+        if let Some(timestamp) = timestamp_ms {
+            record = record.timestamp(timestamp);
+        }
         if let Some(key) = key {
             record = record.key(key);
         }

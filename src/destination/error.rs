@@ -59,11 +59,18 @@ impl AwsError {
                 ctx.err().message().map(str::to_string),
                 Some(ctx.raw().status().as_u16()),
             ),
-            SdkError::ResponseError(ctx) => {
-                (AwsErrorKind::Response, None, Some(DisplayErrorContext(&err).to_string()), Some(ctx.raw().status().as_u16()))
+            SdkError::ResponseError(ctx) => (
+                AwsErrorKind::Response,
+                None,
+                Some(DisplayErrorContext(&err).to_string()),
+                Some(ctx.raw().status().as_u16()),
+            ),
+            SdkError::DispatchFailure(_) => {
+                (AwsErrorKind::Dispatch, None, Some(DisplayErrorContext(&err).to_string()), None)
             }
-            SdkError::DispatchFailure(_) => (AwsErrorKind::Dispatch, None, Some(DisplayErrorContext(&err).to_string()), None),
-            SdkError::TimeoutError(_) => (AwsErrorKind::Timeout, None, Some(DisplayErrorContext(&err).to_string()), None),
+            SdkError::TimeoutError(_) => {
+                (AwsErrorKind::Timeout, None, Some(DisplayErrorContext(&err).to_string()), None)
+            }
             _ => (AwsErrorKind::Construction, None, Some(DisplayErrorContext(&err).to_string()), None),
         };
         Self { kind, code, message, status, source: Some(Box::new(err)) }

@@ -327,10 +327,9 @@ impl OnFailureDestination {
                     .min()
                     .unwrap_or(first.offset);
                 let key = object_key(given_up.mapping_uuid, &first.key_partition, first_offset, now, request_id);
-                client
-                    .put_object(bucket, &key, record.to_json().into_bytes())
-                    .await
-                    .map_err(|source| DestinationError::PutObject { bucket: bucket.clone(), key: key.clone(), source })?;
+                client.put_object(bucket, &key, record.to_json().into_bytes()).await.map_err(|source| {
+                    DestinationError::PutObject { bucket: bucket.clone(), key: key.clone(), source }
+                })?;
                 Ok(SentRecord {
                     request_id: record.request_context.request_id,
                     location: SentTo::S3 { bucket: bucket.clone(), key },
@@ -367,9 +366,7 @@ pub fn object_key(
     let at = at.to_offset(time::UtcOffset::UTC);
     let day = at.format(time::macros::format_description!("[year]/[month]/[day]")).expect("years 0-9999 format");
     let stamp = at
-        .format(time::macros::format_description!(
-            "[year][month][day]T[hour][minute][second][subsecond digits:3]Z"
-        ))
+        .format(time::macros::format_description!("[year][month][day]T[hour][minute][second][subsecond digits:3]Z"))
         .expect("years 0-9999 format");
     format!("kafka-lambda-relay/{mapping_uuid}/{partition}/{day}/{stamp}-{first_offset:020}-{request_id}.json")
 }
@@ -582,17 +579,26 @@ mod tests {
         let records = records(1);
         let cases: Vec<(OnFailureDestination, &str, bool)> = vec![
             (
-                OnFailureDestination::with_sqs(SQS_ARN, Fake::failing(vec![AwsError::service("AWS.SimpleQueueService.NonExistentQueue", 400, "no queue")]))?,
+                OnFailureDestination::with_sqs(
+                    SQS_ARN,
+                    Fake::failing(vec![AwsError::service("AWS.SimpleQueueService.NonExistentQueue", 400, "no queue")]),
+                )?,
                 "AWS.SimpleQueueService.NonExistentQueue",
                 false,
             ),
             (
-                OnFailureDestination::with_sns(SNS_ARN, Fake::failing(vec![AwsError::service("KMSThrottling", 400, "slow down")]))?,
+                OnFailureDestination::with_sns(
+                    SNS_ARN,
+                    Fake::failing(vec![AwsError::service("KMSThrottling", 400, "slow down")]),
+                )?,
                 "KMSThrottling",
                 true,
             ),
             (
-                OnFailureDestination::with_s3(S3_ARN, Fake::failing(vec![AwsError::service("AccessDenied", 403, "Access Denied")]))?,
+                OnFailureDestination::with_s3(
+                    S3_ARN,
+                    Fake::failing(vec![AwsError::service("AccessDenied", 403, "Access Denied")]),
+                )?,
                 "AccessDenied",
                 false,
             ),
@@ -621,9 +627,18 @@ mod tests {
     #[test]
     fn constructors_refuse_arns_of_another_kind() {
         let fake = Arc::new(Fake::default());
-        assert!(matches!(OnFailureDestination::with_sqs(SNS_ARN, fake.clone()), Err(DestinationError::InvalidArn { .. })));
-        assert!(matches!(OnFailureDestination::with_s3(SQS_ARN, fake.clone()), Err(DestinationError::InvalidArn { .. })));
-        assert!(matches!(OnFailureDestination::with_sns("arn:aws:s3:::b", fake), Err(DestinationError::InvalidArn { .. })));
+        assert!(matches!(
+            OnFailureDestination::with_sqs(SNS_ARN, fake.clone()),
+            Err(DestinationError::InvalidArn { .. })
+        ));
+        assert!(matches!(
+            OnFailureDestination::with_s3(SQS_ARN, fake.clone()),
+            Err(DestinationError::InvalidArn { .. })
+        ));
+        assert!(matches!(
+            OnFailureDestination::with_sns("arn:aws:s3:::b", fake),
+            Err(DestinationError::InvalidArn { .. })
+        ));
     }
 
     #[tokio::test]
@@ -632,7 +647,8 @@ mod tests {
         assert_eq!(OnFailureDestination::new(SQS_ARN, &config)?.kind(), DestinationKind::Sqs);
         assert_eq!(OnFailureDestination::new(SNS_ARN, &config)?.kind(), DestinationKind::Sns);
         assert_eq!(OnFailureDestination::new(S3_ARN, &config)?.kind(), DestinationKind::S3);
-        let error = OnFailureDestination::new("arn:aws:dynamodb:eu-west-1:1:table/t", &config).expect_err("not a destination");
+        let error =
+            OnFailureDestination::new("arn:aws:dynamodb:eu-west-1:1:table/t", &config).expect_err("not a destination");
         assert_eq!(error.to_string(), "on-failure destination \"arn:aws:dynamodb:eu-west-1:1:table/t\" is not an SQS queue, SNS topic or S3 bucket ARN");
         Ok(())
     }
@@ -655,8 +671,21 @@ mod tests {
         let error = destination.send(&given_up(&records)).await.expect_err("nothing listens");
         assert_eq!(error.error_code(), "DispatchFailure");
         assert!(error.retryable());
-        assert!(error.to_string().starts_with(&format!("sns Publish to \"{SNS_ARN}\" failed: DispatchFailure")), "{error}");
+        assert!(
+            error.to_string().starts_with(&format!("sns Publish to \"{SNS_ARN}\" failed: DispatchFailure")),
+            "{error}"
+        );
         Ok(())
+    }
+
+    #[test]
+    fn s3_uses_path_style_only_when_the_endpoint_is_overridden() {
+        // AWS_ENDPOINT_URL_S3 is not set in the unit test environment; the global override is in the config.
+        assert_eq!(std::env::var_os("AWS_ENDPOINT_URL_S3"), None);
+        let plain = aws_config::SdkConfig::builder().build();
+        let overridden = aws_config::SdkConfig::builder().endpoint_url("http://localhost:4566").build();
+        assert!(!s3_endpoint_overridden(&plain));
+        assert!(s3_endpoint_overridden(&overridden));
     }
 
     fn key_at(time: &str, partition: i32, offset: i64) -> String {

@@ -280,7 +280,15 @@ mod tests {
     }
 
     fn record(topic: &str, partition: i32, offset: i64, timestamp_ms: i64) -> Record {
-        Record::new(PartitionKey::new(topic, partition), offset, timestamp_ms, TimestampType::CreateTime, None, Some(b"v".to_vec()), vec![])
+        Record::new(
+            PartitionKey::new(topic, partition),
+            offset,
+            timestamp_ms,
+            TimestampType::CreateTime,
+            None,
+            Some(b"v".to_vec()),
+            vec![],
+        )
     }
 
     /// The fixtures' batch: two partitions, first/last record each.
@@ -319,6 +327,11 @@ mod tests {
         time::macros::datetime!(2019-11-14 00:38:06.021 UTC)
     }
 
+    /// The record for `given_up`, written at the fixtures' time with a fresh request id.
+    fn build(given_up: &GivenUp<'_>, with_payload: bool) -> FailureRecord {
+        FailureRecord::new(given_up, uuid::Uuid::new_v4(), now(), with_payload)
+    }
+
     fn assert_generated_formats(ours: &Value) {
         let id = ours["requestContext"]["requestId"].as_str().expect("requestId is a string");
         let uuid = uuid::Uuid::parse_str(id).expect("requestId is a UUID");
@@ -326,7 +339,8 @@ mod tests {
         assert_eq!(id, uuid.hyphenated().to_string(), "lower-case hyphenated");
         let timestamp = ours["timestamp"].as_str().expect("timestamp is a string");
         assert_eq!(timestamp.len(), "2019-11-14T00:38:06.021Z".len());
-        let parsed = OffsetDateTime::parse(timestamp, &time::format_description::well_known::Rfc3339).expect("RFC 3339");
+        let parsed =
+            OffsetDateTime::parse(timestamp, &time::format_description::well_known::Rfc3339).expect("RFC 3339");
         assert_eq!(rfc3339_millis(parsed), timestamp, "UTC, milliseconds, Z");
     }
 
@@ -334,12 +348,7 @@ mod tests {
     fn retry_record_has_the_fixture_structure_and_values() -> Result<(), Box<dyn std::error::Error>> {
         let records = fixture_records();
         let payload = br#"{"eventSource":"aws:kafka"}"#;
-        let ours = serde_json::to_value(FailureRecord::new(
-            &given_up(&records, payload, Condition::RetryAttemptsExhausted),
-            uuid::Uuid::new_v4(),
-            now(),
-            false,
-        ))?;
+        let ours = serde_json::to_value(build(&given_up(&records, payload, Condition::RetryAttemptsExhausted), false))?;
         let fixture = fixture("failure-record-sqs-sns.json");
         assert_eq!(shape(&ours), shape(&fixture));
         assert_generated_formats(&ours);
@@ -355,8 +364,14 @@ mod tests {
         assert_eq!(info["recordsInfo"]["Topic-0"]["firstRecordOffset"], "15");
         assert_eq!(info["recordsInfo"]["Topic-0"]["lastRecordOffset"], "514");
         assert_eq!(info["recordsInfo"]["Topic-1"]["firstRecordOffset"], "7");
-        assert_eq!(info["recordsInfo"]["Topic-0"]["firstRecordTimestamp"], fixture["KafkaBatchInfo"]["recordsInfo"]["Topic-0"]["firstRecordTimestamp"]);
-        assert_eq!(info["recordsInfo"]["Topic-1"]["lastRecordTimestamp"], fixture["KafkaBatchInfo"]["recordsInfo"]["Topic-1"]["lastRecordTimestamp"]);
+        assert_eq!(
+            info["recordsInfo"]["Topic-0"]["firstRecordTimestamp"],
+            fixture["KafkaBatchInfo"]["recordsInfo"]["Topic-0"]["firstRecordTimestamp"]
+        );
+        assert_eq!(
+            info["recordsInfo"]["Topic-1"]["lastRecordTimestamp"],
+            fixture["KafkaBatchInfo"]["recordsInfo"]["Topic-1"]["lastRecordTimestamp"]
+        );
         Ok(())
     }
 
@@ -364,12 +379,7 @@ mod tests {
     fn s3_record_has_the_fixture_structure_and_carries_the_event_verbatim() -> Result<(), Box<dyn std::error::Error>> {
         let records = fixture_records();
         let payload = br#"{"eventSource":"aws:kafka","records":{"Topic-0":[]}}"#;
-        let ours = serde_json::to_value(FailureRecord::new(
-            &given_up(&records, payload, Condition::RetryAttemptsExhausted),
-            uuid::Uuid::new_v4(),
-            now(),
-            true,
-        ))?;
+        let ours = serde_json::to_value(build(&given_up(&records, payload, Condition::RetryAttemptsExhausted), true))?;
         assert_eq!(shape(&ours), shape(&fixture("failure-record-s3.json")));
         assert_eq!(ours["payload"].as_str().map(str::as_bytes), Some(&payload[..]));
         Ok(())
@@ -378,12 +388,8 @@ mod tests {
     #[test]
     fn oversized_record_has_the_fixture_structure_and_null_response() -> Result<(), Box<dyn std::error::Error>> {
         let records = fixture_records();
-        let ours = serde_json::to_value(FailureRecord::new(
-            &given_up(&records, b"{}", Condition::MaximumPayloadSizeExceeded),
-            uuid::Uuid::new_v4(),
-            now(),
-            false,
-        ))?;
+        let ours =
+            serde_json::to_value(build(&given_up(&records, b"{}", Condition::MaximumPayloadSizeExceeded), false))?;
         assert_eq!(shape(&ours), shape(&fixture("failure-record-payload-too-large.json")));
         assert_eq!(ours["responseContext"], Value::Null);
         assert_eq!(ours["requestContext"]["condition"], "MaximumPayloadSizeExceeded");
@@ -393,17 +399,24 @@ mod tests {
     #[test]
     fn field_order_is_aws_order() -> Result<(), Box<dyn std::error::Error>> {
         let records = fixture_records();
-        let json = FailureRecord::new(&given_up(&records, b"{}", Condition::RetryAttemptsExhausted), uuid::Uuid::new_v4(), now(), true)
-            .to_json();
-        let positions: Vec<usize> = ["\"requestContext\"", "\"responseContext\"", "\"version\"", "\"timestamp\"", "\"KafkaBatchInfo\"", "\"payload\""]
-            .iter()
-            .map(|k| json.find(k).expect("key present"))
-            .collect();
+        let json = build(&given_up(&records, b"{}", Condition::RetryAttemptsExhausted), true).to_json();
+        let positions: Vec<usize> = [
+            "\"requestContext\"",
+            "\"responseContext\"",
+            "\"version\"",
+            "\"timestamp\"",
+            "\"KafkaBatchInfo\"",
+            "\"payload\"",
+        ]
+        .iter()
+        .map(|k| json.find(k).expect("key present"))
+        .collect();
         assert!(positions.windows(2).all(|w| w[0] < w[1]), "top-level order: {json}");
-        let batch: Vec<usize> = ["\"batchSize\"", "\"eventSourceArn\"", "\"bootstrapServers\"", "\"payloadSize\"", "\"recordsInfo\""]
-            .iter()
-            .map(|k| json.find(k).expect("key present"))
-            .collect();
+        let batch: Vec<usize> =
+            ["\"batchSize\"", "\"eventSourceArn\"", "\"bootstrapServers\"", "\"payloadSize\"", "\"recordsInfo\""]
+                .iter()
+                .map(|k| json.find(k).expect("key present"))
+                .collect();
         assert!(batch.windows(2).all(|w| w[0] < w[1]), "KafkaBatchInfo order: {json}");
         Ok(())
     }
@@ -426,7 +439,7 @@ mod tests {
         let records = fixture_records();
         let mut given_up = given_up(&records, b"{}", Condition::RetryAttemptsExhausted);
         given_up.event_source_arn = None;
-        let ours = serde_json::to_value(FailureRecord::new(&given_up, uuid::Uuid::new_v4(), now(), false))?;
+        let ours = serde_json::to_value(build(&given_up, false))?;
         assert_eq!(ours["KafkaBatchInfo"].get("eventSourceArn"), None);
         Ok(())
     }
@@ -435,20 +448,17 @@ mod tests {
     fn response_without_function_error_omits_the_field() -> Result<(), Box<dyn std::error::Error>> {
         let records = fixture_records();
         let mut given_up = given_up(&records, b"{}", Condition::RetryAttemptsExhausted);
-        given_up.response = Some(ResponseContext { status_code: 200, executed_version: "7".into(), function_error: None });
-        let ours = serde_json::to_value(FailureRecord::new(&given_up, uuid::Uuid::new_v4(), now(), false))?;
+        given_up.response =
+            Some(ResponseContext { status_code: 200, executed_version: "7".into(), function_error: None });
+        let ours = serde_json::to_value(build(&given_up, false))?;
         assert_eq!(ours["responseContext"], serde_json::json!({"statusCode": 200, "executedVersion": "7"}));
         Ok(())
     }
 
     #[test]
     fn records_info_keeps_batch_partition_order_and_first_last_by_offset() {
-        let records = vec![
-            record("t", 10, 5, 1000),
-            record("t", 2, 3, 2000),
-            record("t", 10, 9, 3000),
-            record("t", 2, 1, 500),
-        ];
+        let records =
+            vec![record("t", 10, 5, 1000), record("t", 2, 3, 2000), record("t", 10, 9, 3000), record("t", 2, 1, 500)];
         let info = records_info(&records);
         let keys: Vec<&str> = info.0.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["t-10", "t-2"]);
@@ -475,16 +485,17 @@ mod tests {
     #[test]
     fn record_that_fits_is_not_reduced() {
         let records = many_partitions(3);
-        let record = FailureRecord::new(&given_up(&records, b"{}", Condition::RetryAttemptsExhausted), uuid::Uuid::new_v4(), now(), false);
+        let record = build(&given_up(&records, b"{}", Condition::RetryAttemptsExhausted), false);
         let encoded = record.encode_within(262_144).expect("fits");
         assert!(!encoded.truncated);
         assert_eq!(encoded.json, record.to_json());
     }
 
     #[test]
-    fn record_over_the_limit_keeps_as_many_leading_partitions_as_fit_and_says_so() -> Result<(), Box<dyn std::error::Error>> {
+    fn record_over_the_limit_keeps_as_many_leading_partitions_as_fit_and_says_so(
+    ) -> Result<(), Box<dyn std::error::Error>> {
         let records = many_partitions(5000);
-        let record = FailureRecord::new(&given_up(&records, b"{}", Condition::RetryAttemptsExhausted), uuid::Uuid::new_v4(), now(), false);
+        let record = build(&given_up(&records, b"{}", Condition::RetryAttemptsExhausted), false);
         let limit = 262_144;
         assert!(record.to_json().len() > limit, "the test needs a record over the limit");
         let encoded = record.encode_within(limit).expect("a reduced record fits");
@@ -506,7 +517,7 @@ mod tests {
     #[test]
     fn record_that_cannot_fit_at_all_is_refused() {
         let records = many_partitions(2);
-        let record = FailureRecord::new(&given_up(&records, b"{}", Condition::RetryAttemptsExhausted), uuid::Uuid::new_v4(), now(), false);
+        let record = build(&given_up(&records, b"{}", Condition::RetryAttemptsExhausted), false);
         assert_eq!(record.encode_within(100), None);
     }
 }

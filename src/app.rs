@@ -111,8 +111,10 @@ pub fn aws_services(sdk_config: &aws_config::SdkConfig) -> Services {
 }
 
 /// The on-failure destination of `arn` on the AWS SDK.
-fn destination_sink(arn: &str, _sdk: &aws_config::SdkConfig) -> Result<Arc<dyn crate::relay::FailureSink>, String> {
-    Err(format!("{arn}: destinations are not wired yet"))
+fn destination_sink(arn: &str, sdk: &aws_config::SdkConfig) -> Result<Arc<dyn crate::relay::FailureSink>, String> {
+    crate::destination::OnFailureDestination::new(arn, sdk)
+        .map(|d| Arc::new(d) as Arc<dyn crate::relay::FailureSink>)
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -54,6 +54,16 @@ pub struct SinkError {
     pub message: String,
 }
 
+#[async_trait::async_trait]
+impl FailureSink for crate::destination::OnFailureDestination {
+    async fn send(&self, given_up: &GivenUp<'_>) -> Result<String, SinkError> {
+        match crate::destination::OnFailureDestination::send(self, given_up).await {
+            Ok(sent) => Ok(format!("{:?}", sent.location)),
+            Err(error) => Err(SinkError { code: error.error_code().to_string(), message: error.to_string() }),
+        }
+    }
+}
+
 /// Kafka settings a mapping needs beyond the defaults (authentication, TLS), or why it cannot connect.
 #[async_trait::async_trait]
 pub trait Connector: Send + Sync {
@@ -653,7 +663,7 @@ impl<'a> MappingRun<'a> {
             .collect();
         drop(position);
         self.partitions.iter().all(|(key, state)| {
-            let Ok((_, high)) = self.consumer.fetch_watermarks(&key.topic, key.partition, Duration::from_secs(5)) else { return false };
+            let Some(high) = consumer::high_watermark(&self.consumer, key) else { return false };
             let at = positions.get(key).copied().flatten().or(state.tracker.committable());
             at.is_some_and(|at| at >= high) || high == 0
         })
@@ -665,7 +675,7 @@ impl<'a> MappingRun<'a> {
         let mut blocked_note = None;
         for (key, state) in &self.partitions {
             let committed_offset = committed.get(key).copied().or(state.tracker.committable());
-            let high = self.consumer.fetch_watermarks(&key.topic, key.partition, Duration::from_secs(5)).ok().map(|(_, h)| h);
+            let high = consumer::high_watermark(&self.consumer, key);
             let partition_lag = match (high, committed_offset) {
                 (Some(high), Some(c)) => Some((high - c).max(0)),
                 (Some(high), None) => Some(high),

@@ -261,3 +261,24 @@ pub fn commit(consumer: &RelayConsumer, offsets: &BTreeMap<PartitionKey, (i64, S
         other => other,
     }
 }
+
+/// The partition's high watermark as of the last fetch response (no network round trip), or a broker
+/// query when nothing has been fetched from it yet.
+pub fn high_watermark(consumer: &RelayConsumer, key: &PartitionKey) -> Option<i64> {
+    let topic = std::ffi::CString::new(key.topic.as_bytes()).ok()?;
+    let (mut low, mut high) = (0i64, 0i64);
+    // SAFETY: the handle is alive for the duration of the call and the out-pointers are valid.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            key.partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    if err == RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0 {
+        return Some(high);
+    }
+    consumer.fetch_watermarks(&key.topic, key.partition, GROUP_CALL_TIMEOUT).ok().map(|(_, high)| high)
+}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Real TLS/SASL/mTLS Kafka listeners for the auth end-to-end tests (tests/auth_listeners.rs).
 #
-#   scripts/auth-listeners.sh start   # idempotent: starts what is not running, prints the env file
+#   scripts/auth-listeners.sh start   # idempotent: no-op while all run, else (re)starts all; prints the env file
 #   scripts/auth-listeners.sh stop    # stops every process it started, by PID
 #   scripts/auth-listeners.sh env     # prints the path of the env file to `source`
 #
@@ -20,7 +20,8 @@
 # front-end shares it because its clients fail at the TLS handshake with the bootstrap server, before they
 # ever use the advertised address. The mTLS front-end has its own tansu (own SQLite file) advertising it.
 # Users are created with the SASL tansu started without --authentication on the same SQLite file; it is then
-# restarted with --authentication (tansu keeps SCRAM credentials in its storage).
+# restarted with --authentication (tansu keeps SCRAM credentials in its storage). Everything is new on each
+# start (PKI, passwords, SQLite files); start takes about 2 s. Needs tansu 0.6.0, stunnel4, openssl, python3.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -33,9 +34,12 @@ log() { printf 'auth-listeners: %s\n' "$*" >&2; }
 
 alive() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
-# free_port: a port the kernel just handed out on 127.0.0.1 (bound, then released).
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+# free_ports N: N distinct ports the kernel just handed out on 127.0.0.1 (bound together, then released).
+free_ports() {
+  python3 -c 'import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
 }
 
 # wait_port PORT [SECONDS]: until something accepts connections on 127.0.0.1:PORT.
@@ -94,11 +98,22 @@ start() {
   local user=relay password key_password
   password=$(openssl rand -hex 16)
   key_password=$(openssl rand -hex 16)
-  CLIENT_KEY_PASSWORD=$key_password "$root/scripts/auth/gen-certs.sh" "$dir"
+  # The PKI is only needed by stunnel: generate it while the brokers start.
+  CLIENT_KEY_PASSWORD=$key_password "$root/scripts/auth/gen-certs.sh" "$dir" &
+  local pki=$!
 
   local sasl_port mtls_port scram_tls badhost_tls mtls_tls
-  sasl_port=$(free_port); mtls_port=$(free_port)
-  scram_tls=$(free_port); badhost_tls=$(free_port); mtls_tls=$(free_port)
+  read -r sasl_port mtls_port scram_tls badhost_tls mtls_tls < <(free_ports 5)
+
+  # Users first, without --authentication, on the SQLite file the authenticated broker will use.
+  start_tansu sasl "$sasl_port" "$scram_tls" sasl.db
+  for mechanism in scram256 scram512; do
+    tansu user create --broker "tcp://127.0.0.1:$sasl_port" --mechanism "$mechanism" "$user" "$password" \
+      >>"$dir/tansu-user.log" 2>&1
+  done
+  stop_pid "$dir/tansu-sasl.pid"
+  start_tansu sasl "$sasl_port" "$scram_tls" sasl.db --authentication
+  start_tansu mtls "$mtls_port" "$mtls_tls" mtls.db
 
   cat >"$dir/stunnel.conf" <<EOF
 pid = $dir/stunnel.pid
@@ -127,18 +142,9 @@ CAfile = $dir/ca.pem
 verifyChain = yes
 requireCert = yes
 EOF
+  wait "$pki"
   stunnel4 "$dir/stunnel.conf"
   wait_port "$scram_tls"
-
-  # Users first, without --authentication, on the SQLite file the authenticated broker will use.
-  start_tansu sasl "$sasl_port" "$scram_tls" sasl.db
-  for mechanism in scram256 scram512; do
-    tansu user create --broker "tcp://127.0.0.1:$sasl_port" --mechanism "$mechanism" "$user" "$password" \
-      >>"$dir/tansu-user.log" 2>&1
-  done
-  stop_pid "$dir/tansu-sasl.pid"
-  start_tansu sasl "$sasl_port" "$scram_tls" sasl.db --authentication
-  start_tansu mtls "$mtls_port" "$mtls_tls" mtls.db
 
   cat >"$env_file" <<EOF
 export RELAY_TEST_AUTH_DIR=$dir

@@ -17,15 +17,18 @@ dir=$1
 cd "$dir"
 umask 077
 
-key() { openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$1" 2>/dev/null; }
+# EC keys for the CA and brokers (generated in milliseconds); the client key is RSA, the common case for
+# client certificates, so the encrypted PKCS#8 forms below wrap an RSA key.
+ec_key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+rsa_key() { openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$1" 2>/dev/null; }
 
-key ca.key
+ec_key ca.key
 openssl req -x509 -new -key ca.key -sha256 -days 30 -subj "/CN=kafka-lambda-relay test CA" \
   -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" -out ca.pem
 
-# sign NAME SUBJECT EXTENSIONS: a certificate for NAME.key signed by the CA.
+# sign NAME SUBJECT EXTENSIONS KEYTYPE: a certificate for a new NAME.key signed by the CA.
 sign() {
-  key "$1.key"
+  "$4_key" "$1.key"
   openssl req -new -key "$1.key" -subj "$2" -out "$1.csr"
   printf '%s\n' "$3" > "$1.ext"
   openssl x509 -req -in "$1.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 -sha256 \
@@ -33,10 +36,10 @@ sign() {
   rm -f "$1.csr" "$1.ext"
 }
 sign server "/CN=localhost" "subjectAltName=IP:127.0.0.1,DNS:localhost
-extendedKeyUsage=serverAuth"
+extendedKeyUsage=serverAuth" ec
 sign badhost "/CN=wrong-host.invalid" "subjectAltName=DNS:wrong-host.invalid
-extendedKeyUsage=serverAuth"
-sign client "/CN=relay-client" "extendedKeyUsage=clientAuth"
+extendedKeyUsage=serverAuth" ec
+sign client "/CN=relay-client" "extendedKeyUsage=clientAuth" rsa
 cat client.pem ca.pem > client-chain.pem
 
 openssl pkcs8 -topk8 -nocrypt -in client.key -out client-key.pem

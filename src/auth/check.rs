@@ -223,7 +223,7 @@ impl Waiter<'_> {
                 wait = Duration::ZERO;
             }
             self.diagnostics.record(&error, "");
-            if let Some(auth) = self.diagnostics.diagnose() {
+            if let Some(auth) = self.diagnostics.diagnose_with_probe() {
                 return Err(auth.into());
             }
             if is_final(&error) {

@@ -7,13 +7,20 @@
 //! password beats the generic "all brokers down" that follows it.
 //!
 //! Every librdkafka text is passed through [`KafkaSecurity::redact`] before it is kept.
+//!
+//! OpenSSL reports an untrusted broker certificate and a hostname mismatch with the same text ("certificate
+//! verify failed"), so [`ConnectionDiagnostics::diagnose_with_probe`] tells them apart with a second, TLS-only
+//! handshake that skips the hostname check: if that one verifies the chain, the name was the problem. The
+//! probe sends no credentials (no SASL, no client certificate), since it talks to a host whose name did not
+//! verify.
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::ConsumerContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::ClientContext;
+use rdkafka::{ClientConfig, ClientContext};
 
 use super::security::{redact_with, SecurityContext};
 use super::{AuthError, KafkaSecurity};
@@ -36,9 +43,34 @@ struct Subject {
     group: String,
 }
 
+/// What kind of failure a finding is, where the probe needs to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Kind {
+    /// "certificate verify failed": untrusted chain or hostname mismatch, not yet told apart.
+    UnverifiedServer {
+        /// The broker (`host:port`) whose certificate failed.
+        broker: Option<String>,
+    },
+    /// Anything else, or an unverified server already probed.
+    Settled,
+}
+
+#[derive(Debug, Clone)]
+struct Finding {
+    rank: Rank,
+    kind: Kind,
+    error: AuthError,
+}
+
+impl Finding {
+    fn settled(rank: Rank, error: AuthError) -> Self {
+        Self { rank, kind: Kind::Settled, error }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Observed {
-    best: Option<(Rank, AuthError)>,
+    best: Option<Finding>,
     last_problem: Option<String>,
 }
 
@@ -48,6 +80,8 @@ struct Observed {
 /// errors returned by calls (poll, commit, metadata), then call [`ConnectionDiagnostics::diagnose`].
 pub struct ConnectionDiagnostics {
     subject: Subject,
+    /// For the probe: its public TLS settings (the CA) are reused.
+    security: KafkaSecurity,
     /// Secret values to strip from librdkafka text (kept only for redaction).
     redactions: Vec<String>,
     observed: Mutex<Observed>,
@@ -72,6 +106,7 @@ impl ConnectionDiagnostics {
                 group: mapping.consumer_group_id(),
             },
             redactions: security.secret_fragments(),
+            security: security.clone(),
             observed: Mutex::new(Observed::default()),
         }
     }
@@ -96,8 +131,33 @@ impl ConnectionDiagnostics {
     }
 
     /// The most specific authentication or authorization failure seen so far, if any.
+    ///
+    /// An unverified broker certificate is reported as "untrusted, or not naming the host"; use
+    /// [`Self::diagnose_with_probe`] to tell which.
     pub fn diagnose(&self) -> Option<AuthError> {
-        self.lock().best.as_ref().map(|(_, error)| error.clone())
+        self.lock().best.as_ref().map(|finding| finding.error.clone())
+    }
+
+    /// [`Self::diagnose`], and when the finding is an unverified broker certificate, a TLS-only handshake
+    /// with that broker without the hostname check (at most [`PROBE_TIMEOUT`], once) to say whether the
+    /// chain is untrusted or the certificate names another host. Blocks: call it from `spawn_blocking` in
+    /// async code.
+    pub fn diagnose_with_probe(&self) -> Option<AuthError> {
+        let finding = self.lock().best.clone()?;
+        let Kind::UnverifiedServer { broker: Some(broker) } = &finding.kind else {
+            return Some(finding.error);
+        };
+        let detail = librdkafka_detail(&finding.error.sentence);
+        let refined = match probe_chain(&self.security, broker) {
+            Some(ChainVerdict::Trusted) => hostname_mismatch(
+                &format!("broker {broker}"),
+                &format!("{detail}; a handshake without the hostname check verified the certificate chain"),
+            ),
+            Some(ChainVerdict::Untrusted) => unverified_server(&self.subject.security, &format!("broker {broker}"), false, detail),
+            None => return Some(finding.error),
+        };
+        self.lock().best = Some(Finding::settled(Rank::Specific, refined.clone()));
+        Some(refined)
     }
 
     /// The last error seen that is not an authentication or authorization failure (connection refused,
@@ -122,7 +182,7 @@ impl ConnectionDiagnostics {
             .any(|needle| lower.contains(needle));
         if certificate_or_key {
             AuthError::authn(format!(
-                "Provided certificate or private key is invalid: {}; librdkafka: {text}",
+                "Provided certificate or private key is invalid: {} (librdkafka: {text})",
                 self.fix_certificate_and_key()
             ))
         } else {
@@ -139,9 +199,9 @@ impl ConnectionDiagnostics {
         let finding = classify(&self.subject, code, &text);
         let mut observed = self.lock();
         match finding {
-            Some((rank, error)) => {
-                if observed.best.as_ref().is_none_or(|(best, _)| rank < *best) {
-                    observed.best = Some((rank, error));
+            Some(finding) => {
+                if observed.best.as_ref().is_none_or(|best| finding.rank < best.rank) {
+                    observed.best = Some(finding);
                 }
             }
             None => observed.last_problem = Some(text),
@@ -172,7 +232,7 @@ fn broker_of(text: &str) -> Option<&str> {
     Some(&rest[..end]).filter(|broker| !broker.is_empty())
 }
 
-fn classify(subject: &Subject, code: Option<RDKafkaErrorCode>, text: &str) -> Option<(Rank, AuthError)> {
+fn classify(subject: &Subject, code: Option<RDKafkaErrorCode>, text: &str) -> Option<Finding> {
     let lower = text.to_ascii_lowercase();
     let has = |needle: &str| lower.contains(needle);
     let broker = broker_of(text).map(|b| format!("broker {b}")).unwrap_or_else(|| "the broker".into());
@@ -195,7 +255,7 @@ fn classify(subject: &Subject, code: Option<RDKafkaErrorCode>, text: &str) -> Op
             (None, Some(arn)) => format!("the client certificate from secret {arn:?}"),
             (None, None) => "the relay's (anonymous) principal".into(),
         };
-        return Some((
+        return Some(Finding::settled(
             Rank::Specific,
             AuthError::authz(format!(
                 "Cluster failed to authorize Lambda: {resource} authorization failed for {principal}; grant it Describe and Read on topic(s) {} and on consumer group {:?}, and DescribeConfigs on the cluster ({detail})",
@@ -208,7 +268,7 @@ fn classify(subject: &Subject, code: Option<RDKafkaErrorCode>, text: &str) -> Op
     // SASL.
     if has("unsupported sasl mechanism") || has("no worthy mechs") {
         let mechanism = security.sasl.as_ref().map(|s| s.mechanism).unwrap_or("the configured mechanism");
-        return Some((
+        return Some(Finding::settled(
             Rank::Specific,
             AuthError::authn(format!(
                 "SASL authentication failed: {broker} does not offer {mechanism}; use the SourceAccessConfigurations type that matches the listener's SASL mechanism ({detail})"
@@ -227,28 +287,19 @@ fn classify(subject: &Subject, code: Option<RDKafkaErrorCode>, text: &str) -> Op
             ),
             None => format!("{broker} requires SASL authentication; add a BASIC_AUTH, SASL_SCRAM_256_AUTH or SASL_SCRAM_512_AUTH secret"),
         };
-        return Some((Rank::Specific, AuthError::authn(format!("SASL authentication failed: {fix} ({detail})"))));
+        return Some(Finding::settled(Rank::Specific, AuthError::authn(format!("SASL authentication failed: {fix} ({detail})"))));
     }
 
     // The broker's certificate.
     if has("hostname mismatch") || has("ip address mismatch") {
-        return Some((
-            Rank::Specific,
-            AuthError::authn(format!(
-                "Lambda failed to authenticate server: the certificate of {broker} does not name the host the relay connected to; the broker's certificate needs the bootstrap and advertised host names (or IP addresses) as subject alternative names, or the mapping must use the names the certificate has ({detail})"
-            )),
-        ));
+        return Some(Finding::settled(Rank::Specific, hostname_mismatch(&broker, &detail)));
     }
     if has("certificate verify failed") || has("failed to verify broker certificate") {
-        let fix = match &security.root_ca_arn {
-            Some(arn) => format!(
-                "the certificate of {broker} could not be verified with the CA in secret {arn:?} (SERVER_ROOT_CA_CERTIFICATE): put the root CA that signed the brokers' certificates in that secret, and check that the broker's certificate is valid now and names the host the relay connects to"
-            ),
-            None => format!(
-                "the certificate of {broker} is not signed by a publicly trusted CA (or is expired, or does not name the host); for a private or self-signed CA add a SERVER_ROOT_CA_CERTIFICATE secret holding the root CA certificate"
-            ),
-        };
-        return Some((Rank::Specific, AuthError::authn(format!("Lambda failed to authenticate server: {fix} ({detail})"))));
+        return Some(Finding {
+            rank: Rank::Specific,
+            kind: Kind::UnverifiedServer { broker: broker_of(text).map(String::from) },
+            error: unverified_server(security, &broker, true, &detail),
+        });
     }
 
     // Our certificate, as judged by the broker (TLS alerts it sent).
@@ -269,7 +320,7 @@ fn classify(subject: &Subject, code: Option<RDKafkaErrorCode>, text: &str) -> Op
                 "{broker} requires a client certificate (mTLS); add a CLIENT_CERTIFICATE_TLS_AUTH secret with the certificate chain and private key, or use a listener without mTLS"
             ),
         };
-        return Some((Rank::Specific, AuthError::authn(format!("Server failed to authenticate Lambda: {fix} ({detail})"))));
+        return Some(Finding::settled(Rank::Specific, AuthError::authn(format!("Server failed to authenticate Lambda: {fix} ({detail})"))));
     }
 
     // Certificates or keys librdkafka could not load.
@@ -280,12 +331,12 @@ fn classify(subject: &Subject, code: Option<RDKafkaErrorCode>, text: &str) -> Op
             ),
             None => "check the mapping's certificate secrets".into(),
         };
-        return Some((Rank::Specific, AuthError::authn(format!("Provided certificate or private key is invalid: {fix} ({detail})"))));
+        return Some(Finding::settled(Rank::Specific, AuthError::authn(format!("Provided certificate or private key is invalid: {fix} ({detail})"))));
     }
 
     // A TLS failure without a recognisable cause.
     if has("wrong version number") || has("packet length too long") || has("record layer failure") {
-        return Some((
+        return Some(Finding::settled(
             Rank::Tls,
             AuthError::authn(format!(
                 "TLS handshake failed: {broker} does not answer TLS; SASL and certificate types always use TLS (as in AWS), so use the brokers' TLS listener port ({detail})"
@@ -293,7 +344,7 @@ fn classify(subject: &Subject, code: Option<RDKafkaErrorCode>, text: &str) -> Op
         ));
     }
     if matches!(code, Some(RDKafkaErrorCode::SSL)) || has("ssl handshake failed") {
-        return Some((
+        return Some(Finding::settled(
             Rank::Tls,
             AuthError::authn(format!(
                 "TLS handshake failed with {broker}; check that it is a TLS listener, that its certificate is trusted (SERVER_ROOT_CA_CERTIFICATE for a private CA) and, if it requires mTLS, the CLIENT_CERTIFICATE_TLS_AUTH secret ({detail})"
@@ -302,6 +353,108 @@ fn classify(subject: &Subject, code: Option<RDKafkaErrorCode>, text: &str) -> Op
     }
     None
 }
+
+fn hostname_mismatch(broker: &str, detail: &str) -> AuthError {
+    AuthError::authn(format!(
+        "Lambda failed to authenticate server: the certificate of {broker} does not name the host the relay connected to; the brokers' certificates need the bootstrap and advertised host names (or IP addresses) as subject alternative names, or the mapping must use the names the certificates have ({detail})"
+    ))
+}
+
+/// `librdkafka: ...` from the end of a sentence made by [`classify`].
+fn librdkafka_detail(sentence: &str) -> &str {
+    match sentence.rfind("(librdkafka: ") {
+        Some(start) => sentence[start + 1..].strip_suffix(')').unwrap_or(&sentence[start + 1..]),
+        None => sentence,
+    }
+}
+
+/// The sentence for a broker certificate that did not verify; `maybe_hostname` while a hostname mismatch
+/// has not been ruled out.
+fn unverified_server(security: &SecurityContext, broker: &str, maybe_hostname: bool, detail: &str) -> AuthError {
+    let or_hostname = if maybe_hostname { ", or the certificate does not name the host the relay connects to" } else { "" };
+    let fix = match &security.root_ca_arn {
+        Some(arn) => format!(
+            "the certificate of {broker} could not be verified with the CA in secret {arn:?} (SERVER_ROOT_CA_CERTIFICATE){or_hostname}; put the root CA that signed the brokers' certificates in that secret, and check that the certificates are valid now"
+        ),
+        None => format!(
+            "the certificate of {broker} is not signed by a publicly trusted CA (or is expired){or_hostname}; for a private or self-signed CA add a SERVER_ROOT_CA_CERTIFICATE secret holding the root CA certificate"
+        ),
+    };
+    AuthError::authn(format!("Lambda failed to authenticate server: {fix} ({detail})"))
+}
+
+/// The longest the hostname probe waits for a TLS handshake.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What the probe learned about a broker's certificate chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChainVerdict {
+    /// The chain verified (so a failed verification was about the host name).
+    Trusted,
+    /// The chain did not verify.
+    Untrusted,
+}
+
+/// A TLS-only handshake with `broker` with the mapping's trust settings but no hostname check; `None` when
+/// no handshake completed in time (broker gone, or the probe client could not be made).
+fn probe_chain(security: &KafkaSecurity, broker: &str) -> Option<ChainVerdict> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", broker)
+        .set("security.protocol", "ssl")
+        .set("enable.ssl.certificate.verification", "true")
+        .set("ssl.endpoint.identification.algorithm", "none")
+        .set("socket.connection.setup.timeout.ms", PROBE_TIMEOUT.as_millis().to_string())
+        .set("reconnect.backoff.ms", "100")
+        // "Broker SSL certificate verified" is a debug line of the security context.
+        .set("debug", "security")
+        .set_log_level(RDKafkaLogLevel::Debug);
+    if let Some(ca) = security.public_setting("ssl.ca.pem") {
+        config.set("ssl.ca.pem", ca);
+    }
+    let consumer: BaseConsumer<ProbeContext> = config.create_with_context(ProbeContext::default()).ok()?;
+    let deadline = Instant::now() + PROBE_TIMEOUT;
+    while Instant::now() < deadline {
+        // The request is only a reason to connect; its result does not matter.
+        let _ = consumer.fetch_metadata(None, Duration::from_millis(100));
+        while consumer.poll(Duration::ZERO).is_some() {}
+        if let Some(verdict) = *consumer.context().verdict.lock().unwrap_or_else(|p| p.into_inner()) {
+            return Some(verdict);
+        }
+    }
+    None
+}
+
+/// Watches the probe client's logs and errors for the outcome of certificate verification.
+#[derive(Default)]
+struct ProbeContext {
+    verdict: Mutex<Option<ChainVerdict>>,
+}
+
+impl ProbeContext {
+    fn see(&self, text: &str) {
+        let verdict = if text.contains("Broker SSL certificate verified") {
+            ChainVerdict::Trusted
+        } else if text.contains("certificate verify failed") || text.contains("Failed to verify broker certificate") {
+            ChainVerdict::Untrusted
+        } else {
+            return;
+        };
+        self.verdict.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(verdict);
+    }
+}
+
+impl ClientContext for ProbeContext {
+    fn log(&self, _level: RDKafkaLogLevel, _facility: &str, message: &str) {
+        self.see(message);
+    }
+
+    fn error(&self, _error: KafkaError, reason: &str) {
+        self.see(reason);
+    }
+}
+
+impl ConsumerContext for ProbeContext {}
 
 /// A client context that feeds a [`ConnectionDiagnostics`] and forwards librdkafka's logs to `tracing`,
 /// redacted. Usable for consumers, producers and admin clients; a caller with its own context can do the
@@ -530,6 +683,14 @@ mod tests {
         ));
         assert_eq!(error.code, ErrorCode::EsmConfigNotValid);
         assert_eq!(error.sentence, "the Kafka client cannot be created with this configuration: sasl.password: Invalid value");
+    }
+
+    #[test]
+    fn librdkafka_detail_is_cut_from_the_end_of_a_sentence() {
+        assert_eq!(
+            librdkafka_detail("Lambda failed: x (librdkafka: FAIL: handshake failed (after 7ms in state SSL_HANDSHAKE))"),
+            "librdkafka: FAIL: handshake failed (after 7ms in state SSL_HANDSHAKE)"
+        );
     }
 
     #[test]

@@ -103,21 +103,35 @@ async fn secrets_manager() -> aws_sdk_secretsmanager::Client {
 }
 
 /// Stores `value` under a fresh name and returns the secret's ARN.
-async fn store_secret(client: &aws_sdk_secretsmanager::Client, value: serde_json::Value) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+async fn store_secret(
+    client: &aws_sdk_secretsmanager::Client,
+    value: serde_json::Value,
+) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
     let name = format!("relay-test-{}", uuid::Uuid::new_v4());
     let output = client.create_secret().name(name).secret_string(value.to_string()).send().await?;
     Ok(output.arn().ok_or("no ARN")?.to_string())
 }
 
-async fn scram_secret(client: &aws_sdk_secretsmanager::Client) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
-    store_secret(client, serde_json::json!({"username": var("RELAY_TEST_SCRAM_USER"), "password": var("RELAY_TEST_SCRAM_PASSWORD")})).await
+async fn scram_secret(
+    client: &aws_sdk_secretsmanager::Client,
+) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+    store_secret(
+        client,
+        serde_json::json!({"username": var("RELAY_TEST_SCRAM_USER"), "password": var("RELAY_TEST_SCRAM_PASSWORD")}),
+    )
+    .await
 }
 
-async fn ca_secret(client: &aws_sdk_secretsmanager::Client) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+async fn ca_secret(
+    client: &aws_sdk_secretsmanager::Client,
+) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
     store_secret(client, serde_json::json!({"certificate": file("ca.pem")})).await
 }
 
-async fn client_certificate_secret(client: &aws_sdk_secretsmanager::Client, key_file: &str) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+async fn client_certificate_secret(
+    client: &aws_sdk_secretsmanager::Client,
+    key_file: &str,
+) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
     store_secret(
         client,
         serde_json::json!({
@@ -164,17 +178,26 @@ fn context(mapping: &Mapping, security: &KafkaSecurity) -> DiagnosingContext {
 }
 
 /// Creates the topic, produces `values`, and reads them back from partition 0 with the group, committing.
-async fn round_trip(mapping: &Mapping, security: &KafkaSecurity, values: &[String]) -> Result<Vec<String>, Box<dyn std::error::Error + Send + Sync>> {
+async fn round_trip(
+    mapping: &Mapping,
+    security: &KafkaSecurity,
+    values: &[String],
+) -> Result<Vec<String>, Box<dyn std::error::Error + Send + Sync>> {
     let topic = mapping.topics[0].clone();
-    let admin: AdminClient<DiagnosingContext> = client_config(mapping, security).create_with_context(context(mapping, security))?;
+    let admin: AdminClient<DiagnosingContext> =
+        client_config(mapping, security).create_with_context(context(mapping, security))?;
     let created = admin
-        .create_topics([&NewTopic::new(&topic, 1, TopicReplication::Fixed(1))], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
+        .create_topics(
+            [&NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
         .await?;
     for result in created {
         result.map_err(|(topic, code)| format!("creating {topic}: {code}"))?;
     }
 
-    let producer: FutureProducer<DiagnosingContext> = client_config(mapping, security).create_with_context(context(mapping, security))?;
+    let producer: FutureProducer<DiagnosingContext> =
+        client_config(mapping, security).create_with_context(context(mapping, security))?;
     for (index, value) in values.iter().enumerate() {
         let key = index.to_string();
         producer
@@ -219,7 +242,10 @@ async fn expect_authn(
         Err(other) => return Err(format!("not diagnosed as an auth error: {other}").into()),
     };
     assert_eq!(error.code, ErrorCode::EventSourceAuthnError, "{error}");
-    assert!(error.sentence.starts_with(sentence_start), "expected a sentence starting {sentence_start:?}, got: {error}");
+    assert!(
+        error.sentence.starts_with(sentence_start),
+        "expected a sentence starting {sentence_start:?}, got: {error}"
+    );
     assert!(started.elapsed() < DIAGNOSIS_WITHIN, "diagnosis took {:?}", started.elapsed());
     eprintln!("diagnosed in {:?}: {error}", started.elapsed());
     let logs = String::from_utf8_lossy(&captured_logs().lock().unwrap()).to_string();
@@ -283,7 +309,8 @@ async fn wrong_password_is_an_authn_error_naming_user_and_secret() -> TestResult
     captured_logs();
     let client = secrets_manager().await;
     let wrong = format!("wrong-{}", uuid::Uuid::new_v4().simple());
-    let scram = store_secret(&client, serde_json::json!({"username": var("RELAY_TEST_SCRAM_USER"), "password": wrong})).await?;
+    let scram =
+        store_secret(&client, serde_json::json!({"username": var("RELAY_TEST_SCRAM_USER"), "password": wrong})).await?;
     let ca = ca_secret(&client).await?;
     let m = mapping(
         &var("RELAY_TEST_SCRAM_TLS"),
@@ -305,7 +332,11 @@ async fn untrusted_server_certificate_is_an_authn_error_asking_for_the_root_ca()
     captured_logs();
     let client = secrets_manager().await;
     let scram = scram_secret(&client).await?;
-    let m = mapping(&var("RELAY_TEST_SCRAM_TLS"), &topic_name(), serde_json::json!([{"Type": "SASL_SCRAM_256_AUTH", "URI": scram}]));
+    let m = mapping(
+        &var("RELAY_TEST_SCRAM_TLS"),
+        &topic_name(),
+        serde_json::json!([{"Type": "SASL_SCRAM_256_AUTH", "URI": scram}]),
+    );
     let source = SecretsManagerSource::from_client(client);
     let start = format!(
         "Lambda failed to authenticate server: the certificate of broker {} is not signed by a publicly trusted CA",
@@ -327,7 +358,10 @@ async fn hostname_mismatch_is_an_authn_error() -> TestResult {
         serde_json::json!([{"Type": "SASL_SCRAM_256_AUTH", "URI": scram}, {"Type": "SERVER_ROOT_CA_CERTIFICATE", "URI": ca}]),
     );
     let source = SecretsManagerSource::from_client(client);
-    let start = format!("Lambda failed to authenticate server: the certificate of broker {} does not name the host", var("RELAY_TEST_TLS_BADHOST"));
+    let start = format!(
+        "Lambda failed to authenticate server: the certificate of broker {} does not name the host",
+        var("RELAY_TEST_TLS_BADHOST")
+    );
     expect_authn(&m, &source, &start, &[]).await?;
     Ok(())
 }
@@ -337,9 +371,16 @@ async fn missing_client_certificate_is_an_authn_error_asking_for_one() -> TestRe
     captured_logs();
     let client = secrets_manager().await;
     let ca = ca_secret(&client).await?;
-    let m = mapping(&var("RELAY_TEST_MTLS"), &topic_name(), serde_json::json!([{"Type": "SERVER_ROOT_CA_CERTIFICATE", "URI": ca}]));
+    let m = mapping(
+        &var("RELAY_TEST_MTLS"),
+        &topic_name(),
+        serde_json::json!([{"Type": "SERVER_ROOT_CA_CERTIFICATE", "URI": ca}]),
+    );
     let source = SecretsManagerSource::from_client(client);
-    let start = format!("Server failed to authenticate Lambda: broker {} requires a client certificate (mTLS)", var("RELAY_TEST_MTLS"));
+    let start = format!(
+        "Server failed to authenticate Lambda: broker {} requires a client certificate (mTLS)",
+        var("RELAY_TEST_MTLS")
+    );
     expect_authn(&m, &source, &start, &[]).await?;
     Ok(())
 }
@@ -361,7 +402,8 @@ async fn wrong_private_key_password_is_an_invalid_key_error() -> TestResult {
         serde_json::json!([{"Type": "CLIENT_CERTIFICATE_TLS_AUTH", "URI": certificate}, {"Type": "SERVER_ROOT_CA_CERTIFICATE", "URI": ca}]),
     );
     let source = SecretsManagerSource::from_client(client);
-    let start = format!("Provided certificate or private key is invalid: check that \"certificate\" in secret {certificate:?}");
+    let start =
+        format!("Provided certificate or private key is invalid: check that \"certificate\" in secret {certificate:?}");
     expect_authn(&m, &source, &start, &[&wrong]).await?;
     Ok(())
 }
@@ -406,12 +448,23 @@ async fn mtls_with_pbes1_des_encrypted_key_delivers_records() -> TestResult {
 async fn secret_without_password_is_a_config_error_naming_arn_and_field() -> TestResult {
     captured_logs();
     let client = secrets_manager().await;
-    let scram = store_secret(&client, serde_json::json!({"username": var("RELAY_TEST_SCRAM_USER"), "passwd": var("RELAY_TEST_SCRAM_PASSWORD")})).await?;
-    let m = mapping(&var("RELAY_TEST_SCRAM_TLS"), &topic_name(), serde_json::json!([{"Type": "SASL_SCRAM_512_AUTH", "URI": scram}]));
+    let scram = store_secret(
+        &client,
+        serde_json::json!({"username": var("RELAY_TEST_SCRAM_USER"), "passwd": var("RELAY_TEST_SCRAM_PASSWORD")}),
+    )
+    .await?;
+    let m = mapping(
+        &var("RELAY_TEST_SCRAM_TLS"),
+        &topic_name(),
+        serde_json::json!([{"Type": "SASL_SCRAM_512_AUTH", "URI": scram}]),
+    );
     let source = SecretsManagerSource::from_client(client);
     let error = auth::resolve(&m, &source).await.expect_err("a secret without password is refused");
     assert_eq!(error.code, ErrorCode::EsmConfigNotValid);
-    assert!(error.sentence.starts_with(&format!("secret {scram:?} for SASL_SCRAM_512_AUTH has no \"password\" field")), "{error}");
+    assert!(
+        error.sentence.starts_with(&format!("secret {scram:?} for SASL_SCRAM_512_AUTH has no \"password\" field")),
+        "{error}"
+    );
     assert_no_secret(&[error.to_string()], &[]);
     Ok(())
 }
@@ -421,9 +474,16 @@ async fn unknown_secret_is_a_config_error() -> TestResult {
     captured_logs();
     let client = secrets_manager().await;
     let arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:does-not-exist-AbCdEf";
-    let m = mapping(&var("RELAY_TEST_SCRAM_TLS"), &topic_name(), serde_json::json!([{"Type": "SASL_SCRAM_512_AUTH", "URI": arn}]));
+    let m = mapping(
+        &var("RELAY_TEST_SCRAM_TLS"),
+        &topic_name(),
+        serde_json::json!([{"Type": "SASL_SCRAM_512_AUTH", "URI": arn}]),
+    );
     let error = auth::resolve(&m, &SecretsManagerSource::from_client(client)).await.expect_err("refused");
-    assert_eq!(error.to_string(), format!("ESM_CONFIG_NOT_VALID: secret {arn:?} does not exist in Secrets Manager (ResourceNotFoundException)"));
+    assert_eq!(
+        error.to_string(),
+        format!("ESM_CONFIG_NOT_VALID: secret {arn:?} does not exist in Secrets Manager (ResourceNotFoundException)")
+    );
     Ok(())
 }
 
@@ -434,9 +494,32 @@ async fn each_secret_is_read_once_per_source() -> TestResult {
     let source = SecretsManagerSource::from_client(client.clone());
     use auth::SecretSource;
     let first = source.secret_string(&arn).await?;
-    client.put_secret_value().secret_id(&arn).secret_string(r#"{"username": "second", "password": "p"}"#).send().await?;
+    client
+        .put_secret_value()
+        .secret_id(&arn)
+        .secret_string(r#"{"username": "second", "password": "p"}"#)
+        .send()
+        .await?;
     assert_eq!(source.secret_string(&arn).await?, first, "the same source serves the first value");
     let fresh = SecretsManagerSource::from_client(client);
     assert!(fresh.secret_string(&arn).await?.contains("second"), "a new source (next run) reads the new value");
+    Ok(())
+}
+
+#[tokio::test]
+async fn check_reports_a_missing_topic() -> TestResult {
+    captured_logs();
+    let client = secrets_manager().await;
+    let (scram, ca) = (scram_secret(&client).await?, ca_secret(&client).await?);
+    let topic = topic_name();
+    let m = mapping(
+        &var("RELAY_TEST_SCRAM_TLS"),
+        &topic,
+        serde_json::json!([{"Type": "SASL_SCRAM_512_AUTH", "URI": scram}, {"Type": "SERVER_ROOT_CA_CERTIFICATE", "URI": ca}]),
+    );
+    match check_with_timeout(&m, &SecretsManagerSource::from_client(client), CHECK_TIMEOUT).await {
+        Err(CheckError::TopicNotFound { topic: missing, .. }) => assert_eq!(missing, topic),
+        other => return Err(format!("expected TopicNotFound, got {other:?}").into()),
+    }
     Ok(())
 }

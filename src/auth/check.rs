@@ -143,41 +143,70 @@ fn check_blocking(mapping: &Mapping, security: &KafkaSecurity, timeout: Duration
         .map_err(|error| diagnostics.creation_error(&error))?;
 
     let deadline = Instant::now() + timeout;
-    let waiter = Waiter { consumer: &consumer, diagnostics: &diagnostics, deadline, bootstrap_servers: &bootstrap_servers, timeout };
+    let waiter = Waiter {
+        consumer: &consumer,
+        diagnostics: &diagnostics,
+        deadline,
+        bootstrap_servers: &bootstrap_servers,
+        timeout,
+    };
     let mut topics = Vec::new();
     for topic in &mapping.topics {
-        let metadata = waiter.retry(&format!("reading metadata of topic {topic}"), |slice| consumer.fetch_metadata(Some(topic), slice))?;
+        let metadata = waiter.retry(&format!("reading metadata of topic {topic}"), |slice| {
+            consumer.fetch_metadata(Some(topic), slice)
+        })?;
         let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
-            return Err(CheckError::TopicNotFound { topic: topic.clone(), bootstrap_servers: bootstrap_servers.clone() });
+            return Err(CheckError::TopicNotFound {
+                topic: topic.clone(),
+                bootstrap_servers: bootstrap_servers.clone(),
+            });
         };
         match found.error().map(RDKafkaErrorCode::from) {
             None => {}
             Some(RDKafkaErrorCode::UnknownTopicOrPartition) => {
-                return Err(CheckError::TopicNotFound { topic: topic.clone(), bootstrap_servers: bootstrap_servers.clone() })
+                return Err(CheckError::TopicNotFound {
+                    topic: topic.clone(),
+                    bootstrap_servers: bootstrap_servers.clone(),
+                })
             }
-            Some(code) => return Err(waiter.failure(KafkaError::MetadataFetch(code), format!("reading metadata of topic {topic}"))),
+            Some(code) => {
+                return Err(
+                    waiter.failure(KafkaError::MetadataFetch(code), format!("reading metadata of topic {topic}"))
+                )
+            }
         }
         let mut ids: Vec<i32> = found.partitions().iter().map(|p| p.id()).collect();
         ids.sort_unstable();
 
         let mut partitions = Vec::new();
         for &partition in &ids {
-            let (low, high) = waiter.retry(&format!("reading watermarks of {topic}-{partition}"), |slice| consumer.fetch_watermarks(topic, partition, slice))?;
-            partitions.push(PartitionReport { partition, low_watermark: low, high_watermark: high, committed_offset: None, lag: None });
+            let (low, high) = waiter.retry(&format!("reading watermarks of {topic}-{partition}"), |slice| {
+                consumer.fetch_watermarks(topic, partition, slice)
+            })?;
+            partitions.push(PartitionReport {
+                partition,
+                low_watermark: low,
+                high_watermark: high,
+                committed_offset: None,
+                lag: None,
+            });
         }
-        let committed = waiter.retry(&format!("reading committed offsets of group {group} for topic {topic}"), |slice| {
-            let mut wanted = TopicPartitionList::new();
-            for &partition in &ids {
-                wanted.add_partition(topic, partition);
-            }
-            // Copy out and drop the returned list here: dropping a consumer while a list returned by
-            // committed_offsets is alive hangs in rd_kafka_destroy (TESTING.md).
-            consumer.committed_offsets(wanted, slice).map(|list| {
-                list.elements().iter().map(|e| (e.partition(), e.offset())).collect::<Vec<_>>()
-            })
-        })?;
+        let committed =
+            waiter.retry(&format!("reading committed offsets of group {group} for topic {topic}"), |slice| {
+                let mut wanted = TopicPartitionList::new();
+                for &partition in &ids {
+                    wanted.add_partition(topic, partition);
+                }
+                // Copy out and drop the returned list here: dropping a consumer while a list returned by
+                // committed_offsets is alive hangs in rd_kafka_destroy (TESTING.md).
+                consumer
+                    .committed_offsets(wanted, slice)
+                    .map(|list| list.elements().iter().map(|e| (e.partition(), e.offset())).collect::<Vec<_>>())
+            })?;
         for (partition, offset) in committed {
-            if let (Some(report), Offset::Offset(offset)) = (partitions.iter_mut().find(|p| p.partition == partition), offset) {
+            if let (Some(report), Offset::Offset(offset)) =
+                (partitions.iter_mut().find(|p| p.partition == partition), offset)
+            {
                 report.committed_offset = Some(offset);
                 report.lag = Some((report.high_watermark - offset).max(0));
             }

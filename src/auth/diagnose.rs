@@ -153,7 +153,9 @@ impl ConnectionDiagnostics {
                 &format!("broker {broker}"),
                 &format!("{detail}; a handshake without the hostname check verified the certificate chain"),
             ),
-            Some(ChainVerdict::Untrusted) => unverified_server(&self.subject.security, &format!("broker {broker}"), false, detail),
+            Some(ChainVerdict::Untrusted) => {
+                unverified_server(&self.subject.security, &format!("broker {broker}"), false, detail)
+            }
             None => return Some(finding.error),
         };
         self.lock().best = Some(Finding::settled(Rank::Specific, refined.clone()));
@@ -177,9 +179,10 @@ impl ConnectionDiagnostics {
         };
         let text = redact_with(&self.redactions, &text);
         let lower = text.to_ascii_lowercase();
-        let certificate_or_key = ["ssl.key", "ssl_key", "private key", "ssl.certificate", "ssl_cert", "certificate", "bad decrypt", "pem"]
-            .iter()
-            .any(|needle| lower.contains(needle));
+        let certificate_or_key =
+            ["ssl.key", "ssl_key", "private key", "ssl.certificate", "ssl_cert", "certificate", "bad decrypt", "pem"]
+                .iter()
+                .any(|needle| lower.contains(needle));
         if certificate_or_key {
             AuthError::authn(format!(
                 "Provided certificate or private key is invalid: {} (librdkafka: {text})",
@@ -275,10 +278,11 @@ fn classify(subject: &Subject, code: Option<RDKafkaErrorCode>, text: &str) -> Op
             )),
         ));
     }
-    let sasl_failed = matches!(code, Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed))
-        || has("sasl authentication error")
-        || has("sasl authentication failed")
-        || has("invalid credentials");
+    let sasl_failed =
+        matches!(code, Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed))
+            || has("sasl authentication error")
+            || has("sasl authentication failed")
+            || has("invalid credentials");
     if sasl_failed {
         let fix = match &security.sasl {
             Some(sasl) => format!(
@@ -287,7 +291,10 @@ fn classify(subject: &Subject, code: Option<RDKafkaErrorCode>, text: &str) -> Op
             ),
             None => format!("{broker} requires SASL authentication; add a BASIC_AUTH, SASL_SCRAM_256_AUTH or SASL_SCRAM_512_AUTH secret"),
         };
-        return Some(Finding::settled(Rank::Specific, AuthError::authn(format!("SASL authentication failed: {fix} ({detail})"))));
+        return Some(Finding::settled(
+            Rank::Specific,
+            AuthError::authn(format!("SASL authentication failed: {fix} ({detail})")),
+        ));
     }
 
     // The broker's certificate.
@@ -320,18 +327,29 @@ fn classify(subject: &Subject, code: Option<RDKafkaErrorCode>, text: &str) -> Op
                 "{broker} requires a client certificate (mTLS); add a CLIENT_CERTIFICATE_TLS_AUTH secret with the certificate chain and private key, or use a listener without mTLS"
             ),
         };
-        return Some(Finding::settled(Rank::Specific, AuthError::authn(format!("Server failed to authenticate Lambda: {fix} ({detail})"))));
+        return Some(Finding::settled(
+            Rank::Specific,
+            AuthError::authn(format!("Server failed to authenticate Lambda: {fix} ({detail})")),
+        ));
     }
 
     // Certificates or keys librdkafka could not load.
-    if has("ssl.key.pem failed") || has("ssl.certificate.pem failed") || has("private key check failed") || has("ssl_key") || has("bad decrypt") {
+    if has("ssl.key.pem failed")
+        || has("ssl.certificate.pem failed")
+        || has("private key check failed")
+        || has("ssl_key")
+        || has("bad decrypt")
+    {
         let fix = match &security.client_certificate_arn {
             Some(arn) => format!(
                 "check that \"certificate\" in secret {arn:?} is the PEM chain (client certificate first), \"privateKey\" its PEM PKCS#8 key, and \"privateKeyPassword\" the key's password"
             ),
             None => "check the mapping's certificate secrets".into(),
         };
-        return Some(Finding::settled(Rank::Specific, AuthError::authn(format!("Provided certificate or private key is invalid: {fix} ({detail})"))));
+        return Some(Finding::settled(
+            Rank::Specific,
+            AuthError::authn(format!("Provided certificate or private key is invalid: {fix} ({detail})")),
+        ));
     }
 
     // A TLS failure without a recognisable cause.
@@ -371,7 +389,8 @@ fn librdkafka_detail(sentence: &str) -> &str {
 /// The sentence for a broker certificate that did not verify; `maybe_hostname` while a hostname mismatch
 /// has not been ruled out.
 fn unverified_server(security: &SecurityContext, broker: &str, maybe_hostname: bool, detail: &str) -> AuthError {
-    let or_hostname = if maybe_hostname { ", or the certificate does not name the host the relay connects to" } else { "" };
+    let or_hostname =
+        if maybe_hostname { ", or the certificate does not name the host the relay connects to" } else { "" };
     let fix = match &security.root_ca_arn {
         Some(arn) => format!(
             "the certificate of {broker} could not be verified with the CA in secret {arn:?} (SERVER_ROOT_CA_CERTIFICATE){or_hostname}; put the root CA that signed the brokers' certificates in that secret, and check that the certificates are valid now"
@@ -484,11 +503,15 @@ impl ClientContext for DiagnosingContext {
             RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
                 tracing::error!(target: "librdkafka", facility, message = %message, "librdkafka log")
             }
-            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility, message = %message, "librdkafka log"),
+            RDKafkaLogLevel::Warning => {
+                tracing::warn!(target: "librdkafka", facility, message = %message, "librdkafka log")
+            }
             RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
                 tracing::info!(target: "librdkafka", facility, message = %message, "librdkafka log")
             }
-            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility, message = %message, "librdkafka log"),
+            RDKafkaLogLevel::Debug => {
+                tracing::debug!(target: "librdkafka", facility, message = %message, "librdkafka log")
+            }
         }
     }
 
@@ -513,7 +536,8 @@ mod tests {
     use crate::auth::{resolve, ErrorCode};
 
     const CERTIFICATE: &str = "-----BEGIN CERTIFICATE-----\nMIIBdummy\n-----END CERTIFICATE-----\n";
-    const KEY: &str = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQD\n-----END PRIVATE KEY-----\n";
+    const KEY: &str =
+        "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQD\n-----END PRIVATE KEY-----\n";
 
     async fn scram_diagnostics() -> ConnectionDiagnostics {
         let m = mapping(serde_json::json!([{"Type": "SASL_SCRAM_256_AUTH", "URI": SCRAM_ARN}]), &["127.0.0.1:9093"]);
@@ -572,7 +596,10 @@ mod tests {
     #[tokio::test]
     async fn untrusted_broker_certificate_with_ca_names_the_ca_secret() {
         let d = mtls_diagnostics(true, false).await;
-        d.record(&KafkaError::Global(RDKafkaErrorCode::SSL), "ssl://b-1.example:9094/1: Failed to verify broker certificate: unable to get local issuer certificate");
+        d.record(
+            &KafkaError::Global(RDKafkaErrorCode::SSL),
+            "ssl://b-1.example:9094/1: Failed to verify broker certificate: unable to get local issuer certificate",
+        );
         let error = d.diagnose().expect("diagnosed");
         assert!(error.sentence.contains(&format!("could not be verified with the CA in secret {CA_ARN:?}")), "{error}");
         assert!(error.sentence.contains("broker b-1.example:9094"), "{error}");
@@ -584,7 +611,12 @@ mod tests {
         d.record_log(RDKafkaLogLevel::Error, "SSL", "ssl://127.0.0.1:9095/bootstrap: kafka: error:0A000086:SSL routines::certificate verify failed: Verify error:Hostname mismatch");
         let error = d.diagnose().expect("diagnosed");
         assert_eq!(error.code, ErrorCode::EventSourceAuthnError);
-        assert!(error.sentence.starts_with("Lambda failed to authenticate server: the certificate of broker 127.0.0.1:9095 does not name the host"), "{error}");
+        assert!(
+            error.sentence.starts_with(
+                "Lambda failed to authenticate server: the certificate of broker 127.0.0.1:9095 does not name the host"
+            ),
+            "{error}"
+        );
     }
 
     #[tokio::test]
@@ -604,7 +636,10 @@ mod tests {
         let d = mtls_diagnostics(true, true).await;
         d.record(&KafkaError::Global(RDKafkaErrorCode::SSL), "ssl://127.0.0.1:9096/bootstrap: SSL handshake failed: error:0A000418:SSL routines::tlsv1 alert unknown ca: SSL alert number 48");
         let error = d.diagnose().expect("diagnosed");
-        assert!(error.sentence.contains(&format!("rejected the client certificate from secret {CERT_ARN:?}")), "{error}");
+        assert!(
+            error.sentence.contains(&format!("rejected the client certificate from secret {CERT_ARN:?}")),
+            "{error}"
+        );
     }
 
     #[tokio::test]
@@ -629,8 +664,14 @@ mod tests {
     #[tokio::test]
     async fn specific_finding_is_not_replaced_by_later_generic_errors() {
         let d = scram_diagnostics().await;
-        d.record(&KafkaError::Global(RDKafkaErrorCode::Authentication), "sasl_ssl://127.0.0.1:9093/bootstrap: SASL authentication error: Authentication failed");
-        d.record(&KafkaError::Global(RDKafkaErrorCode::SSL), "sasl_ssl://127.0.0.1:9093/bootstrap: SSL handshake failed: Disconnected");
+        d.record(
+            &KafkaError::Global(RDKafkaErrorCode::Authentication),
+            "sasl_ssl://127.0.0.1:9093/bootstrap: SASL authentication error: Authentication failed",
+        );
+        d.record(
+            &KafkaError::Global(RDKafkaErrorCode::SSL),
+            "sasl_ssl://127.0.0.1:9093/bootstrap: SSL handshake failed: Disconnected",
+        );
         d.record(&KafkaError::Global(RDKafkaErrorCode::AllBrokersDown), "1/1 brokers are down");
         let error = d.diagnose().expect("diagnosed");
         assert!(error.sentence.starts_with("SASL authentication failed"), "{error}");
@@ -641,8 +682,16 @@ mod tests {
     async fn generic_tls_failure_is_replaced_by_a_specific_one() {
         let d = mtls_diagnostics(true, false).await;
         d.record(&KafkaError::Global(RDKafkaErrorCode::SSL), "ssl://127.0.0.1:9096/bootstrap: SSL handshake failed: Disconnected: connection closed by peer: connecting to a PLAINTEXT broker listener?");
-        assert!(d.diagnose().expect("diagnosed").sentence.starts_with("TLS handshake failed with broker 127.0.0.1:9096"));
-        d.record_log(RDKafkaLogLevel::Error, "SSL", "ssl://127.0.0.1:9096/bootstrap: kafka: error:0A00045C:SSL routines::tlsv13 alert certificate required");
+        assert!(d
+            .diagnose()
+            .expect("diagnosed")
+            .sentence
+            .starts_with("TLS handshake failed with broker 127.0.0.1:9096"));
+        d.record_log(
+            RDKafkaLogLevel::Error,
+            "SSL",
+            "ssl://127.0.0.1:9096/bootstrap: kafka: error:0A00045C:SSL routines::tlsv13 alert certificate required",
+        );
         assert!(d.diagnose().expect("diagnosed").sentence.starts_with("Server failed to authenticate Lambda"));
     }
 
@@ -658,7 +707,10 @@ mod tests {
     #[tokio::test]
     async fn recorded_text_is_redacted() {
         let d = scram_diagnostics().await;
-        d.record(&KafkaError::Global(RDKafkaErrorCode::Authentication), &format!("sasl_ssl://127.0.0.1:9093/bootstrap: SASL authentication error: password {PASSWORD} rejected"));
+        d.record(
+            &KafkaError::Global(RDKafkaErrorCode::Authentication),
+            &format!("sasl_ssl://127.0.0.1:9093/bootstrap: SASL authentication error: password {PASSWORD} rejected"),
+        );
         d.record(&KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure), &format!("echo {PASSWORD}"));
         let error = d.diagnose().expect("diagnosed");
         assert!(!error.sentence.contains(PASSWORD), "{error}");
@@ -674,7 +726,12 @@ mod tests {
             "ssl.key.pem failed: error:1C800064:Provider routines::bad decrypt".into(),
         ));
         assert_eq!(error.code, ErrorCode::EventSourceAuthnError);
-        assert!(error.sentence.starts_with(&format!("Provided certificate or private key is invalid: check that \"certificate\" in secret {CERT_ARN:?}")), "{error}");
+        assert!(
+            error.sentence.starts_with(&format!(
+                "Provided certificate or private key is invalid: check that \"certificate\" in secret {CERT_ARN:?}"
+            )),
+            "{error}"
+        );
         let error = d.creation_error(&KafkaError::ClientConfig(
             rdkafka::types::RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
             "Invalid value".into(),
@@ -682,13 +739,18 @@ mod tests {
             PASSWORD.into(),
         ));
         assert_eq!(error.code, ErrorCode::EsmConfigNotValid);
-        assert_eq!(error.sentence, "the Kafka client cannot be created with this configuration: sasl.password: Invalid value");
+        assert_eq!(
+            error.sentence,
+            "the Kafka client cannot be created with this configuration: sasl.password: Invalid value"
+        );
     }
 
     #[test]
     fn librdkafka_detail_is_cut_from_the_end_of_a_sentence() {
         assert_eq!(
-            librdkafka_detail("Lambda failed: x (librdkafka: FAIL: handshake failed (after 7ms in state SSL_HANDSHAKE))"),
+            librdkafka_detail(
+                "Lambda failed: x (librdkafka: FAIL: handshake failed (after 7ms in state SSL_HANDSHAKE))"
+            ),
             "librdkafka: FAIL: handshake failed (after 7ms in state SSL_HANDSHAKE)"
         );
     }

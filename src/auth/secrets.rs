@@ -107,7 +107,9 @@ impl SecretsManagerSource {
                     let message = error.message().unwrap_or_default().to_string();
                     match code.as_str() {
                         "ResourceNotFoundException" => SecretError::NotFound { arn, code },
-                        "AccessDeniedException" | "DecryptionFailure" | "UnrecognizedClientException"
+                        "AccessDeniedException"
+                        | "DecryptionFailure"
+                        | "UnrecognizedClientException"
                         | "InvalidSignatureException" => SecretError::AccessDenied { arn, code },
                         _ => SecretError::Rejected { arn, code, message },
                     }
@@ -154,9 +156,7 @@ impl<'a> SecretFields<'a> {
     pub(crate) fn parse(arn: &'a str, kind: &'a str, expected: &'static str, text: &str) -> Result<Self, AuthError> {
         let value: serde_json::Value = serde_json::from_str(text).map_err(|error| {
             // serde_json syntax errors say where, not what: "expected `,` or `}` at line 1 column 12".
-            AuthError::config(format!(
-                "secret {arn:?} for {kind} is not valid JSON ({error}); expected {expected}"
-            ))
+            AuthError::config(format!("secret {arn:?} for {kind} is not valid JSON ({error}); expected {expected}"))
         })?;
         match value {
             serde_json::Value::Object(object) => Ok(Self { arn, kind, expected, object }),
@@ -220,13 +220,16 @@ mod tests {
 
     #[test]
     fn missing_field_names_the_secret_and_field_but_not_values() -> Result<(), AuthError> {
-        let fields = SecretFields::parse(ARN, "SASL_SCRAM_512_AUTH", SHAPE, r#"{"username": "alice", "pass": "hunter2"}"#)?;
+        let fields =
+            SecretFields::parse(ARN, "SASL_SCRAM_512_AUTH", SHAPE, r#"{"username": "alice", "pass": "hunter2"}"#)?;
         assert_eq!(fields.required("username")?, "alice");
         let error = fields.required("password").unwrap_err();
         assert_eq!(error.code, ErrorCode::EsmConfigNotValid);
         assert_eq!(
             error.sentence,
-            format!("secret {ARN:?} for SASL_SCRAM_512_AUTH has no \"password\" field (or it is empty); expected {SHAPE}")
+            format!(
+                "secret {ARN:?} for SASL_SCRAM_512_AUTH has no \"password\" field (or it is empty); expected {SHAPE}"
+            )
         );
         assert!(!error.sentence.contains("hunter2"));
         Ok(())
@@ -255,28 +258,37 @@ mod tests {
     #[test]
     fn non_object_and_non_string_values_are_refused_without_content() {
         let error = SecretFields::parse(ARN, "BASIC_AUTH", SHAPE, r#""hunter2""#).err().expect("a string is refused");
-        assert_eq!(error.sentence, format!("secret {ARN:?} for BASIC_AUTH is a JSON string, not an object; expected {SHAPE}"));
+        assert_eq!(
+            error.sentence,
+            format!("secret {ARN:?} for BASIC_AUTH is a JSON string, not an object; expected {SHAPE}")
+        );
 
         let fields = SecretFields::parse(ARN, "BASIC_AUTH", SHAPE, r#"{"username": "alice", "password": 55555555}"#)
             .expect("an object parses");
         let error = fields.required("password").unwrap_err();
         assert_eq!(
             error.sentence,
-            format!("field \"password\" of secret {ARN:?} for BASIC_AUTH is a JSON number, not a string; expected {SHAPE}")
+            format!(
+                "field \"password\" of secret {ARN:?} for BASIC_AUTH is a JSON number, not a string; expected {SHAPE}"
+            )
         );
         assert!(!error.sentence.contains("55555555"));
     }
 
     #[test]
     fn secret_errors_become_config_errors_naming_the_arn() {
-        let error: AuthError = SecretError::AccessDenied { arn: ARN.into(), code: "AccessDeniedException".into() }.into();
+        let error: AuthError =
+            SecretError::AccessDenied { arn: ARN.into(), code: "AccessDeniedException".into() }.into();
         assert_eq!(error.code, ErrorCode::EsmConfigNotValid);
         assert!(error.sentence.contains(ARN));
         assert!(error.sentence.contains("secretsmanager:GetSecretValue"));
-        let error: AuthError = SecretError::NotFound { arn: ARN.into(), code: "ResourceNotFoundException".into() }.into();
+        let error: AuthError =
+            SecretError::NotFound { arn: ARN.into(), code: "ResourceNotFoundException".into() }.into();
         assert_eq!(
             error.to_string(),
-            format!("ESM_CONFIG_NOT_VALID: secret {ARN:?} does not exist in Secrets Manager (ResourceNotFoundException)")
+            format!(
+                "ESM_CONFIG_NOT_VALID: secret {ARN:?} does not exist in Secrets Manager (ResourceNotFoundException)"
+            )
         );
     }
 }

@@ -9,8 +9,7 @@ use super::{AccessType, AuthError};
 use crate::config::Mapping;
 
 const USER_PASSWORD_SHAPE: &str = r#"{"username": "...", "password": "..."}"#;
-const CLIENT_CERTIFICATE_SHAPE: &str =
-    r#"{"certificate": "<PEM chain, client first>", "privateKey": "<PEM PKCS#8>", "privateKeyPassword": "<when the key is encrypted>"}"#;
+const CLIENT_CERTIFICATE_SHAPE: &str = r#"{"certificate": "<PEM chain, client first>", "privateKey": "<PEM PKCS#8>", "privateKeyPassword": "<when the key is encrypted>"}"#;
 const ROOT_CA_SHAPE: &str = r#"{"certificate": "<PEM>"}"#;
 
 /// How one setting's value may be shown.
@@ -143,7 +142,8 @@ impl KafkaSecurity {
             if let Value::Secret(secret) = value {
                 fragments.push(secret.clone());
                 // Lines of a PEM key; short lines (the END marker's tail) are not secret.
-                fragments.extend(secret.lines().map(str::trim).filter(|l| l.len() >= 16 && *l != secret).map(String::from));
+                fragments
+                    .extend(secret.lines().map(str::trim).filter(|l| l.len() >= 16 && *l != secret).map(String::from));
             }
         }
         fragments.retain(|f| !f.is_empty());
@@ -197,7 +197,9 @@ pub async fn resolve(mapping: &Mapping, secrets: &dyn SecretSource) -> Result<Ka
             AccessType::ServerRootCa => &mut root_ca,
         };
         if slot.replace(entry.uri.as_str()).is_some() {
-            return Err(AuthError::config(format!("SourceAccessConfigurations has {kind} more than once; allowed once")));
+            return Err(AuthError::config(format!(
+                "SourceAccessConfigurations has {kind} more than once; allowed once"
+            )));
         }
     }
 
@@ -473,9 +475,11 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn each_sasl_type_selects_its_mechanism_and_always_tls() -> Result<(), AuthError> {
-        for (kind, mechanism) in
-            [("BASIC_AUTH", "PLAIN"), ("SASL_SCRAM_256_AUTH", "SCRAM-SHA-256"), ("SASL_SCRAM_512_AUTH", "SCRAM-SHA-512")]
-        {
+        for (kind, mechanism) in [
+            ("BASIC_AUTH", "PLAIN"),
+            ("SASL_SCRAM_256_AUTH", "SCRAM-SHA-256"),
+            ("SASL_SCRAM_512_AUTH", "SCRAM-SHA-512"),
+        ] {
             let m = mapping(serde_json::json!([{"Type": kind, "URI": SCRAM_ARN}]), &["b-1.example:9096"]);
             let security = resolve(&m, &secrets(&[(SCRAM_ARN, scram_secret())])).await?;
             assert_eq!(security.security_protocol(), "sasl_ssl", "{kind}");
@@ -499,7 +503,10 @@ pub(crate) mod tests {
         );
         let key = key_pem("ENCRYPTED PRIVATE KEY");
         let source = secrets(&[
-            (CERT_ARN, serde_json::json!({"certificate": CERTIFICATE, "privateKey": key, "privateKeyPassword": KEY_PASSWORD})),
+            (
+                CERT_ARN,
+                serde_json::json!({"certificate": CERTIFICATE, "privateKey": key, "privateKeyPassword": KEY_PASSWORD}),
+            ),
             (CA_ARN, serde_json::json!({"certificate": CERTIFICATE})),
         ]);
         let security = resolve(&m, &source).await?;
@@ -612,16 +619,34 @@ pub(crate) mod tests {
         let m = mapping(serde_json::json!([]), &["SSL://b:9094"]);
         let error = resolve(&m, &secrets(&[])).await.unwrap_err();
         assert_eq!(error.code, ErrorCode::EsmConfigNotValid);
-        assert!(error.sentence.contains(r#"asks for protocol "SSL", but SourceAccessConfigurations select "plaintext""#), "{error}");
+        assert!(
+            error.sentence.contains(r#"asks for protocol "SSL", but SourceAccessConfigurations select "plaintext""#),
+            "{error}"
+        );
         Ok(())
     }
 
     #[tokio::test]
     async fn missing_secret_fields_name_arn_and_field() {
         let cases = [
-            (serde_json::json!([{"Type": "SASL_SCRAM_256_AUTH", "URI": SCRAM_ARN}]), SCRAM_ARN, serde_json::json!({"username": "alice"}), "\"password\""),
-            (serde_json::json!([{"Type": "BASIC_AUTH", "URI": SCRAM_ARN}]), SCRAM_ARN, serde_json::json!({"password": PASSWORD}), "\"username\""),
-            (serde_json::json!([{"Type": "SERVER_ROOT_CA_CERTIFICATE", "URI": CA_ARN}]), CA_ARN, serde_json::json!({"cert": CERTIFICATE}), "\"certificate\""),
+            (
+                serde_json::json!([{"Type": "SASL_SCRAM_256_AUTH", "URI": SCRAM_ARN}]),
+                SCRAM_ARN,
+                serde_json::json!({"username": "alice"}),
+                "\"password\"",
+            ),
+            (
+                serde_json::json!([{"Type": "BASIC_AUTH", "URI": SCRAM_ARN}]),
+                SCRAM_ARN,
+                serde_json::json!({"password": PASSWORD}),
+                "\"username\"",
+            ),
+            (
+                serde_json::json!([{"Type": "SERVER_ROOT_CA_CERTIFICATE", "URI": CA_ARN}]),
+                CA_ARN,
+                serde_json::json!({"cert": CERTIFICATE}),
+                "\"certificate\"",
+            ),
             (
                 serde_json::json!([{"Type": "CLIENT_CERTIFICATE_TLS_AUTH", "URI": CERT_ARN}]),
                 CERT_ARN,
@@ -660,7 +685,10 @@ pub(crate) mod tests {
         let not_pem = serde_json::json!({"certificate": "MIIBdummy", "privateKey": key_pem("PRIVATE KEY")});
         let error = resolve(&m, &secrets(&[(CERT_ARN, not_pem)])).await.unwrap_err();
         assert_eq!(error.code, ErrorCode::EventSourceAuthnError);
-        assert!(error.sentence.starts_with("Provided certificate or private key is invalid: field \"certificate\""), "{error}");
+        assert!(
+            error.sentence.starts_with("Provided certificate or private key is invalid: field \"certificate\""),
+            "{error}"
+        );
         let no_key = serde_json::json!({"certificate": CERTIFICATE, "privateKey": KEY_BODY});
         let error = resolve(&m, &secrets(&[(CERT_ARN, no_key)])).await.unwrap_err();
         assert_eq!(error.code, ErrorCode::EventSourceAuthnError);
@@ -675,13 +703,19 @@ pub(crate) mod tests {
             &["b:9096"],
         );
         let error = resolve(&m, &secrets(&[(SCRAM_ARN, scram_secret())])).await.unwrap_err();
-        assert_eq!(error.sentence, "SourceAccessConfigurations has BASIC_AUTH and SASL_SCRAM_256_AUTH; choose one SASL mechanism");
+        assert_eq!(
+            error.sentence,
+            "SourceAccessConfigurations has BASIC_AUTH and SASL_SCRAM_256_AUTH; choose one SASL mechanism"
+        );
         let m = mapping(
             serde_json::json!([{"Type": "SERVER_ROOT_CA_CERTIFICATE", "URI": CA_ARN}, {"Type": "SERVER_ROOT_CA_CERTIFICATE", "URI": CA_ARN}]),
             &["b:9094"],
         );
         let error = resolve(&m, &secrets(&[])).await.unwrap_err();
-        assert_eq!(error.sentence, "SourceAccessConfigurations has SERVER_ROOT_CA_CERTIFICATE more than once; allowed once");
+        assert_eq!(
+            error.sentence,
+            "SourceAccessConfigurations has SERVER_ROOT_CA_CERTIFICATE more than once; allowed once"
+        );
         let m = mapping(serde_json::json!([{"Type": "KERBEROS", "URI": CA_ARN}]), &["b:9094"]);
         let error = resolve(&m, &secrets(&[])).await.unwrap_err();
         assert_eq!(error.code, ErrorCode::EsmConfigNotValid);
@@ -735,10 +769,7 @@ pub(crate) mod tests {
             PrivateKeyPem::inspect(&key_pem("PRIVATE KEY")),
             Some(PrivateKeyPem { encrypted: false, needs_legacy_provider: false })
         );
-        assert_eq!(
-            PrivateKeyPem::inspect(&key_pem("ENCRYPTED PRIVATE KEY")).map(|k| k.encrypted),
-            Some(true)
-        );
+        assert_eq!(PrivateKeyPem::inspect(&key_pem("ENCRYPTED PRIVATE KEY")).map(|k| k.encrypted), Some(true));
         let traditional = format!("-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-256-CBC,00\n\n{KEY_BODY}\n-----END RSA PRIVATE KEY-----\n");
         assert_eq!(PrivateKeyPem::inspect(&traditional).map(|k| k.encrypted), Some(true));
         assert_eq!(PrivateKeyPem::inspect(CERTIFICATE), None);

@@ -163,53 +163,75 @@ pub(crate) fn redact_with(fragments: &[String], text: &str) -> String {
     out
 }
 
+/// Which `SourceAccessConfigurations` a mapping uses, checked without reading any secret.
+struct Plan<'a> {
+    protocol: &'static str,
+    /// (type, its AWS name, secret ARN)
+    sasl: Option<(AccessType, &'static str, &'a str)>,
+    client_certificate: Option<&'a str>,
+    root_ca: Option<&'a str>,
+}
+
+impl<'a> Plan<'a> {
+    fn of(mapping: &'a Mapping) -> Result<Self, AuthError> {
+        let mut sasl: Option<(AccessType, &'static str, &str)> = None;
+        let mut client_certificate: Option<&str> = None;
+        let mut root_ca: Option<&str> = None;
+        for entry in &mapping.source_access_configurations {
+            let kind = entry.kind.as_str();
+            let (access, name) = AccessType::parse(kind)
+                .zip(crate::config::SOURCE_ACCESS_TYPES.iter().copied().find(|t| *t == kind))
+                .ok_or_else(|| {
+                    AuthError::config(format!(
+                        "SourceAccessConfigurations Type {kind:?} is not supported; allowed {}",
+                        crate::config::SOURCE_ACCESS_TYPES.join(", ")
+                    ))
+                })?;
+            let slot = match access {
+                AccessType::Network => continue,
+                AccessType::BasicAuth | AccessType::Scram256 | AccessType::Scram512 => {
+                    if let Some((_, other, _)) = sasl {
+                        return Err(AuthError::config(format!(
+                            "SourceAccessConfigurations has {other} and {kind}; choose one SASL mechanism"
+                        )));
+                    }
+                    sasl = Some((access, name, entry.uri.as_str()));
+                    continue;
+                }
+                AccessType::ClientCertificate => &mut client_certificate,
+                AccessType::ServerRootCa => &mut root_ca,
+            };
+            if slot.replace(entry.uri.as_str()).is_some() {
+                return Err(AuthError::config(format!(
+                    "SourceAccessConfigurations has {kind} more than once; allowed once"
+                )));
+            }
+        }
+        let protocol = match (sasl.is_some(), client_certificate.is_some() || root_ca.is_some()) {
+            (true, _) => "sasl_ssl",
+            (false, true) => "ssl",
+            (false, false) => "plaintext",
+        };
+        refuse_protocol_prefixes(mapping, protocol, sasl.map(|(_, kind, _)| kind))?;
+        Ok(Self { protocol, sasl, client_certificate, root_ca })
+    }
+}
+
+/// What can be checked without reading secrets or connecting (for `validate`): known types, at most one
+/// SASL type, certificate types at most once, and no bootstrap server prefix that would change the protocol
+/// (e.g. `SASL_PLAINTEXT://` with a SASL type). Errors are `ESM_CONFIG_NOT_VALID`.
+pub fn validate(mapping: &Mapping) -> Result<(), AuthError> {
+    Plan::of(mapping).map(|_| ())
+}
+
 /// Reads the mapping's `SourceAccessConfigurations` and their secrets into librdkafka settings.
 ///
-/// Errors: `ESM_CONFIG_NOT_VALID` for an unknown or repeated type, a secret that cannot be read, is not
-/// the documented JSON or lacks a field, an encrypted key without `privateKeyPassword`, or a bootstrap
-/// server prefix that would change the protocol (e.g. `SASL_PLAINTEXT://`); `EVENT_SOURCE_AUTHN_ERROR`
-/// when a certificate or key is not PEM (AWS: "Provided certificate or private key is invalid").
+/// Errors: everything [`validate`] reports; `ESM_CONFIG_NOT_VALID` for a secret that cannot be read, is
+/// not the documented JSON or lacks a field, or an encrypted key without `privateKeyPassword`;
+/// `EVENT_SOURCE_AUTHN_ERROR` when a certificate or key is not PEM (AWS: "Provided certificate or private
+/// key is invalid").
 pub async fn resolve(mapping: &Mapping, secrets: &dyn SecretSource) -> Result<KafkaSecurity, AuthError> {
-    let mut sasl: Option<(AccessType, &'static str, &str)> = None;
-    let mut client_certificate: Option<&str> = None;
-    let mut root_ca: Option<&str> = None;
-    for entry in &mapping.source_access_configurations {
-        let kind = entry.kind.as_str();
-        let access = AccessType::parse(kind).ok_or_else(|| {
-            AuthError::config(format!(
-                "SourceAccessConfigurations Type {kind:?} is not supported; allowed {}",
-                crate::config::SOURCE_ACCESS_TYPES.join(", ")
-            ))
-        })?;
-        let slot = match access {
-            AccessType::Network => continue,
-            AccessType::BasicAuth | AccessType::Scram256 | AccessType::Scram512 => {
-                if let Some((_, other, _)) = sasl {
-                    return Err(AuthError::config(format!(
-                        "SourceAccessConfigurations has {other} and {kind}; choose one SASL mechanism"
-                    )));
-                }
-                let name = crate::config::SOURCE_ACCESS_TYPES.iter().copied().find(|t| *t == kind).unwrap_or("SASL");
-                sasl = Some((access, name, entry.uri.as_str()));
-                continue;
-            }
-            AccessType::ClientCertificate => &mut client_certificate,
-            AccessType::ServerRootCa => &mut root_ca,
-        };
-        if slot.replace(entry.uri.as_str()).is_some() {
-            return Err(AuthError::config(format!(
-                "SourceAccessConfigurations has {kind} more than once; allowed once"
-            )));
-        }
-    }
-
-    let protocol = match (sasl.is_some(), client_certificate.is_some() || root_ca.is_some()) {
-        (true, _) => "sasl_ssl",
-        (false, true) => "ssl",
-        (false, false) => "plaintext",
-    };
-    refuse_protocol_prefixes(mapping, protocol, sasl.map(|(_, kind, _)| kind))?;
-
+    let Plan { protocol, sasl, client_certificate, root_ca } = Plan::of(mapping)?;
     let mut security = KafkaSecurity { protocol, settings: Vec::new(), context: SecurityContext::default() };
     if protocol != "plaintext" {
         // Both are librdkafka defaults today; set anyway so a changed default cannot turn verification off.
@@ -694,6 +716,16 @@ pub(crate) mod tests {
         assert_eq!(error.code, ErrorCode::EventSourceAuthnError);
         assert!(error.sentence.contains("field \"privateKey\""), "{error}");
         assert!(!error.sentence.contains(KEY_BODY), "{error}");
+    }
+
+    #[test]
+    fn validate_refuses_plaintext_sasl_without_reading_secrets() {
+        let m = mapping(serde_json::json!([{"Type": "BASIC_AUTH", "URI": SCRAM_ARN}]), &["SASL_PLAINTEXT://b:9092"]);
+        let error = validate(&m).unwrap_err();
+        assert_eq!(error.code, ErrorCode::EsmConfigNotValid);
+        assert!(error.sentence.contains("BASIC_AUTH always uses TLS"), "{error}");
+        let m = mapping(serde_json::json!([{"Type": "BASIC_AUTH", "URI": SCRAM_ARN}]), &["b:9096"]);
+        assert_eq!(validate(&m), Ok(()));
     }
 
     #[tokio::test]

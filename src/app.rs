@@ -106,7 +106,7 @@ pub fn aws_services(sdk_config: &aws_config::SdkConfig) -> Services {
     Services {
         invoker,
         sinks: Arc::new(move |arn: &str| destination_sink(arn, &sdk)),
-        connector: Arc::new(crate::relay::Plaintext),
+        secrets: Arc::new(crate::auth::SecretsManagerSource::new(sdk_config)),
     }
 }
 

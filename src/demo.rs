@@ -13,7 +13,7 @@ use crate::config::RelayConfig;
 use crate::invoke::server::{self, LocalLambda, Reply};
 use crate::kafka::mock::MockKafka;
 use crate::metrics::RunReport;
-use crate::relay::{Plaintext, RunOptions, Services};
+use crate::relay::{RunOptions, Services};
 
 /// The demo failed to set up.
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +100,7 @@ pub async fn run(records: u32, partitions: i32) -> Result<RunReport, DemoError> 
     let services = Services {
         invoker: Arc::new(crate::invoke::lambda::LambdaInvoker::new(&sdk_config)),
         sinks: Arc::new(|arn: &str| Err(format!("the demo has no destination ({arn})"))),
-        connector: Arc::new(Plaintext),
+        secrets: Arc::new(crate::auth::SecretsManagerSource::new(&sdk_config)),
     };
     let total = records as u64;
     let options = RunOptions {

@@ -64,30 +64,6 @@ impl FailureSink for crate::destination::OnFailureDestination {
     }
 }
 
-/// Kafka settings a mapping needs beyond the defaults (authentication, TLS), or why it cannot connect.
-#[async_trait::async_trait]
-pub trait Connector: Send + Sync {
-    /// librdkafka key/values for `mapping`. The error is (AWS error code, sentence saying what to fix).
-    async fn settings(&self, mapping: &Mapping) -> Result<Vec<(String, String)>, (String, String)>;
-
-    /// Diagnoses librdkafka client errors (e.g. authentication failures) as (AWS error code, sentence).
-    fn diagnose(&self, errors: &[(KafkaError, String)]) -> Option<(String, String)>;
-}
-
-/// A connector for plaintext clusters without authentication.
-pub struct Plaintext;
-
-#[async_trait::async_trait]
-impl Connector for Plaintext {
-    async fn settings(&self, _mapping: &Mapping) -> Result<Vec<(String, String)>, (String, String)> {
-        Ok(Vec::new())
-    }
-
-    fn diagnose(&self, _errors: &[(KafkaError, String)]) -> Option<(String, String)> {
-        None
-    }
-}
-
 /// The outside services a run uses.
 #[derive(Clone)]
 pub struct Services {
@@ -95,8 +71,8 @@ pub struct Services {
     pub invoker: Arc<dyn Invoke>,
     /// Builds the on-failure destination of a mapping from its ARN.
     pub sinks: Arc<dyn Fn(&str) -> Result<Arc<dyn FailureSink>, String> + Send + Sync>,
-    /// Kafka connection settings.
-    pub connector: Arc<dyn Connector>,
+    /// Secrets Manager, for `SourceAccessConfigurations`.
+    pub secrets: Arc<dyn crate::auth::SecretSource>,
 }
 
 /// Progress callback: (mapping UUID, counts so far).
@@ -234,20 +210,24 @@ pub async fn run_mapping(mapping: &Mapping, services: &Services, options: &RunOp
         Ok(filters) => filters,
         Err(error) => return failed(crate::config::ESM_CONFIG_NOT_VALID, format!("FilterCriteria is not valid: {error}")),
     };
-    let security = match services.connector.settings(mapping).await {
-        Ok(settings) => settings,
-        Err((code, sentence)) => return failed(&code, sentence),
+    let security = match crate::auth::resolve(mapping, services.secrets.as_ref()).await {
+        Ok(security) => security,
+        Err(error) => return failed(error.code.as_str(), error.sentence),
     };
+    let diagnostics = Arc::new(crate::auth::ConnectionDiagnostics::new(&security, mapping));
 
     let starting_position = mapping.starting_position.unwrap_or(crate::config::StartingPosition::Latest);
     let mut config = consumer::consumer_config(&mapping.bootstrap_servers().join(","), &mapping.consumer_group_id(), starting_position);
-    for (key, value) in &security {
-        config.set(key, value);
-    }
+    security.apply(&mut config);
     let timestamp_ms = mapping.starting_position_timestamp.map(|s| (s * 1000.0) as i64);
-    let consumer = match consumer::subscribe(&config, RelayContext::new(starting_position, timestamp_ms), &mapping.topics) {
+    let context = RelayContext::new(starting_position, timestamp_ms, diagnostics.clone());
+    let consumer = match consumer::subscribe(&config, context, &mapping.topics) {
         Ok(consumer) => consumer,
-        Err(error) => return failed(crate::config::ESM_CONFIG_NOT_VALID, format!("cannot create the Kafka consumer: {error}")),
+        Err(error) => {
+            // Never log the error itself: a ClientConfig error quotes the (secret) value.
+            let error = diagnostics.creation_error(&error);
+            return failed(error.code.as_str(), error.sentence);
+        }
     };
 
     let mut run = MappingRun::new(mapping, services, options, function, sink, filters, consumer);
@@ -265,7 +245,6 @@ fn function_arn(function_name: &str) -> String {
 
 struct MappingRun<'a> {
     mapping: &'a Mapping,
-    services: &'a Services,
     options: &'a RunOptions,
     consumer: RelayConsumer,
     filters: Filters,
@@ -309,7 +288,6 @@ impl<'a> MappingRun<'a> {
         });
         Self {
             mapping,
-            services,
             options,
             consumer,
             filters,
@@ -387,7 +365,10 @@ impl<'a> MappingRun<'a> {
                 if let Some(progress) = &self.options.progress {
                     progress(&self.job_context.mapping_uuid, &self.counts);
                 }
-                self.diagnose_client_errors();
+                self.diagnose_client_errors().await;
+                if self.has_fatal_problem() {
+                    break;
+                }
                 last_progress = Instant::now();
             }
 
@@ -412,8 +393,8 @@ impl<'a> MappingRun<'a> {
                     Err(KafkaError::PartitionEOF(_)) => eof_seen = true,
                     Err(error) => {
                         tracing::warn!(error_code = "KAFKA_POLL_ERROR", mapping = %self.job_context.mapping_uuid, %error, "poll failed");
-                        self.diagnose_client_errors();
-                        if self.problem.as_ref().is_some_and(|(code, _)| !code.is_empty()) {
+                        self.diagnose_client_errors().await;
+                        if self.has_fatal_problem() {
                             break;
                         }
                     }
@@ -434,19 +415,31 @@ impl<'a> MappingRun<'a> {
         while let Some(event) = events_rx.recv().await {
             self.apply_job_event(event);
         }
-        self.diagnose_client_errors();
+        self.diagnose_client_errors().await;
         let committed = self.commit(true);
         self.report(committed)
     }
 
-    fn diagnose_client_errors(&mut self) {
-        let errors = self.consumer.context().take_errors();
-        if errors.is_empty() {
+    /// Authentication and authorization failures end the mapping's run with AWS's error code; other
+    /// mappings keep running.
+    async fn diagnose_client_errors(&mut self) {
+        if self.problem.is_some() {
             return;
         }
-        if let Some((code, sentence)) = self.services.connector.diagnose(&errors) {
-            self.problem = Some((code, sentence));
+        let diagnostics = self.consumer.context().diagnostics().clone();
+        if diagnostics.diagnose().is_none() {
+            return;
         }
+        // Telling an untrusted certificate from a hostname mismatch takes a short blocking handshake.
+        let refined = tokio::task::spawn_blocking(move || diagnostics.diagnose_with_probe()).await.ok().flatten();
+        if let Some(error) = refined {
+            tracing::error!(error_code = error.code.as_str(), mapping = %self.job_context.mapping_uuid, sentence = %error.sentence, "cannot use the cluster");
+            self.problem = Some((error.code.as_str().to_string(), error.sentence));
+        }
+    }
+
+    fn has_fatal_problem(&self) -> bool {
+        self.problem.as_ref().is_some_and(|(code, _)| !code.is_empty())
     }
 
     fn apply_group_events(&mut self) {

@@ -51,20 +51,30 @@ pub struct RelayContext {
     /// What may be committed now, per partition, with its metadata; kept current by the relay loop so a
     /// revocation commits progress before the partitions move to another consumer.
     committable: Mutex<BTreeMap<PartitionKey, (i64, String)>>,
-    /// The latest client-level errors (connection, authentication), newest last.
-    errors: Mutex<Vec<(KafkaError, String)>>,
+    /// Logs and client errors go through the diagnosing context, which redacts secrets and recognizes
+    /// authentication and authorization failures.
+    diagnosing: crate::auth::DiagnosingContext,
 }
 
 impl RelayContext {
     /// A context applying `starting_position` to partitions without committed offsets.
-    pub fn new(starting_position: StartingPosition, starting_timestamp_ms: Option<i64>) -> Self {
+    pub fn new(
+        starting_position: StartingPosition,
+        starting_timestamp_ms: Option<i64>,
+        diagnostics: std::sync::Arc<crate::auth::ConnectionDiagnostics>,
+    ) -> Self {
         Self {
             starting_position,
             starting_timestamp_ms,
             events: Mutex::new(Vec::new()),
             committable: Mutex::new(BTreeMap::new()),
-            errors: Mutex::new(Vec::new()),
+            diagnosing: crate::auth::DiagnosingContext::new(diagnostics),
         }
+    }
+
+    /// What the client's errors and logs said about the connection.
+    pub fn diagnostics(&self) -> &std::sync::Arc<crate::auth::ConnectionDiagnostics> {
+        self.diagnosing.diagnostics()
     }
 
     /// Assignment changes since the last call.
@@ -80,11 +90,6 @@ impl RelayContext {
     /// Forgets a partition (revoked).
     pub fn forget(&self, key: &PartitionKey) {
         self.committable.lock().expect("committable lock").remove(key);
-    }
-
-    /// Client errors seen so far (error, reason), and clears them.
-    pub fn take_errors(&self) -> Vec<(KafkaError, String)> {
-        std::mem::take(&mut *self.errors.lock().expect("errors lock"))
     }
 
     fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
@@ -173,26 +178,15 @@ impl RelayContext {
 
 impl ClientContext for RelayContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
-                tracing::error!(target: "librdkafka", facility = fac, message = log_message)
-            }
-            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility = fac, message = log_message),
-            _ => tracing::debug!(target: "librdkafka", facility = fac, message = log_message),
-        }
+        self.diagnosing.log(level, fac, log_message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(error, KafkaError::PartitionEOF(_)) || matches!(error, KafkaError::Global(rdkafka::error::RDKafkaErrorCode::PartitionEOF)) {
+        if matches!(error, KafkaError::PartitionEOF(_) | KafkaError::Global(rdkafka::error::RDKafkaErrorCode::PartitionEOF)) {
             // Reaching the end of a partition is how idleness is noticed, not an error.
             return;
         }
-        tracing::warn!(target: "librdkafka", error_code = "KAFKA_CLIENT_ERROR", %error, reason);
-        let mut errors = self.errors.lock().expect("errors lock");
-        if errors.len() >= 32 {
-            errors.remove(0);
-        }
-        errors.push((error, reason.to_string()));
+        self.diagnosing.error(error, reason);
     }
 }
 

@@ -165,13 +165,7 @@ async fn failing_partition_blocks_only_itself_and_nothing_past_the_failure_is_co
         }),
     );
     let cfg = config(h.kafka.bootstrap_servers(), &topic, &function, &group, serde_json::json!({"BatchSize": 3}));
-    let options = kafka_lambda_relay::relay::RunOptions {
-        deadline: Some(std::time::Instant::now() + Duration::from_secs(8)),
-        target_timeout: Some(Duration::from_secs(1)),
-        margin: Duration::from_millis(500),
-        until_idle: false,
-        ..until_idle()
-    };
+    let options = kafka_lambda_relay::relay::RunOptions { until_idle: false, ..bounded(8) };
     let report = run_all(&cfg, &h.services, &options).await;
 
     let committed = h.committed(&group, &topic, 4);

@@ -7,7 +7,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kafka_lambda_relay::app::run_all;
 use kafka_lambda_relay::invoke::server::{handler, script, Reply};
@@ -135,7 +135,7 @@ async fn invocations_until_given_up(retries: i64, destination: bool) -> Result<(
         extra["DestinationConfig"] = serde_json::json!({"OnFailure": {"Destination": DLQ}});
     }
     let cfg = config(h.kafka.bootstrap_servers(), &topic, &function, &group, extra);
-    let options = RunOptions { deadline: Some(Instant::now() + Duration::from_secs(6)), target_timeout: Some(Duration::from_secs(1)), margin: Duration::from_millis(200), ..until_idle() };
+    let options = bounded(6);
     run_all(&cfg, &h.services, &options).await;
     Ok((h.lambda.invocation_count(&function), h, topic, group))
 }
@@ -259,7 +259,7 @@ async fn nothing_is_committed_while_the_destination_is_down_and_records_go_out_w
     h.destination.failing.store(true, Ordering::SeqCst);
     let cfg = config(h.kafka.bootstrap_servers(), &topic, &function, &group, serde_json::json!({
         "BatchSize": 1, "MaximumRetryAttempts": 0, "DestinationConfig": {"OnFailure": {"Destination": DLQ}}}));
-    let short = RunOptions { deadline: Some(Instant::now() + Duration::from_secs(4)), target_timeout: Some(Duration::from_secs(1)), margin: Duration::from_millis(200), ..until_idle() };
+    let short = bounded(4);
     let report = run_all(&cfg, &h.services, &short).await;
     assert!(h.destination.refused.load(Ordering::SeqCst) >= 2, "the write is retried");
     assert_eq!(h.committed(&group, &topic, 1), vec![Some(3)], "nothing committed past the record waiting for the destination");
@@ -287,7 +287,7 @@ async fn a_crash_between_destination_write_and_commit_duplicates_but_never_loses
     services.sinks = Arc::new(move |_arn: &str| Ok(sink.clone() as Arc<dyn kafka_lambda_relay::relay::FailureSink>));
     let cfg = config(h.kafka.bootstrap_servers(), &topic, &function, &group, serde_json::json!({
         "MaximumRetryAttempts": 0, "MaximumBatchingWindowInSeconds": 1, "DestinationConfig": {"OnFailure": {"Destination": DLQ}}}));
-    let short = RunOptions { deadline: Some(Instant::now() + Duration::from_secs(4)), target_timeout: Some(Duration::from_secs(1)), margin: Duration::from_millis(200), ..until_idle() };
+    let short = bounded(4);
     run_all(&cfg, &services, &short).await;
     assert_eq!(h.destination.written.lock().unwrap().len(), 1, "written once before the crash");
     assert_eq!(h.committed(&group, &topic, 1), vec![Some(0)], "the crash came before the commit: nothing past record 0");

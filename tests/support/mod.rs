@@ -202,3 +202,13 @@ pub fn by_partition(delivered: &[(i32, i64)]) -> BTreeMap<i32, Vec<i64>> {
     }
     map
 }
+
+/// Options for a run that ends after `seconds` (a scheduled run's deadline), with a 1 s target timeout.
+pub fn bounded(seconds: u64) -> RunOptions {
+    RunOptions {
+        deadline: Some(std::time::Instant::now() + Duration::from_secs(seconds)),
+        target_timeout: Some(Duration::from_secs(1)),
+        margin: Duration::from_millis(200),
+        ..until_idle()
+    }
+}

@@ -498,3 +498,33 @@ fn the_default_timeout_outlasts_the_longest_target_invocation() -> TestResult {
     assert!(ref_name(&function["Properties"]["MemorySize"]).is_some(), "MemorySize must be a parameter");
     Ok(())
 }
+
+/// The `key = value` lines of one table of `samconfig.toml`; enough TOML for the flat table we write.
+fn samconfig_table(header: &str) -> Result<BTreeMap<String, String>, Box<dyn Error>> {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/samconfig.toml"))?;
+    let mut lines = text.lines().skip_while(|line| line.trim() != header);
+    lines.next().ok_or_else(|| format!("samconfig.toml has no {header}"))?;
+    Ok(lines
+        .take_while(|line| !line.starts_with('['))
+        .filter(|line| !line.trim().is_empty() && !line.trim_start().starts_with('#'))
+        .filter_map(|line| line.split_once(" = "))
+        .map(|(key, value)| (key.trim().to_string(), value.trim().to_string()))
+        .collect())
+}
+
+#[test]
+fn samconfig_example_overrides_name_template_parameters_and_valid_mappings() -> TestResult {
+    let template = template()?;
+    let overrides = samconfig_table("[default.deploy.parameters.parameter_overrides]")?;
+    assert!(overrides.len() >= 5, "expected an example for the main parameters, found {overrides:?}");
+    for key in overrides.keys() {
+        assert!(template["Parameters"].get(key.as_str()).is_some(), "samconfig.toml overrides unknown parameter {key}");
+    }
+    let mappings = overrides["MappingsJson"].trim_matches('\'');
+    let config = kafka_lambda_relay::config::RelayConfig::parse_valid(mappings)?;
+    assert_eq!(config.mappings.len(), 1);
+    let deploy = samconfig_table("[default.deploy.parameters]")?;
+    assert_eq!(deploy["capabilities"], "\"CAPABILITY_IAM\"");
+    assert_eq!(deploy["confirm_changeset"], "true");
+    Ok(())
+}

@@ -38,28 +38,53 @@ fn one_mapping_event_is_a_valid_config() -> TestResult {
 fn several_mappings_event_is_a_valid_config_using_every_delivery_setting() -> TestResult {
     let config = valid_config("several-mappings.json")?;
     let uuids: Vec<String> = config.mappings.iter().map(|m| m.uuid()).collect();
-    assert_eq!(uuids, vec!["orders-to-billing", "payments-audit", "clickstream-sampler"]);
+    assert_eq!(
+        uuids,
+        vec!["orders-to-billing", "payments-audit", "clickstream-sampler"]
+    );
 
     let billing = &config.mappings[0];
-    let kinds: Vec<&str> = billing.source_access_configurations.iter().map(|s| s.kind.as_str()).collect();
-    assert_eq!(kinds, vec!["SASL_SCRAM_512_AUTH", "SERVER_ROOT_CA_CERTIFICATE"]);
-    assert_eq!(billing.destination(), Some("arn:aws:sqs:us-east-1:123456789012:billing-relay-failures"));
-    assert_eq!(billing.filter_criteria.as_ref().map(|f| f.filters.len()), Some(2));
+    let kinds: Vec<&str> = billing
+        .source_access_configurations
+        .iter()
+        .map(|s| s.kind.as_str())
+        .collect();
+    assert_eq!(
+        kinds,
+        vec!["SASL_SCRAM_512_AUTH", "SERVER_ROOT_CA_CERTIFICATE"]
+    );
+    assert_eq!(
+        billing.destination(),
+        Some("arn:aws:sqs:us-east-1:123456789012:billing-relay-failures")
+    );
+    assert_eq!(
+        billing.filter_criteria.as_ref().map(|f| f.filters.len()),
+        Some(2)
+    );
     assert_eq!(billing.retry_limit(), Some(3));
-    assert_eq!(billing.max_record_age(), Some(std::time::Duration::from_secs(3600)));
+    assert_eq!(
+        billing.max_record_age(),
+        Some(std::time::Duration::from_secs(3600))
+    );
     assert!(billing.bisect_batch_on_function_error);
     assert!(billing.reports_batch_item_failures());
     assert_eq!(billing.consumer_group_id(), "billing-relay");
 
     let audit = &config.mappings[1];
     assert_eq!(audit.event_source(), "aws:kafka");
-    assert_eq!(audit.destination(), Some("arn:aws:s3:::payments-audit-relay-failures"));
+    assert_eq!(
+        audit.destination(),
+        Some("arn:aws:s3:::payments-audit-relay-failures")
+    );
     assert_eq!(audit.consumer_group_id(), "payments-audit");
 
     let sampler = &config.mappings[2];
     assert!(!sampler.enabled);
     assert_eq!(sampler.retry_limit(), Some(0));
-    assert_eq!(sampler.destination(), Some("arn:aws:sns:us-east-1:123456789012:clickstream-alerts"));
+    assert_eq!(
+        sampler.destination(),
+        Some("arn:aws:sns:us-east-1:123456789012:clickstream-alerts")
+    );
     Ok(())
 }
 
@@ -70,7 +95,10 @@ fn invalid_event_reports_every_violation_it_contains() -> TestResult {
         Err(ConfigError::Invalid(violations)) => violations,
         other => return Err(format!("expected Invalid, got {other:?}").into()),
     };
-    let mut found: Vec<(String, String)> = violations.into_iter().map(|v| (v.mapping, v.field)).collect();
+    let mut found: Vec<(String, String)> = violations
+        .into_iter()
+        .map(|v| (v.mapping, v.field))
+        .collect();
     found.sort();
     let mut expected: Vec<(String, String)> = [
         ("Mappings[0]", "BatchSize"),
@@ -100,6 +128,9 @@ fn scheduled_event_is_what_eventbridge_sends_and_not_a_config() -> TestResult {
     let again: EventBridgeEvent = serde_json::from_str(&serde_json::to_string(&event)?)?;
     assert_eq!(again, event);
     // The relay tells the two payloads apart: a Scheduled Event must never be mistaken for mappings.
-    assert!(matches!(RelayConfig::from_json(&text), Err(ConfigError::Parse(_))));
+    assert!(matches!(
+        RelayConfig::from_json(&text),
+        Err(ConfigError::Parse(_))
+    ));
     Ok(())
 }

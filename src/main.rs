@@ -50,7 +50,7 @@ enum Command {
     /// Run the relay end to end on an in-process Kafka and a sample target function (no cloud account).
     Demo {
         /// Records to produce.
-        #[arg(long, default_value_t = 5000)]
+        #[arg(long, default_value_t = 20000)]
         records: u32,
         /// Partitions of the demo topic.
         #[arg(long, default_value_t = 16)]

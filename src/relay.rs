@@ -99,7 +99,7 @@ pub struct RunOptions {
     pub transient_backoff: (Duration, Duration),
     /// Stop signal (Ctrl-C, SIGTERM): finish in-flight invocations, commit, leave.
     pub stop: Option<watch::Receiver<bool>>,
-    /// Called about once a second while a mapping runs.
+    /// Called about twice a second while a mapping runs.
     pub progress: Option<Progress>,
     /// The consumer group session timeout.
     pub session_timeout: Duration,
@@ -384,7 +384,7 @@ impl<'a> MappingRun<'a> {
                 self.commit();
                 last_commit = Instant::now();
             }
-            if last_progress.elapsed() > Duration::from_secs(1) {
+            if last_progress.elapsed() > Duration::from_millis(500) {
                 if let Some(progress) = &self.options.progress {
                     progress(&self.job_context.mapping_uuid, &self.counts);
                 }

@@ -16,6 +16,9 @@
 #
 # Logs of the processes go to a temporary directory, kept (and their tails printed) when something fails.
 # RELAY_TEST_KEEP=1 keeps it on success too.
+#
+#   scripts/test.sh                       everything (the README's test command; .ci/run)
+#   scripts/test.sh e2e [FILTER] [-- ARGS]  only the e2e tier, FILTER and ARGS passed to `cargo test`
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -189,15 +192,26 @@ export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 AW
 export AWS_EC2_METADATA_DISABLED=true
 unset AWS_PROFILE AWS_SESSION_TOKEN
 
+only_e2e=false
+e2e_args=()
+if [[ ${1:-} == e2e ]]; then
+  only_e2e=true
+  e2e_args=("${@:2}")
+elif (($# > 0)); then
+  die "usage: $0 [e2e [FILTER] [-- ARGS]]"
+fi
+
 step "setup" bash scripts/setup.sh || exit 1
-step "fast tier" fast_tier || true
+if [[ $only_e2e == false ]]; then
+  step "fast tier" fast_tier || true
+fi
 if ((${#e2e_tests[@]} == 0)); then
   say "no test file starts with #![cfg(feature = \"e2e\")]: no e2e tier"
 elif step "build e2e tier" build_e2e && step "start processes" start_everything; then
-  step "e2e tier" cargo test --features e2e "${e2e_tests[@]}" || true
+  step "e2e tier" cargo test --features e2e "${e2e_tests[@]}" "${e2e_args[@]}" || true
 else
   record "e2e tier" skipped 0
 fi
-if [[ -x scripts/lint-template.sh ]]; then
+if [[ $only_e2e == false && -x scripts/lint-template.sh ]]; then
   step "lint template" scripts/lint-template.sh || true
 fi

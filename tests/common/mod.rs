@@ -443,8 +443,13 @@ impl ChildGuard {
         &mut self.child
     }
 
-    /// Waits until it exits or `timeout` passes (then it is killed and this is an error).
-    pub fn wait_timeout(&mut self, timeout: Duration) -> TestResult<ExitStatus> {
+    /// Waits until it exits, or `timeout` passes or `abort` gives a reason (then it is killed and this is
+    /// an error).
+    pub fn wait_timeout(
+        &mut self,
+        timeout: Duration,
+        abort: &dyn Fn() -> Option<String>,
+    ) -> TestResult<ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait()? {
@@ -455,6 +460,10 @@ impl ChildGuard {
                 return Err(
                     format!("{} did not finish within {timeout:?}; killed", self.name).into(),
                 );
+            }
+            if let Some(reason) = abort() {
+                self.stop();
+                return Err(format!("{} stopped: {reason}", self.name).into());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -521,7 +530,17 @@ impl Finished {
 }
 
 /// Runs `command` to completion with a timeout, capturing stdout and stderr.
-pub fn run_captured(name: &str, mut command: Command, timeout: Duration) -> TestResult<Finished> {
+pub fn run_captured(name: &str, command: Command, timeout: Duration) -> TestResult<Finished> {
+    run_captured_unless(name, command, timeout, &|| None)
+}
+
+/// [`run_captured`], giving up early when `abort` returns a reason.
+pub fn run_captured_unless(
+    name: &str,
+    mut command: Command,
+    timeout: Duration,
+    abort: &dyn Fn() -> Option<String>,
+) -> TestResult<Finished> {
     command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -545,7 +564,7 @@ pub fn run_captured(name: &str, mut command: Command, timeout: Duration) -> Test
         let _ = stderr_pipe.read_to_string(&mut s);
         s
     });
-    let status = guard.wait_timeout(timeout)?;
+    let status = guard.wait_timeout(timeout, abort)?;
     let stdout = stdout_reader.join().expect("stdout reader");
     let stderr = stderr_reader.join().expect("stderr reader");
     Ok(Finished {
@@ -703,7 +722,16 @@ impl RelayWatch {
             ])
             .arg(&file)
             .args(["--output-format", "json", "kafka-lambda-relay"]);
-        run_captured("cargo lambda invoke", command, PROCESS_TIMEOUT)
+        // When the relay process exits instead of serving the invocation, watch logs it and leaves the invoke
+        // hanging: give up then, with the log, instead of waiting for the timeout.
+        let log_before = self.log_text().len();
+        let abort = || {
+            let log = self.log_text();
+            let new = log.get(log_before..).unwrap_or("");
+            new.contains("command exited")
+                .then(|| format!("the relay exited under cargo lambda watch:\n{log}"))
+        };
+        run_captured_unless("cargo lambda invoke", command, PROCESS_TIMEOUT, &abort)
     }
 
     /// What watch and the relay under it logged so far.

@@ -39,73 +39,37 @@ pub struct Mapping {
     #[serde(rename = "Topics")]
     pub topics: Vec<String>,
     /// Bootstrap servers of a self-managed cluster.
-    #[serde(
-        rename = "SelfManagedEventSource",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "SelfManagedEventSource", default, skip_serializing_if = "Option::is_none")]
     pub self_managed_event_source: Option<SelfManagedEventSource>,
     /// MSK cluster ARN; when set the event source is `aws:kafka`.
-    #[serde(
-        rename = "EventSourceArn",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "EventSourceArn", default, skip_serializing_if = "Option::is_none")]
     pub event_source_arn: Option<String>,
     /// Consumer group of a self-managed cluster.
-    #[serde(
-        rename = "SelfManagedKafkaEventSourceConfig",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "SelfManagedKafkaEventSourceConfig", default, skip_serializing_if = "Option::is_none")]
     pub self_managed_kafka_event_source_config: Option<KafkaEventSourceConfig>,
     /// Consumer group of an MSK cluster.
-    #[serde(
-        rename = "AmazonManagedKafkaEventSourceConfig",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "AmazonManagedKafkaEventSourceConfig", default, skip_serializing_if = "Option::is_none")]
     pub amazon_managed_kafka_event_source_config: Option<KafkaEventSourceConfig>,
     /// Maximum records per invocation (AWS default 100, range 1-10000).
     #[serde(rename = "BatchSize", default = "default_batch_size")]
     pub batch_size: i64,
     /// How long to gather records before invoking; AWS uses 500 ms when the field is absent.
-    #[serde(
-        rename = "MaximumBatchingWindowInSeconds",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "MaximumBatchingWindowInSeconds", default, skip_serializing_if = "Option::is_none")]
     pub maximum_batching_window_in_seconds: Option<i64>,
     /// Where to start when the group has no committed offset for a partition.
     #[serde(rename = "StartingPosition")]
     pub starting_position: Option<StartingPosition>,
     /// Unix seconds, required with `AT_TIMESTAMP`.
-    #[serde(
-        rename = "StartingPositionTimestamp",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "StartingPositionTimestamp", default, skip_serializing_if = "Option::is_none")]
     pub starting_position_timestamp: Option<f64>,
     /// Authentication, TLS and network placement (SPEC section 6).
-    #[serde(
-        rename = "SourceAccessConfigurations",
-        default,
-        skip_serializing_if = "Vec::is_empty"
-    )]
+    #[serde(rename = "SourceAccessConfigurations", default, skip_serializing_if = "Vec::is_empty")]
     pub source_access_configurations: Vec<SourceAccessConfiguration>,
     /// Where records the relay gives up on are written.
-    #[serde(
-        rename = "DestinationConfig",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "DestinationConfig", default, skip_serializing_if = "Option::is_none")]
     pub destination_config: Option<DestinationConfig>,
     /// `["ReportBatchItemFailures"]` to honour partial batch responses.
-    #[serde(
-        rename = "FunctionResponseTypes",
-        default,
-        skip_serializing_if = "Vec::is_empty"
-    )]
+    #[serde(rename = "FunctionResponseTypes", default, skip_serializing_if = "Vec::is_empty")]
     pub function_response_types: Vec<String>,
     /// Split a failed batch in two and retry each half.
     #[serde(rename = "BisectBatchOnFunctionError", default)]
@@ -117,11 +81,7 @@ pub struct Mapping {
     #[serde(rename = "MaximumRecordAgeInSeconds", default = "default_infinite")]
     pub maximum_record_age_in_seconds: i64,
     /// Event filtering (EventBridge pattern syntax).
-    #[serde(
-        rename = "FilterCriteria",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "FilterCriteria", default, skip_serializing_if = "Option::is_none")]
     pub filter_criteria: Option<FilterCriteria>,
     /// A disabled mapping is skipped and reported as such.
     #[serde(rename = "Enabled", default = "default_enabled")]
@@ -151,11 +111,7 @@ pub struct Endpoints {
 #[serde(deny_unknown_fields)]
 pub struct KafkaEventSourceConfig {
     /// Consumer group id, 1-200 characters.
-    #[serde(
-        rename = "ConsumerGroupId",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "ConsumerGroupId", default, skip_serializing_if = "Option::is_none")]
     pub consumer_group_id: Option<String>,
 }
 
@@ -348,20 +304,13 @@ impl RelayConfig {
                 None => format!("Mappings[{index}]"),
             };
             for (field, message) in mapping.violations() {
-                violations.push(Violation {
-                    mapping: label.clone(),
-                    field,
-                    message,
-                });
+                violations.push(Violation { mapping: label.clone(), field, message });
             }
             if !seen_uuids.insert(mapping.uuid()) {
                 violations.push(Violation {
                     mapping: label.clone(),
                     field: "UUID".into(),
-                    message: format!(
-                        "{:?} is used by another mapping; each mapping needs its own",
-                        mapping.uuid()
-                    ),
+                    message: format!("{:?} is used by another mapping; each mapping needs its own", mapping.uuid()),
                 });
             }
         }
@@ -431,9 +380,7 @@ impl Mapping {
 
     /// Whether the target may answer with `batchItemFailures`.
     pub fn reports_batch_item_failures(&self) -> bool {
-        self.function_response_types
-            .iter()
-            .any(|t| t == "ReportBatchItemFailures")
+        self.function_response_types.iter().any(|t| t == "ReportBatchItemFailures")
     }
 
     /// The on-failure destination ARN, if any (`""` means none).
@@ -471,18 +418,11 @@ impl Mapping {
             }
         }
         if self.function_name.trim().is_empty() {
-            bad(
-                "FunctionName",
-                "is required (a function name, ARN or partial ARN)".into(),
-            );
+            bad("FunctionName", "is required (a function name, ARN or partial ARN)".into());
         } else if self.function_name.len() > 140 {
             bad(
                 "FunctionName",
-                format!(
-                    "{:?} has {} characters; allowed 1-140",
-                    self.function_name,
-                    self.function_name.len()
-                ),
+                format!("{:?} has {} characters; allowed 1-140", self.function_name, self.function_name.len()),
             );
         }
         if self.topics.is_empty() {
@@ -491,14 +431,9 @@ impl Mapping {
         for topic in &self.topics {
             let valid = !topic.is_empty()
                 && topic.len() <= 249
-                && topic
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+                && topic.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
             if !valid {
-                bad(
-                    "Topics",
-                    format!("{topic:?} is not a Kafka topic name (1-249 of [a-zA-Z0-9._-])"),
-                );
+                bad("Topics", format!("{topic:?} is not a Kafka topic name (1-249 of [a-zA-Z0-9._-])"));
             }
         }
 
@@ -525,58 +460,38 @@ impl Mapping {
             }
         }
         for server in &servers {
-            let valid = server.rsplit_once(':').is_some_and(|(host, port)| {
-                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
-            });
+            let valid = server
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
             if !valid {
-                bad(
-                    "SelfManagedEventSource.Endpoints.KAFKA_BOOTSTRAP_SERVERS",
-                    format!("{server:?} is not host:port"),
-                );
+                bad("SelfManagedEventSource.Endpoints.KAFKA_BOOTSTRAP_SERVERS", format!("{server:?} is not host:port"));
             }
         }
 
-        if self.self_managed_kafka_event_source_config.is_some()
-            && self.amazon_managed_kafka_event_source_config.is_some()
-        {
+        if self.self_managed_kafka_event_source_config.is_some() && self.amazon_managed_kafka_event_source_config.is_some() {
             bad(
                 "AmazonManagedKafkaEventSourceConfig",
                 "is set together with SelfManagedKafkaEventSourceConfig; set only one".into(),
             );
         }
         for (field, config) in [
-            (
-                "SelfManagedKafkaEventSourceConfig.ConsumerGroupId",
-                &self.self_managed_kafka_event_source_config,
-            ),
-            (
-                "AmazonManagedKafkaEventSourceConfig.ConsumerGroupId",
-                &self.amazon_managed_kafka_event_source_config,
-            ),
+            ("SelfManagedKafkaEventSourceConfig.ConsumerGroupId", &self.self_managed_kafka_event_source_config),
+            ("AmazonManagedKafkaEventSourceConfig.ConsumerGroupId", &self.amazon_managed_kafka_event_source_config),
         ] {
             if let Some(group) = config.as_ref().and_then(|c| c.consumer_group_id.as_ref()) {
                 let length = group.chars().count();
                 if !(1..=200).contains(&length) {
-                    bad(
-                        field,
-                        format!("{group:?} has {length} characters; allowed 1-200"),
-                    );
+                    bad(field, format!("{group:?} has {length} characters; allowed 1-200"));
                 }
             }
         }
 
         if !(1..=10_000).contains(&self.batch_size) {
-            bad(
-                "BatchSize",
-                format!("{} is out of range; allowed 1-10000", self.batch_size),
-            );
+            bad("BatchSize", format!("{} is out of range; allowed 1-10000", self.batch_size));
         }
         if let Some(window) = self.maximum_batching_window_in_seconds {
             if !(0..=300).contains(&window) {
-                bad(
-                    "MaximumBatchingWindowInSeconds",
-                    format!("{window} is out of range; allowed 0-300"),
-                );
+                bad("MaximumBatchingWindowInSeconds", format!("{window} is out of range; allowed 0-300"));
             }
         }
         match (self.starting_position, self.starting_position_timestamp) {
@@ -598,11 +513,7 @@ impl Mapping {
             if !SOURCE_ACCESS_TYPES.contains(&entry.kind.as_str()) {
                 bad(
                     "SourceAccessConfigurations.Type",
-                    format!(
-                        "{:?} is not supported; allowed {}",
-                        entry.kind,
-                        SOURCE_ACCESS_TYPES.join(", ")
-                    ),
+                    format!("{:?} is not supported; allowed {}", entry.kind, SOURCE_ACCESS_TYPES.join(", ")),
                 );
                 continue;
             }
@@ -617,45 +528,25 @@ impl Mapping {
                     "VPC_SECURITY_GROUP" => "security_group:sg-<id>",
                     _ => "a Secrets Manager secret ARN (arn:aws:secretsmanager:...)",
                 };
-                bad(
-                    "SourceAccessConfigurations.URI",
-                    format!("{:?} for {} is not {expected}", entry.uri, entry.kind),
-                );
+                bad("SourceAccessConfigurations.URI", format!("{:?} for {} is not {expected}", entry.uri, entry.kind));
             }
         }
         let sasl: Vec<&str> = self
             .source_access_configurations
             .iter()
             .map(|e| e.kind.as_str())
-            .filter(|k| {
-                matches!(
-                    *k,
-                    "BASIC_AUTH" | "SASL_SCRAM_256_AUTH" | "SASL_SCRAM_512_AUTH"
-                )
-            })
+            .filter(|k| matches!(*k, "BASIC_AUTH" | "SASL_SCRAM_256_AUTH" | "SASL_SCRAM_512_AUTH"))
             .collect();
         if sasl.len() > 1 {
             bad(
                 "SourceAccessConfigurations.Type",
-                format!(
-                    "{} are set together; choose one SASL mechanism",
-                    sasl.join(" and ")
-                ),
+                format!("{} are set together; choose one SASL mechanism", sasl.join(" and ")),
             );
         }
-        let duplicates_of = |kind: &str| {
-            self.source_access_configurations
-                .iter()
-                .filter(|e| e.kind == kind)
-                .count()
-                > 1
-        };
+        let duplicates_of = |kind: &str| self.source_access_configurations.iter().filter(|e| e.kind == kind).count() > 1;
         for kind in ["CLIENT_CERTIFICATE_TLS_AUTH", "SERVER_ROOT_CA_CERTIFICATE"] {
             if duplicates_of(kind) {
-                bad(
-                    "SourceAccessConfigurations.Type",
-                    format!("{kind} is set more than once; allowed once"),
-                );
+                bad("SourceAccessConfigurations.Type", format!("{kind} is set more than once; allowed once"));
             }
         }
 
@@ -671,47 +562,29 @@ impl Mapping {
             if response_type != "ReportBatchItemFailures" {
                 bad(
                     "FunctionResponseTypes",
-                    format!(
-                        "{response_type:?} is not supported; allowed [\"ReportBatchItemFailures\"]"
-                    ),
+                    format!("{response_type:?} is not supported; allowed [\"ReportBatchItemFailures\"]"),
                 );
             }
         }
-        if !(self.maximum_retry_attempts == -1
-            || (0..=10_000).contains(&self.maximum_retry_attempts))
-        {
+        if !(self.maximum_retry_attempts == -1 || (0..=10_000).contains(&self.maximum_retry_attempts)) {
             bad(
                 "MaximumRetryAttempts",
-                format!(
-                    "{} is out of range; allowed -1 (infinite) or 0-10000",
-                    self.maximum_retry_attempts
-                ),
+                format!("{} is out of range; allowed -1 (infinite) or 0-10000", self.maximum_retry_attempts),
             );
         }
-        if !(self.maximum_record_age_in_seconds == -1
-            || (60..=604_800).contains(&self.maximum_record_age_in_seconds))
-        {
+        if !(self.maximum_record_age_in_seconds == -1 || (60..=604_800).contains(&self.maximum_record_age_in_seconds)) {
             bad(
                 "MaximumRecordAgeInSeconds",
-                format!(
-                    "{} is out of range; allowed -1 (infinite) or 60-604800",
-                    self.maximum_record_age_in_seconds
-                ),
+                format!("{} is out of range; allowed -1 (infinite) or 60-604800", self.maximum_record_age_in_seconds),
             );
         }
         if let Some(criteria) = &self.filter_criteria {
             if criteria.filters.len() > 5 {
-                bad(
-                    "FilterCriteria.Filters",
-                    format!("has {} patterns; allowed at most 5", criteria.filters.len()),
-                );
+                bad("FilterCriteria.Filters", format!("has {} patterns; allowed at most 5", criteria.filters.len()));
             }
             for filter in &criteria.filters {
                 if let Err(error) = crate::filter::Pattern::parse(&filter.pattern) {
-                    bad(
-                        "FilterCriteria.Filters[].Pattern",
-                        format!("{:?} is not a valid pattern: {error}", filter.pattern),
-                    );
+                    bad("FilterCriteria.Filters[].Pattern", format!("{:?} is not a valid pattern: {error}", filter.pattern));
                 }
             }
         }
@@ -733,8 +606,7 @@ pub enum DestinationKind {
 /// Classifies a destination ARN; `None` when it is none of SQS, SNS or S3.
 pub fn destination_kind(arn: &str) -> Option<DestinationKind> {
     let parts: Vec<&str> = arn.splitn(6, ':').collect();
-    if parts.len() != 6 || parts[0] != "arn" || !parts[1].starts_with("aws") || parts[5].is_empty()
-    {
+    if parts.len() != 6 || parts[0] != "arn" || !parts[1].starts_with("aws") || parts[5].is_empty() {
         return None;
     }
     match parts[2] {
@@ -802,8 +674,7 @@ mod tests {
     fn unknown_field_is_an_error() {
         let mut m = minimal();
         m["BatchSzie"] = serde_json::json!(10);
-        let err = RelayConfig::parse_valid(&serde_json::json!({"Mappings": [m]}).to_string())
-            .unwrap_err();
+        let err = RelayConfig::parse_valid(&serde_json::json!({"Mappings": [m]}).to_string()).unwrap_err();
         assert!(err.to_string().contains("BatchSzie"), "{err}");
     }
 
@@ -846,13 +717,7 @@ mod tests {
     fn missing_bootstrap_and_starting_position_are_reported() {
         let m = serde_json::json!({"FunctionName": "f", "Topics": ["t"], "StartingPosition": null});
         let fields: Vec<String> = violations(m).into_iter().map(|v| v.field).collect();
-        assert_eq!(
-            fields,
-            vec![
-                "SelfManagedEventSource.Endpoints.KAFKA_BOOTSTRAP_SERVERS",
-                "StartingPosition"
-            ]
-        );
+        assert_eq!(fields, vec!["SelfManagedEventSource.Endpoints.KAFKA_BOOTSTRAP_SERVERS", "StartingPosition"]);
     }
 
     #[test]
@@ -870,18 +735,9 @@ mod tests {
 
     #[test]
     fn destination_kinds() {
-        assert_eq!(
-            destination_kind("arn:aws:sqs:us-east-1:123456789012:dlq"),
-            Some(DestinationKind::Sqs)
-        );
-        assert_eq!(
-            destination_kind("arn:aws:sns:us-east-1:123456789012:alerts"),
-            Some(DestinationKind::Sns)
-        );
-        assert_eq!(
-            destination_kind("arn:aws:s3:::my-bucket"),
-            Some(DestinationKind::S3)
-        );
+        assert_eq!(destination_kind("arn:aws:sqs:us-east-1:123456789012:dlq"), Some(DestinationKind::Sqs));
+        assert_eq!(destination_kind("arn:aws:sns:us-east-1:123456789012:alerts"), Some(DestinationKind::Sns));
+        assert_eq!(destination_kind("arn:aws:s3:::my-bucket"), Some(DestinationKind::S3));
         assert_eq!(destination_kind("arn:aws:s3:::my-bucket/prefix"), None);
         assert_eq!(destination_kind("arn:aws:sqs:us-east-1::dlq"), None);
         assert_eq!(destination_kind("dlq"), None);
@@ -890,8 +746,7 @@ mod tests {
     #[test]
     fn msk_mapping_uses_aws_kafka_source() {
         let mut m = minimal();
-        m["EventSourceArn"] =
-            serde_json::json!("arn:aws:kafka:us-east-1:123456789012:cluster/demo/abc-1");
+        m["EventSourceArn"] = serde_json::json!("arn:aws:kafka:us-east-1:123456789012:cluster/demo/abc-1");
         let config = config_with(m);
         config.validate().unwrap();
         assert_eq!(config.mappings[0].event_source(), "aws:kafka");

@@ -22,10 +22,7 @@ impl EventSource {
     pub fn for_mapping(mapping: &crate::config::Mapping) -> Self {
         Self {
             event_source: mapping.event_source().to_string(),
-            event_source_arn: mapping
-                .is_msk()
-                .then(|| mapping.event_source_arn.clone())
-                .flatten(),
+            event_source_arn: mapping.is_msk().then(|| mapping.event_source_arn.clone()).flatten(),
             bootstrap_servers: mapping.bootstrap_servers().join(","),
         }
     }
@@ -70,10 +67,7 @@ impl EventSource {
 
     /// A sizer starting from an empty event of this source.
     pub fn sizer(&self) -> EventSizer {
-        EventSizer {
-            bytes: self.header().len() + 2,
-            groups: Vec::new(),
-        }
+        EventSizer { bytes: self.header().len() + 2, groups: Vec::new() }
     }
 }
 
@@ -109,10 +103,7 @@ impl EventSizer {
         } else {
             // `"key":[` + record + `]`, plus a `,` before every group but the first.
             let separator = usize::from(!self.groups.is_empty());
-            separator
-                + json_string(&record.key_partition.to_string()).len()
-                + 3
-                + record.encoded_len()
+            separator + json_string(&record.key_partition.to_string()).len() + 3 + record.encoded_len()
         }
     }
 }
@@ -136,8 +127,7 @@ mod tests {
     /// fixture with the canonical encoding of the same bytes.
     fn lenient_key() -> Vec<u8> {
         use base64::Engine as _;
-        let config =
-            base64::engine::GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true);
+        let config = base64::engine::GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true);
         base64::engine::GeneralPurpose::new(&base64::alphabet::STANDARD, config)
             .decode("abcDEFghiJKLmnoPQRstuVWXyz1234==")
             .unwrap()
@@ -145,9 +135,7 @@ mod tests {
 
     fn canonical(mut fixture: serde_json::Value) -> serde_json::Value {
         use base64::Engine as _;
-        fixture["records"]["mytopic-0"][0]["key"] = base64::engine::general_purpose::STANDARD
-            .encode(lenient_key())
-            .into();
+        fixture["records"]["mytopic-0"][0]["key"] = base64::engine::general_purpose::STANDARD.encode(lenient_key()).into();
         fixture
     }
 
@@ -191,8 +179,7 @@ mod tests {
     fn fixtures_round_trip_through_the_official_event_type() {
         for name in ["self-managed-kafka-event.json", "msk-event.json"] {
             let value = fixture(name);
-            let parsed: aws_lambda_events::event::kafka::KafkaEvent =
-                serde_json::from_value(value.clone()).unwrap();
+            let parsed: aws_lambda_events::event::kafka::KafkaEvent = serde_json::from_value(value.clone()).unwrap();
             let again: aws_lambda_events::event::kafka::KafkaEvent =
                 serde_json::from_str(&serde_json::to_string(&parsed).unwrap()).unwrap();
             assert_eq!(parsed, again);
@@ -210,11 +197,7 @@ mod tests {
             None,
             vec![("h".into(), vec![0, 200, 255])],
         );
-        let source = EventSource {
-            event_source: "SelfManagedKafka".into(),
-            event_source_arn: None,
-            bootstrap_servers: "x:1".into(),
-        };
+        let source = EventSource { event_source: "SelfManagedKafka".into(), event_source_arn: None, bootstrap_servers: "x:1".into() };
         let bytes = source.encode(&[record]);
         let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         let r = &value["records"]["t-3"][0];
@@ -222,8 +205,7 @@ mod tests {
         assert_eq!(r["value"], serde_json::Value::Null);
         assert_eq!(r["timestampType"], "LOG_APPEND_TIME");
         assert_eq!(r["headers"][0]["h"], serde_json::json!([0, -56, -1]));
-        let parsed: aws_lambda_events::event::kafka::KafkaEvent =
-            serde_json::from_slice(&bytes).unwrap();
+        let parsed: aws_lambda_events::event::kafka::KafkaEvent = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(parsed.records["t-3"][0].offset, 7);
     }
 

@@ -14,8 +14,7 @@ pub struct PatternError(pub String);
 impl Pattern {
     /// Parses a pattern given as a JSON string.
     pub fn parse(text: &str) -> Result<Self, PatternError> {
-        let raw: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| PatternError(e.to_string()))?;
+        let raw: serde_json::Value = serde_json::from_str(text).map_err(|e| PatternError(e.to_string()))?;
         if !raw.is_object() {
             return Err(PatternError("a pattern must be a JSON object".into()));
         }

@@ -76,14 +76,8 @@ pub enum FunctionLookupError {
 #[async_trait::async_trait]
 pub trait Invoke: Send + Sync {
     /// `Invoke` with `InvocationType=RequestResponse`, giving up after `timeout`.
-    async fn invoke(
-        &self,
-        function_name: &str,
-        payload: Vec<u8>,
-        timeout: Duration,
-    ) -> InvokeResult;
+    async fn invoke(&self, function_name: &str, payload: Vec<u8>, timeout: Duration) -> InvokeResult;
 
     /// `GetFunctionConfiguration`: the function's ARN and timeout.
-    async fn function_info(&self, function_name: &str)
-        -> Result<FunctionInfo, FunctionLookupError>;
+    async fn function_info(&self, function_name: &str) -> Result<FunctionInfo, FunctionLookupError>;
 }

@@ -19,10 +19,7 @@ pub struct PartitionKey {
 impl PartitionKey {
     /// A key for `topic`/`partition`.
     pub fn new(topic: impl Into<Arc<str>>, partition: i32) -> Self {
-        Self {
-            topic: topic.into(),
-            partition,
-        }
+        Self { topic: topic.into(), partition }
     }
 }
 
@@ -102,24 +99,12 @@ impl Record {
             headers: headers
                 .iter()
                 .map(|(name, bytes)| {
-                    std::iter::once((name.as_str(), bytes.iter().map(|b| *b as i8).collect()))
-                        .collect()
+                    std::iter::once((name.as_str(), bytes.iter().map(|b| *b as i8).collect())).collect()
                 })
                 .collect(),
         };
-        let encoded: Arc<str> = serde_json::to_string(&event_record)
-            .expect("record serializes")
-            .into();
-        Self {
-            key_partition,
-            offset,
-            timestamp_ms,
-            timestamp_type,
-            key,
-            value,
-            headers,
-            encoded,
-        }
+        let encoded: Arc<str> = serde_json::to_string(&event_record).expect("record serializes").into();
+        Self { key_partition, offset, timestamp_ms, timestamp_type, key, value, headers, encoded }
     }
 
     /// Size of this record inside an event, in bytes.

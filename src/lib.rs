@@ -7,15 +7,31 @@
 //!
 //! - [`config`]: the mappings (Lambda `CreateEventSourceMapping` field names), defaults, `validate()`.
 //! - [`auth`]: `SourceAccessConfigurations` and Secrets Manager → librdkafka TLS/SASL settings.
-//! - [`kafka`]: records, the consumer joining a mapping's group, starting positions, commits, lag.
+//! - [`kafka`]: records, the consumer joining a mapping's group (starting positions, commits), and an
+//!   in-process mock cluster.
 //! - [`filter`]: `FilterCriteria` patterns; records matching none are skipped and committed.
+//! - [`batch`]: per-partition queues → batches (BatchSize, batching window, 6 MB cap).
 //! - [`event`]: the exact event AWS sends, with exact size accounting for the 6 MB cap.
 //! - [`invoke`]: the Lambda Invoke seam, its aws-sdk-lambda client and an in-process Invoke API server.
+//! - [`outcome`]: the pure decision after an invocation: **where retries, bisection and give-ups are
+//!   decided**.
 //! - [`destination`]: invocation records for given-up batches, written to SQS, SNS or S3.
-pub mod auth;
+//! - [`commit`]: which offset may be committed per partition, and retry state kept in commit metadata.
+//! - [`metrics`]: the run report and CloudWatch Embedded Metric Format lines.
+//! - [`relay`]: the per-mapping loop and delivery jobs that carry the decisions out.
+//! - [`app`], [`handler`], [`demo`]: running all mappings, the Lambda entry point, the embedded demo.
 pub mod config;
-pub mod destination;
-pub mod event;
-pub mod filter;
-pub mod invoke;
+pub mod auth;
 pub mod kafka;
+pub mod filter;
+pub mod batch;
+pub mod event;
+pub mod invoke;
+pub mod outcome;
+pub mod destination;
+pub mod commit;
+pub mod metrics;
+pub mod relay;
+pub mod app;
+pub mod handler;
+pub mod demo;

@@ -1,1 +1,165 @@
-fn main() {}
+//! The `kafka-lambda-relay` binary: a Lambda function when `AWS_LAMBDA_RUNTIME_API` is set, otherwise a
+//! command-line program (`run`, `validate`, `demo`). Everything that decides anything lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use kafka_lambda_relay::app;
+use kafka_lambda_relay::config::RelayConfig;
+
+#[derive(Parser)]
+#[command(name = "kafka-lambda-relay", version, about = "Relay Kafka records to AWS Lambda functions the way Lambda's Kafka event source mapping does")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Poll every enabled mapping, invoke targets, commit; prints the run report (JSON) on stdout.
+    Run {
+        /// Configuration file ({"Mappings": [...]}); defaults to RELAY_CONFIG (inline JSON) or RELAY_CONFIG_FILE.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Stop after this many seconds (in-flight invocations finish, offsets are committed).
+        #[arg(long)]
+        max_seconds: Option<u64>,
+        /// Exit once every partition is caught up and committed.
+        #[arg(long)]
+        until_idle: bool,
+        /// Assume this target timeout (seconds) instead of calling GetFunctionConfiguration, for emulators
+        /// such as `cargo lambda watch`. Also RELAY_TARGET_TIMEOUT_SECONDS.
+        #[arg(long)]
+        target_timeout: Option<u64>,
+        /// Also print CloudWatch Embedded Metric Format lines on stderr.
+        #[arg(long)]
+        metrics: bool,
+    },
+    /// Check a configuration without connecting; exit 0 when valid, 2 with every violation listed.
+    Validate {
+        /// Configuration file; defaults to RELAY_CONFIG or RELAY_CONFIG_FILE.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run the relay end to end on an in-process Kafka and a sample target function (no cloud account).
+    Demo {
+        /// Records to produce.
+        #[arg(long, default_value_t = 5000)]
+        records: u32,
+        /// Partitions of the demo topic.
+        #[arg(long, default_value_t = 16)]
+        partitions: i32,
+    },
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,librdkafka=warn,aws_config=warn,aws_smithy_runtime=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().with_current_span(false).init();
+    } else {
+        builder.with_target(false).init();
+    }
+}
+
+fn load_config(path: Option<&PathBuf>) -> Result<RelayConfig, kafka_lambda_relay::config::ConfigError> {
+    let config = match path {
+        Some(path) => RelayConfig::from_file(path)?,
+        None => RelayConfig::from_env()?,
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+/// Flips to true on Ctrl-C or SIGTERM so runs finish in-flight work, commit and leave their groups.
+fn stop_signal() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        tracing::info!("stop requested");
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
+        init_tracing(true);
+        return match kafka_lambda_relay::handler::serve().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                tracing::error!(error_code = "RUNTIME_FAILED", %error, "lambda runtime stopped");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Validate { config } => {
+            init_tracing(false);
+            match load_config(config.as_ref()) {
+                Ok(config) => {
+                    println!("valid: {} mapping(s)", config.mappings.len());
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("{error}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Run { config, max_seconds, until_idle, target_timeout, metrics } => {
+            init_tracing(false);
+            let config = match load_config(config.as_ref()) {
+                Ok(config) => config,
+                Err(error) => {
+                    eprintln!("{error}");
+                    return ExitCode::from(2);
+                }
+            };
+            let sdk_config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+            let services = app::aws_services(&sdk_config);
+            let options = kafka_lambda_relay::relay::RunOptions {
+                deadline: max_seconds.map(|s| Instant::now() + Duration::from_secs(s)),
+                until_idle,
+                target_timeout: target_timeout.map(Duration::from_secs).or_else(|| app::env_seconds("RELAY_TARGET_TIMEOUT_SECONDS")),
+                stop: Some(stop_signal()),
+                ..Default::default()
+            };
+            let report = app::run_all(&config, &services, &options).await;
+            if metrics {
+                let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+                for line in report.emf_lines(now_ms) {
+                    eprintln!("{line}");
+                }
+            }
+            println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));
+            if report.has_errors() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Command::Demo { records, partitions } => {
+            init_tracing(false);
+            match kafka_lambda_relay::demo::run(records, partitions).await {
+                Ok(report) => {
+                    println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("demo failed: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

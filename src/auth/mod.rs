@@ -1,2 +1,166 @@
 //! Authentication and TLS for the Kafka connection, from `SourceAccessConfigurations` and Secrets Manager
-//! (SPEC section 6).
+//! (SPEC section 6), and AWS's error codes for what goes wrong.
+//!
+//! Flow: [`resolve`] reads each entry's secret through a [`SecretSource`] (production:
+//! [`SecretsManagerSource`], one fetch per ARN per run), checks its JSON shape and turns the whole list into a
+//! [`KafkaSecurity`]: librdkafka settings that [`KafkaSecurity::apply`] puts on a `ClientConfig`. While a
+//! client runs, a [`ConnectionDiagnostics`] (fed by [`DiagnosingContext`] or by the caller's own context)
+//! collects librdkafka's errors and logs, and [`ConnectionDiagnostics::diagnose`] names the failure with
+//! AWS's code and a `LastProcessingResult` sentence that says what to fix. [`check`] does all of this once
+//! without consuming, for `run --check`.
+//!
+//! Rules enforced here:
+//! - TLS is on whenever a SASL or certificate type is configured. AWS has no way to ask for SASL over
+//!   plaintext and neither does the relay: the only place a user could force it is a `PLAINTEXT://` or
+//!   `SASL_PLAINTEXT://` prefix on a bootstrap server (librdkafka honours such a prefix per broker), and
+//!   [`resolve`] refuses any prefix that disagrees with the protocol it chose (`ESM_CONFIG_NOT_VALID`).
+//! - Broker certificates are always verified, hostname included.
+//! - Certificates and keys go to librdkafka as in-memory PEM; nothing secret is written to disk.
+//! - Secret values never reach a log, an error, a `Debug` output or a report: errors name the secret ARN and
+//!   the field, never a value, and librdkafka text is passed through [`KafkaSecurity::redact`] first.
+//! - Secrets Manager refusing access (`AccessDeniedException`, KMS `DecryptionFailure`) is reported as
+//!   `ESM_CONFIG_NOT_VALID`: the fix is in the relay's own configuration (its role's policy or the key
+//!   policy), not in the cluster; the sentence names the permission to add.
+
+mod check;
+mod diagnose;
+mod secrets;
+mod security;
+
+use std::fmt;
+
+use serde::Serialize;
+
+pub use check::{check, check_with_timeout, CheckError, CheckReport, PartitionReport, TopicReport, CHECK_TIMEOUT};
+pub use diagnose::{ConnectionDiagnostics, DiagnosingContext, PROBE_TIMEOUT};
+pub use secrets::{SecretError, SecretSource, SecretsManagerSource};
+pub use security::{resolve, validate, KafkaSecurity};
+
+/// AWS's error codes for an event source mapping, as they appear in the run report and in logs
+/// (`StateTransitionReason` / `LastProcessingResult` in AWS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    /// The relay could not authenticate to the cluster, or the cluster's certificate could not be verified.
+    EventSourceAuthnError,
+    /// The cluster refused an operation: topic, group or cluster ACLs.
+    EventSourceAuthzError,
+    /// The mapping's configuration (including its secrets) is not valid.
+    EsmConfigNotValid,
+    /// The target function is missing or its configuration is not valid.
+    FunctionConfigNotValid,
+}
+
+impl ErrorCode {
+    /// The code as AWS spells it, e.g. `EVENT_SOURCE_AUTHN_ERROR`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::EventSourceAuthnError => "EVENT_SOURCE_AUTHN_ERROR",
+            ErrorCode::EventSourceAuthzError => "EVENT_SOURCE_AUTHZ_ERROR",
+            ErrorCode::EsmConfigNotValid => "ESM_CONFIG_NOT_VALID",
+            ErrorCode::FunctionConfigNotValid => "FUNCTION_CONFIG_NOT_VALID",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a mapping cannot connect: AWS's code and a `LastProcessingResult`-style sentence that tells the user
+/// what to fix. The sentence never contains a secret value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("{code}: {sentence}")]
+pub struct AuthError {
+    /// AWS's error code.
+    pub code: ErrorCode,
+    /// What went wrong and what to fix, naming secret ARNs and fields but never their values.
+    pub sentence: String,
+}
+
+impl AuthError {
+    /// `ESM_CONFIG_NOT_VALID` with `sentence`.
+    pub fn config(sentence: impl Into<String>) -> Self {
+        Self { code: ErrorCode::EsmConfigNotValid, sentence: sentence.into() }
+    }
+
+    /// `EVENT_SOURCE_AUTHN_ERROR` with `sentence`.
+    pub fn authn(sentence: impl Into<String>) -> Self {
+        Self { code: ErrorCode::EventSourceAuthnError, sentence: sentence.into() }
+    }
+
+    /// `EVENT_SOURCE_AUTHZ_ERROR` with `sentence`.
+    pub fn authz(sentence: impl Into<String>) -> Self {
+        Self { code: ErrorCode::EventSourceAuthzError, sentence: sentence.into() }
+    }
+}
+
+/// The `SourceAccessConfigurations` types the relay understands, parsed from their AWS names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AccessType {
+    /// `BASIC_AUTH`: SASL/PLAIN.
+    BasicAuth,
+    /// `SASL_SCRAM_256_AUTH`.
+    Scram256,
+    /// `SASL_SCRAM_512_AUTH`.
+    Scram512,
+    /// `CLIENT_CERTIFICATE_TLS_AUTH`: mTLS.
+    ClientCertificate,
+    /// `SERVER_ROOT_CA_CERTIFICATE`: a private CA for the brokers' certificates.
+    ServerRootCa,
+    /// `VPC_SUBNET` / `VPC_SECURITY_GROUP`: network placement, for the deployment template only.
+    Network,
+}
+
+impl AccessType {
+    pub(crate) fn parse(kind: &str) -> Option<Self> {
+        Some(match kind {
+            "BASIC_AUTH" => AccessType::BasicAuth,
+            "SASL_SCRAM_256_AUTH" => AccessType::Scram256,
+            "SASL_SCRAM_512_AUTH" => AccessType::Scram512,
+            "CLIENT_CERTIFICATE_TLS_AUTH" => AccessType::ClientCertificate,
+            "SERVER_ROOT_CA_CERTIFICATE" => AccessType::ServerRootCa,
+            "VPC_SUBNET" | "VPC_SECURITY_GROUP" => AccessType::Network,
+            _ => return None,
+        })
+    }
+
+    /// The SASL mechanism librdkafka calls this type, for SASL types.
+    pub(crate) fn sasl_mechanism(self) -> Option<&'static str> {
+        match self {
+            AccessType::BasicAuth => Some("PLAIN"),
+            AccessType::Scram256 => Some("SCRAM-SHA-256"),
+            AccessType::Scram512 => Some("SCRAM-SHA-512"),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_are_spelled_as_aws_does() {
+        assert_eq!(ErrorCode::EventSourceAuthnError.as_str(), "EVENT_SOURCE_AUTHN_ERROR");
+        assert_eq!(ErrorCode::EventSourceAuthzError.as_str(), "EVENT_SOURCE_AUTHZ_ERROR");
+        assert_eq!(ErrorCode::EsmConfigNotValid.as_str(), "ESM_CONFIG_NOT_VALID");
+        assert_eq!(ErrorCode::FunctionConfigNotValid.as_str(), "FUNCTION_CONFIG_NOT_VALID");
+        for code in [
+            ErrorCode::EventSourceAuthnError,
+            ErrorCode::EventSourceAuthzError,
+            ErrorCode::EsmConfigNotValid,
+            ErrorCode::FunctionConfigNotValid,
+        ] {
+            assert_eq!(serde_json::to_value(code).unwrap(), serde_json::json!(code.as_str()));
+        }
+    }
+
+    #[test]
+    fn auth_error_displays_code_then_sentence() {
+        let error = AuthError::authn("SASL authentication failed");
+        assert_eq!(error.to_string(), "EVENT_SOURCE_AUTHN_ERROR: SASL authentication failed");
+    }
+}

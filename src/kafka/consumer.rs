@@ -1,0 +1,278 @@
+//! The consumer that joins a mapping's group.
+//!
+//! Offsets are never auto-committed or auto-stored: the relay commits explicitly what
+//! [`crate::commit::OffsetTracker`] allows. `StartingPosition` applies only to partitions without a
+//! committed offset: LATEST and TRIM_HORIZON through `auto.offset.reset`, AT_TIMESTAMP by looking the
+//! offsets up when the partitions are assigned.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+
+use crate::commit::RetryState;
+use crate::config::StartingPosition;
+use crate::kafka::PartitionKey;
+
+/// How long broker round trips made inside the rebalance callback may take.
+const GROUP_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A partition handed to this consumer, with what the group remembers of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssignedPartition {
+    /// The partition.
+    pub key: PartitionKey,
+    /// The group's committed offset, if any.
+    pub committed: Option<i64>,
+    /// Retry state left by an earlier run, if any.
+    pub retry: Option<RetryState>,
+}
+
+/// A change of the group's assignment, seen by the relay loop after a poll.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupEvent {
+    /// These partitions are now ours.
+    Assigned(Vec<AssignedPartition>),
+    /// These partitions were taken away (their committable offsets were committed first).
+    Revoked(Vec<PartitionKey>),
+}
+
+/// Callbacks of the mapping's consumer.
+pub struct RelayContext {
+    starting_position: StartingPosition,
+    starting_timestamp_ms: Option<i64>,
+    events: Mutex<Vec<GroupEvent>>,
+    /// What may be committed now, per partition, with its metadata; kept current by the relay loop so a
+    /// revocation commits progress before the partitions move to another consumer.
+    committable: Mutex<BTreeMap<PartitionKey, (i64, String)>>,
+    /// Logs and client errors go through the diagnosing context, which redacts secrets and recognizes
+    /// authentication and authorization failures.
+    diagnosing: crate::auth::DiagnosingContext,
+}
+
+impl RelayContext {
+    /// A context applying `starting_position` to partitions without committed offsets.
+    pub fn new(
+        starting_position: StartingPosition,
+        starting_timestamp_ms: Option<i64>,
+        diagnostics: std::sync::Arc<crate::auth::ConnectionDiagnostics>,
+    ) -> Self {
+        Self {
+            starting_position,
+            starting_timestamp_ms,
+            events: Mutex::new(Vec::new()),
+            committable: Mutex::new(BTreeMap::new()),
+            diagnosing: crate::auth::DiagnosingContext::new(diagnostics),
+        }
+    }
+
+    /// What the client's errors and logs said about the connection.
+    pub fn diagnostics(&self) -> &std::sync::Arc<crate::auth::ConnectionDiagnostics> {
+        self.diagnosing.diagnostics()
+    }
+
+    /// Assignment changes since the last call.
+    pub fn take_events(&self) -> Vec<GroupEvent> {
+        std::mem::take(&mut *self.events.lock().expect("events lock"))
+    }
+
+    /// Records what may be committed for `key`.
+    pub fn set_committable(&self, key: &PartitionKey, offset: i64, metadata: String) {
+        self.committable.lock().expect("committable lock").insert(key.clone(), (offset, metadata));
+    }
+
+    /// Forgets a partition (revoked).
+    pub fn forget(&self, key: &PartitionKey) {
+        self.committable.lock().expect("committable lock").remove(key);
+    }
+
+    fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        let committed = consumer.committed_offsets(tpl.clone(), GROUP_CALL_TIMEOUT);
+        let mut assigned = Vec::new();
+        let mut without_offset = TopicPartitionList::new();
+        match &committed {
+            Ok(list) => {
+                for element in list.elements() {
+                    let key = PartitionKey::new(element.topic(), element.partition());
+                    let offset = match element.offset() {
+                        Offset::Offset(n) if n >= 0 => Some(n),
+                        _ => None,
+                    };
+                    let retry = offset.and(RetryState::decode(element.metadata())).filter(|r| Some(r.offset) == offset);
+                    if let Some(n) = offset {
+                        // Start exactly where the group left off.
+                        let _ = tpl.set_partition_offset(element.topic(), element.partition(), Offset::Offset(n));
+                    } else {
+                        without_offset
+                            .add_partition_offset(element.topic(), element.partition(), Offset::Offset(self.starting_timestamp_ms.unwrap_or(0)))
+                            .ok();
+                    }
+                    assigned.push(AssignedPartition { key, committed: offset, retry });
+                }
+            }
+            Err(error) => {
+                // Without the group's offsets, librdkafka still resumes from them (it fetches committed
+                // offsets itself when the assignment has none); only AT_TIMESTAMP needs them here.
+                tracing::warn!(error_code = "COMMITTED_OFFSETS_UNAVAILABLE", %error, "cannot read committed offsets");
+                for element in tpl.elements() {
+                    assigned.push(AssignedPartition {
+                        key: PartitionKey::new(element.topic(), element.partition()),
+                        committed: None,
+                        retry: None,
+                    });
+                }
+            }
+        }
+        drop(committed);
+        if self.starting_position == StartingPosition::AtTimestamp && without_offset.count() > 0 {
+            match consumer.offsets_for_times(without_offset, GROUP_CALL_TIMEOUT) {
+                Ok(found) => {
+                    for element in found.elements() {
+                        let _ = tpl.set_partition_offset(element.topic(), element.partition(), element.offset());
+                    }
+                }
+                Err(error) => {
+                    // Falling back to the oldest record can duplicate but never loses a record.
+                    tracing::warn!(error_code = "OFFSETS_FOR_TIMES_FAILED", %error, "starting AT_TIMESTAMP partitions from the oldest record");
+                }
+            }
+        }
+        if let Err(error) = consumer.assign(tpl) {
+            tracing::error!(error_code = "ASSIGN_FAILED", %error, "cannot take the assigned partitions");
+        }
+        self.events.lock().expect("events lock").push(GroupEvent::Assigned(assigned));
+    }
+
+    fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let revoked: Vec<PartitionKey> =
+            tpl.elements().iter().map(|e| PartitionKey::new(e.topic(), e.partition())).collect();
+        let mut offsets = TopicPartitionList::new();
+        {
+            let mut committable = self.committable.lock().expect("committable lock");
+            for key in &revoked {
+                if let Some((offset, metadata)) = committable.remove(key) {
+                    let mut element = offsets.add_partition(&key.topic, key.partition);
+                    let _ = element.set_offset(Offset::Offset(offset));
+                    element.set_metadata(metadata);
+                }
+            }
+        }
+        if offsets.count() > 0 {
+            if let Err(error) = consumer.commit(&offsets, CommitMode::Sync) {
+                // The next owner re-reads from the older committed offset: duplicates, never loss.
+                tracing::warn!(error_code = "COMMIT_ON_REVOKE_FAILED", %error, "commit before giving up partitions failed");
+            }
+        }
+        if let Err(error) = consumer.unassign() {
+            tracing::warn!(error_code = "UNASSIGN_FAILED", %error, "unassign failed");
+        }
+        self.events.lock().expect("events lock").push(GroupEvent::Revoked(revoked));
+    }
+}
+
+impl ClientContext for RelayContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.diagnosing.log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(error, KafkaError::PartitionEOF(_) | KafkaError::Global(rdkafka::error::RDKafkaErrorCode::PartitionEOF)) {
+            // Reaching the end of a partition is how idleness is noticed, not an error.
+            return;
+        }
+        self.diagnosing.error(error, reason);
+    }
+}
+
+impl ConsumerContext for RelayContext {
+    fn rebalance(&self, base_consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.assign(base_consumer, tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.revoke(base_consumer, tpl),
+            other => {
+                tracing::error!(error_code = "REBALANCE_FAILED", error = ?other, "rebalance failed");
+                let _ = base_consumer.unassign();
+            }
+        }
+    }
+}
+
+/// The consumer type the relay uses.
+pub type RelayConsumer = StreamConsumer<RelayContext>;
+
+/// The librdkafka settings of a mapping's consumer, before authentication settings are added.
+pub fn consumer_config(bootstrap_servers: &str, group_id: &str, starting_position: StartingPosition) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap_servers)
+        .set("group.id", group_id)
+        .set("client.id", "kafka-lambda-relay")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "true")
+        .set(
+            "auto.offset.reset",
+            match starting_position {
+                StartingPosition::Latest => "latest",
+                // AT_TIMESTAMP partitions get explicit offsets on assignment; if that lookup fails, the
+                // oldest record is the safe fallback.
+                StartingPosition::TrimHorizon | StartingPosition::AtTimestamp => "earliest",
+            },
+        )
+        // Bound what librdkafka prefetches so a Lambda with little memory is safe.
+        .set("queued.max.messages.kbytes", "16384")
+        .set("socket.keepalive.enable", "true");
+    config
+}
+
+/// Creates the consumer and subscribes to `topics`.
+pub fn subscribe(config: &ClientConfig, context: RelayContext, topics: &[String]) -> KafkaResult<RelayConsumer> {
+    let consumer: RelayConsumer = config.create_with_context(context)?;
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    Ok(consumer)
+}
+
+/// Commits `offsets` (partition → (offset, metadata)) synchronously. Nothing to commit is success.
+pub fn commit(consumer: &RelayConsumer, offsets: &BTreeMap<PartitionKey, (i64, String)>) -> KafkaResult<()> {
+    if offsets.is_empty() {
+        return Ok(());
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (key, (offset, metadata)) in offsets {
+        let mut element = tpl.add_partition(&key.topic, key.partition);
+        element.set_offset(Offset::Offset(*offset))?;
+        element.set_metadata(metadata.clone());
+    }
+    match consumer.commit(&tpl, CommitMode::Sync) {
+        Err(KafkaError::ConsumerCommit(rdkafka::error::RDKafkaErrorCode::NoOffset)) => Ok(()),
+        other => other,
+    }
+}
+
+/// The partition's high watermark as of the last fetch response (no network round trip), or a broker
+/// query when nothing has been fetched from it yet.
+pub fn high_watermark(consumer: &RelayConsumer, key: &PartitionKey) -> Option<i64> {
+    let topic = std::ffi::CString::new(key.topic.as_bytes()).ok()?;
+    let (mut low, mut high) = (0i64, 0i64);
+    // SAFETY: the handle is alive for the duration of the call and the out-pointers are valid.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            key.partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    if err == RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0 {
+        return Some(high);
+    }
+    consumer.fetch_watermarks(&key.topic, key.partition, GROUP_CALL_TIMEOUT).ok().map(|(_, high)| high)
+}

@@ -1,0 +1,88 @@
+//! An in-process Kafka cluster (librdkafka's mock cluster) for the demo and the fast test tier.
+
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaResult;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::util::Timeout;
+
+/// A mock cluster that lives as long as this value, with a producer to seed it.
+pub struct MockKafka {
+    producer: BaseProducer,
+    bootstrap: String,
+}
+
+impl MockKafka {
+    /// Starts a mock cluster with `brokers` brokers.
+    pub fn start(brokers: u32) -> KafkaResult<Self> {
+        let producer: BaseProducer = ClientConfig::new()
+            .set("test.mock.num.brokers", brokers.to_string())
+            .set("linger.ms", "5")
+            .set("log_level", "3")
+            .create()?;
+        let cluster = producer.client().mock_cluster().expect("test.mock.num.brokers creates a mock cluster");
+        let bootstrap = cluster.bootstrap_servers();
+        drop(cluster);
+        // SAFETY: the mock cluster belongs to `producer`, which outlives this call. A consumer group's first
+        // join otherwise waits 3 s for more members, which makes every test and the demo slow.
+        unsafe {
+            let raw = rdkafka::bindings::rd_kafka_handle_mock_cluster(producer.client().native_ptr());
+            rdkafka::bindings::rd_kafka_mock_group_initial_rebalance_delay_ms(raw, 0);
+        }
+        Ok(Self { producer, bootstrap })
+    }
+
+    /// The cluster's bootstrap servers.
+    pub fn bootstrap_servers(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// Creates a topic. Each mock partition keeps at most 5 MiB: use enough partitions.
+    pub fn create_topic(&self, topic: &str, partitions: i32) -> KafkaResult<()> {
+        let cluster = self.producer.client().mock_cluster().expect("mock cluster");
+        cluster.create_topic(topic, partitions, 1)
+    }
+
+    /// Queues one record for `partition` (call [`MockKafka::flush`] to wait for acknowledgements).
+    pub fn produce(&self, topic: &str, partition: i32, key: Option<&[u8]>, value: Option<&[u8]>) -> KafkaResult<()> {
+        self.produce_at(topic, partition, key, value, None)
+    }
+
+    /// Like [`MockKafka::produce`], with an explicit create time (Unix milliseconds).
+    pub fn produce_at(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        timestamp_ms: Option<i64>,
+    ) -> KafkaResult<()> {
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).partition(partition);
+        if let Some(timestamp) = timestamp_ms {
+            record = record.timestamp(timestamp);
+        }
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(value) = value {
+            record = record.payload(value);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => break,
+                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    self.producer.poll(Duration::from_millis(10));
+                }
+                Err((error, _)) => return Err(error),
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until everything produced is acknowledged.
+    pub fn flush(&self) -> KafkaResult<()> {
+        self.producer.flush(Timeout::After(Duration::from_secs(30)))
+    }
+}

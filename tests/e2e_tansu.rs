@@ -41,10 +41,7 @@ fn fresh_topic(partitions: i32) -> TestResult<(String, String)> {
 fn tansu_keeps_a_groups_committed_offsets() -> TestResult {
     let (topic, group) = fresh_topic(3)?;
     populate_topic(&tansu(), &topic, 3, 30, |i| format!("r{i}"))?;
-    assert_eq!(
-        committed_offsets(&tansu(), &group, &topic, 3)?,
-        vec![None, None, None]
-    );
+    assert_eq!(committed_offsets(&tansu(), &group, &topic, 3)?, vec![None, None, None]);
     commit_offsets(&tansu(), &group, &topic, &[4, 0, 10])?;
     assert_eq!(
         committed_offsets(&tansu(), &group, &topic, 3)?,
@@ -70,10 +67,7 @@ fn delivers_100k_records_once_in_partition_order_and_commits_next_offsets() -> T
 
     assert_delivered_exactly_once(RECORDING, &topic, &produced)?;
     let expected_next = next_offsets(&produced, PARTITIONS);
-    assert_eq!(
-        committed_offsets(&tansu(), &group, &topic, PARTITIONS)?,
-        expected_next
-    );
+    assert_eq!(committed_offsets(&tansu(), &group, &topic, PARTITIONS)?, expected_next);
     let m = mapping_report(&report, &uuid)?;
     assert_eq!(m["State"], "Enabled", "report: {m}");
     assert_eq!(m["ErrorCode"], Value::Null, "report: {m}");
@@ -108,11 +102,7 @@ fn a_restarted_run_delivers_only_the_records_produced_since() -> TestResult {
     all.sort();
     assert_delivered_exactly_once(RECORDING, &topic, &all)?;
     let m = mapping_report(&report, mapping["UUID"].as_str().unwrap_or_default())?;
-    assert_eq!(
-        m["Counts"]["Delivered"],
-        second.len(),
-        "second run's report: {m}"
-    );
+    assert_eq!(m["Counts"]["Delivered"], second.len(), "second run's report: {m}");
     assert_eq!(
         committed_offsets(&tansu(), &group, &topic, PARTITIONS)?,
         next_offsets(&all, PARTITIONS)
@@ -125,22 +115,12 @@ fn at_timestamp_skips_records_before_the_timestamp() -> TestResult {
     const PARTITIONS: i32 = 2;
     let (topic, group) = fresh_topic(PARTITIONS)?;
     let now = unix_seconds_now();
-    populate_topic_at(
-        &tansu(),
-        &topic,
-        PARTITIONS,
-        100,
-        Some((now - 120) * 1000),
-        |i| format!("old-{i}"),
-    )?;
-    let recent = populate_topic_at(
-        &tansu(),
-        &topic,
-        PARTITIONS,
-        80,
-        Some((now - 60) * 1000),
-        |i| format!("recent-{i}"),
-    )?;
+    populate_topic_at(&tansu(), &topic, PARTITIONS, 100, Some((now - 120) * 1000), |i| {
+        format!("old-{i}")
+    })?;
+    let recent = populate_topic_at(&tansu(), &topic, PARTITIONS, 80, Some((now - 60) * 1000), |i| {
+        format!("recent-{i}")
+    })?;
     let mut mapping = tansu_mapping(RECORDING, &topic, &group);
     mapping["StartingPosition"] = json!("AT_TIMESTAMP");
     mapping["StartingPositionTimestamp"] = json!(now - 90);
@@ -216,8 +196,7 @@ fn an_existing_groups_committed_offsets_win_over_the_starting_position() -> Test
         mapping["StartingPosition"] = json!(position);
         run_relay_ok(&json!({"Mappings": [mapping]}))?;
         // The second pass finds everything committed: still exactly the records after the group's offsets.
-        assert_delivered_exactly_once(RECORDING, &topic, &expected)
-            .map_err(|e| format!("{position}: {e}"))?;
+        assert_delivered_exactly_once(RECORDING, &topic, &expected).map_err(|e| format!("{position}: {e}"))?;
     }
     assert_eq!(
         committed_offsets(&tansu(), &group, &topic, PARTITIONS)?,
@@ -226,14 +205,11 @@ fn an_existing_groups_committed_offsets_win_over_the_starting_position() -> Test
     Ok(())
 }
 
-/// The environment that makes the relay under `cargo lambda watch` stop once caught up: watch hands every
-/// invocation a deadline of 600000 ms after the Unix epoch (already past), so the Lambda context cannot bound
-/// the run there.
+/// The environment that bounds the relay's run under `cargo lambda watch`: watch hands every invocation a
+/// deadline of 600000 ms after the Unix epoch (already past), so the Lambda context cannot bound it there.
+/// The relay stops once caught up (the Lambda default) well before this.
 fn watch_run_env() -> Vec<(&'static str, String)> {
-    vec![
-        ("RELAY_UNTIL_IDLE", "true".to_owned()),
-        ("RELAY_MAX_SECONDS", "120".to_owned()),
-    ]
+    vec![("RELAY_MAX_SECONDS", "120".to_owned())]
 }
 
 /// The report `cargo lambda invoke` printed, after checking the invoke succeeded.
@@ -256,9 +232,7 @@ fn invoke_report(watch: &mut RelayWatch, payload: &Value) -> TestResult<Value> {
 fn the_relay_under_cargo_lambda_watch_runs_the_config_in_its_payload() -> TestResult {
     const PARTITIONS: i32 = 2;
     let (topic, group) = fresh_topic(PARTITIONS)?;
-    let produced = populate_topic(&tansu(), &topic, PARTITIONS, 300, |i| {
-        format!("scheduled-{i}")
-    })?;
+    let produced = populate_topic(&tansu(), &topic, PARTITIONS, 300, |i| format!("scheduled-{i}"))?;
     let mapping = tansu_mapping(RECORDING, &topic, &group);
     let uuid = mapping["UUID"].as_str().unwrap_or_default().to_owned();
     let mut watch = RelayWatch::start(&watch_run_env())?;
@@ -282,9 +256,7 @@ fn the_relay_under_cargo_lambda_watch_runs_the_config_in_its_payload() -> TestRe
 fn the_relay_under_cargo_lambda_watch_reads_relay_config_on_a_scheduled_event() -> TestResult {
     const PARTITIONS: i32 = 2;
     let (topic, group) = fresh_topic(PARTITIONS)?;
-    let produced = populate_topic(&tansu(), &topic, PARTITIONS, 300, |i| {
-        format!("from-env-{i}")
-    })?;
+    let produced = populate_topic(&tansu(), &topic, PARTITIONS, 300, |i| format!("from-env-{i}"))?;
     let mapping = tansu_mapping(RECORDING, &topic, &group);
     let uuid = mapping["UUID"].as_str().unwrap_or_default().to_owned();
     let mut env = watch_run_env();

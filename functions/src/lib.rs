@@ -153,13 +153,10 @@ pub fn decode(event: &KafkaEvent) -> Result<Vec<Received>, TargetError> {
     let mut received = Vec::new();
     for (key, records) in by_key {
         for record in records {
-            let topic = record
-                .topic
-                .clone()
-                .ok_or_else(|| TargetError::MissingTopic {
-                    partition_key: key.clone(),
-                    offset: record.offset,
-                })?;
+            let topic = record.topic.clone().ok_or_else(|| TargetError::MissingTopic {
+                partition_key: key.clone(),
+                offset: record.offset,
+            })?;
             let value = match &record.value {
                 None => None,
                 Some(encoded) => {
@@ -170,13 +167,11 @@ pub fn decode(event: &KafkaEvent) -> Result<Vec<Received>, TargetError> {
                             offset: record.offset,
                             source,
                         })?;
-                    Some(
-                        String::from_utf8(bytes).map_err(|source| TargetError::Utf8 {
-                            partition_key: key.clone(),
-                            offset: record.offset,
-                            source,
-                        })?,
-                    )
+                    Some(String::from_utf8(bytes).map_err(|source| TargetError::Utf8 {
+                        partition_key: key.clone(),
+                        offset: record.offset,
+                        source,
+                    })?)
                 }
             };
             received.push(Received {
@@ -197,10 +192,7 @@ pub fn first_unseen_failures(received: &[Received], seen: &HashSet<String>) -> V
     let mut failures: Vec<ItemIdentifier> = Vec::new();
     for record in received {
         let partition_done = failures.iter().any(|f| f.partition == record.partition_key);
-        let fails = record
-            .value
-            .as_deref()
-            .is_some_and(|v| v.starts_with(FAIL_PREFIX));
+        let fails = record.value.as_deref().is_some_and(|v| v.starts_with(FAIL_PREFIX));
         if !partition_done && fails && !seen.contains(&record.id()) {
             failures.push(ItemIdentifier {
                 partition: record.partition_key.clone(),
@@ -213,12 +205,7 @@ pub fn first_unseen_failures(received: &[Received], seen: &HashSet<String>) -> V
 
 /// The lines to record for one invocation: a record is not accepted when the function reported it, or
 /// an earlier record of its partition, as failed.
-pub fn lines(
-    function: &str,
-    invocation: &str,
-    received: &[Received],
-    failures: &[ItemIdentifier],
-) -> Vec<Line> {
+pub fn lines(function: &str, invocation: &str, received: &[Received], failures: &[ItemIdentifier]) -> Vec<Line> {
     received
         .iter()
         .map(|r| {
@@ -253,11 +240,7 @@ pub fn append_lines<T: Serialize>(path: &Path, lines: &[T]) -> Result<(), Target
         path: path.to_owned(),
         source,
     };
-    let mut file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(io)?;
+    let mut file = OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
     file.write_all(&buffer).map_err(io)
 }
 
@@ -275,11 +258,7 @@ pub fn read_seen(path: &Path) -> Result<HashSet<String>, TargetError> {
 
 /// Runs one recording function: decode, decide failures (with the seen-failures file when `partial`),
 /// record every record received, and answer with the partial batch response.
-pub fn handle(
-    function: &str,
-    event: &KafkaEvent,
-    partial: bool,
-) -> Result<BatchResponse, TargetError> {
+pub fn handle(function: &str, event: &KafkaEvent, partial: bool) -> Result<BatchResponse, TargetError> {
     let dir = out_dir()?;
     let received = decode(event)?;
     let failures = if partial {
@@ -317,11 +296,7 @@ fn append_raw_lines(path: &Path, lines: &[String]) -> Result<(), TargetError> {
         path: path.to_owned(),
         source,
     };
-    let mut file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(io)?;
+    let mut file = OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
     file.write_all(text.as_bytes()).map_err(io)
 }
 
@@ -378,10 +353,7 @@ mod tests {
         let mut bad = record("t", 0, 3, "x");
         bad["value"] = serde_json::json!("***");
         let e = event(serde_json::json!({"records": {"t-0": [bad]}}));
-        assert!(matches!(
-            decode(&e),
-            Err(TargetError::Base64 { offset: 3, .. })
-        ));
+        assert!(matches!(decode(&e), Err(TargetError::Base64 { offset: 3, .. })));
     }
 
     #[test]
@@ -432,10 +404,7 @@ mod tests {
             .iter()
             .map(|l| (l.offset, l.accepted))
             .collect();
-        assert_eq!(
-            accepted,
-            vec![(10, true), (11, false), (12, false), (1, true)]
-        );
+        assert_eq!(accepted, vec![(10, true), (11, false), (12, false), (1, true)]);
     }
 
     #[test]

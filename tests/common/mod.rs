@@ -68,10 +68,7 @@ pub fn out_dir() -> PathBuf {
 
 /// `PREFIX-<12 random hex digits>`: topics, groups and mapping UUIDs no other test (or earlier run) uses.
 pub fn unique_name(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    )
+    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
 
 /// Seconds since the Unix epoch, as `StartingPositionTimestamp` wants them.
@@ -117,9 +114,7 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
 
 /// Creates `name` with `partitions` partitions through the admin client.
 pub fn create_topic(bootstrap: &str, name: &str, partitions: i32) -> TestResult {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()?;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
     let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
     let options = AdminOptions::new()
         .operation_timeout(Some(KAFKA_TIMEOUT))
@@ -154,10 +149,7 @@ impl ProducerContext for DeliveryLog {
             Ok(message) => Ok((message.partition(), message.offset())),
             Err((error, _)) => Err(error.to_string()),
         };
-        self.0
-            .lock()
-            .expect("delivery log lock")
-            .push((index, entry));
+        self.0.lock().expect("delivery log lock").push((index, entry));
     }
 }
 
@@ -215,16 +207,11 @@ pub fn populate_topic_at(
     producer.flush(Duration::from_secs(120))?;
     let reports = std::mem::take(&mut *producer.context().0.lock().expect("delivery log lock"));
     if reports.len() != count {
-        return Err(format!(
-            "{} of {count} records to {topic} acknowledged",
-            reports.len()
-        )
-        .into());
+        return Err(format!("{} of {count} records to {topic} acknowledged", reports.len()).into());
     }
     let mut produced = Vec::with_capacity(count);
     for (index, report) in reports {
-        let (partition, offset) =
-            report.map_err(|e| format!("record {index} to {topic} failed: {e}"))?;
+        let (partition, offset) = report.map_err(|e| format!("record {index} to {topic} failed: {e}"))?;
         produced.push(Produced {
             partition,
             offset,
@@ -244,12 +231,7 @@ fn group_consumer(bootstrap: &str, group: &str) -> TestResult<BaseConsumer> {
 }
 
 /// The group's committed offset per partition `0..partitions` (`None` where it has none).
-pub fn committed_offsets(
-    bootstrap: &str,
-    group: &str,
-    topic: &str,
-    partitions: i32,
-) -> TestResult<Vec<Option<i64>>> {
+pub fn committed_offsets(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> TestResult<Vec<Option<i64>>> {
     let consumer = group_consumer(bootstrap, group)?;
     let mut wanted = TopicPartitionList::new();
     for p in 0..partitions {
@@ -257,12 +239,10 @@ pub fn committed_offsets(
     }
     let committed = consumer.committed_offsets(wanted, KAFKA_TIMEOUT)?;
     let offsets = (0..partitions)
-        .map(
-            |p| match committed.find_partition(topic, p).map(|e| e.offset()) {
-                Some(Offset::Offset(n)) => Some(n),
-                _ => None,
-            },
-        )
+        .map(|p| match committed.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(n)) => Some(n),
+            _ => None,
+        })
         .collect();
     // librdkafka hangs in rd_kafka_destroy when a consumer is dropped while a list it returned is alive.
     drop(committed);
@@ -319,10 +299,7 @@ pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> TestResult<Vec
     };
     complete
         .lines()
-        .map(|line| {
-            serde_json::from_str(line)
-                .map_err(|e| format!("bad line in {path:?}: {e}: {line}").into())
-        })
+        .map(|line| serde_json::from_str(line).map_err(|e| format!("bad line in {path:?}: {e}: {line}").into()))
         .collect()
 }
 
@@ -347,9 +324,7 @@ pub fn by_partition(delivered: &[Delivered]) -> BTreeMap<i32, Vec<(i64, String)>
 pub fn produced_by_partition(produced: &[Produced]) -> BTreeMap<i32, Vec<(i64, String)>> {
     let mut map: BTreeMap<i32, Vec<(i64, String)>> = BTreeMap::new();
     for p in produced {
-        map.entry(p.partition)
-            .or_default()
-            .push((p.offset, p.value.clone()));
+        map.entry(p.partition).or_default().push((p.offset, p.value.clone()));
     }
     map
 }
@@ -358,31 +333,17 @@ pub fn produced_by_partition(produced: &[Produced]) -> BTreeMap<i32, Vec<(i64, S
 /// everything has committed).
 pub fn next_offsets(produced: &[Produced], partitions: i32) -> Vec<Option<i64>> {
     (0..partitions)
-        .map(|p| {
-            produced
-                .iter()
-                .filter(|r| r.partition == p)
-                .map(|r| r.offset + 1)
-                .max()
-        })
+        .map(|p| produced.iter().filter(|r| r.partition == p).map(|r| r.offset + 1).max())
         .collect()
 }
 
 /// Checks that the records `function` accepted from `topic` are exactly `produced`: each once, in offset
 /// order per partition. The error names the first partition and position that differ.
-pub fn assert_delivered_exactly_once(
-    function: &str,
-    topic: &str,
-    produced: &[Produced],
-) -> TestResult {
-    let accepted: Vec<Delivered> = delivered(function, topic)?
-        .into_iter()
-        .filter(|d| d.accepted)
-        .collect();
+pub fn assert_delivered_exactly_once(function: &str, topic: &str, produced: &[Produced]) -> TestResult {
+    let accepted: Vec<Delivered> = delivered(function, topic)?.into_iter().filter(|d| d.accepted).collect();
     let got = by_partition(&accepted);
     let want = produced_by_partition(produced);
-    let partitions: std::collections::BTreeSet<i32> =
-        got.keys().chain(want.keys()).copied().collect();
+    let partitions: std::collections::BTreeSet<i32> = got.keys().chain(want.keys()).copied().collect();
     for p in partitions {
         let (got, want) = (
             got.get(&p).cloned().unwrap_or_default(),
@@ -445,11 +406,7 @@ impl ChildGuard {
 
     /// Waits until it exits, or `timeout` passes or `abort` gives a reason (then it is killed and this is
     /// an error).
-    pub fn wait_timeout(
-        &mut self,
-        timeout: Duration,
-        abort: &dyn Fn() -> Option<String>,
-    ) -> TestResult<ExitStatus> {
+    pub fn wait_timeout(&mut self, timeout: Duration, abort: &dyn Fn() -> Option<String>) -> TestResult<ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait()? {
@@ -457,9 +414,7 @@ impl ChildGuard {
             }
             if Instant::now() >= deadline {
                 self.stop();
-                return Err(
-                    format!("{} did not finish within {timeout:?}; killed", self.name).into(),
-                );
+                return Err(format!("{} did not finish within {timeout:?}; killed", self.name).into());
             }
             if let Some(reason) = abort() {
                 self.stop();
@@ -545,12 +500,7 @@ pub fn run_captured_unless(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut guard = ChildGuard::new(
-        name,
-        command
-            .spawn()
-            .map_err(|e| format!("cannot start {name}: {e}"))?,
-    );
+    let mut guard = ChildGuard::new(name, command.spawn().map_err(|e| format!("cannot start {name}: {e}"))?);
     let mut stdout_pipe = guard.child().stdout.take().expect("piped stdout");
     let mut stderr_pipe = guard.child().stderr.take().expect("piped stderr");
     // Both pipes are drained while the process runs, so a chatty stderr cannot block it.
@@ -567,11 +517,7 @@ pub fn run_captured_unless(
     let status = guard.wait_timeout(timeout, abort)?;
     let stdout = stdout_reader.join().expect("stdout reader");
     let stderr = stderr_reader.join().expect("stderr reader");
-    Ok(Finished {
-        status,
-        stdout,
-        stderr,
-    })
+    Ok(Finished { status, stdout, stderr })
 }
 
 /// The environment the relay gets in every test: the target functions' `cargo lambda watch` as the Lambda
@@ -597,13 +543,7 @@ pub fn run_relay(config: &Value, extra: &[&str]) -> TestResult<Finished> {
         .arg("run")
         .arg("--config")
         .arg(&file)
-        .args([
-            "--until-idle",
-            "--target-timeout",
-            "30",
-            "--max-seconds",
-            "240",
-        ])
+        .args(["--until-idle", "--target-timeout", "30", "--max-seconds", "240"])
         .args(extra)
         .envs(relay_env());
     run_captured("kafka-lambda-relay run", command, PROCESS_TIMEOUT)
@@ -634,9 +574,7 @@ pub fn mapping_report<'a>(report: &'a Value, uuid: &str) -> TestResult<&'a Value
 
 /// The port of a free TCP port on 127.0.0.1 (bound, then released).
 pub fn free_port() -> TestResult<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// The relay itself served by `cargo lambda watch` on 127.0.0.1, as Lambda would run it; stopped on drop.
@@ -684,11 +622,7 @@ impl RelayWatch {
         let deadline = Instant::now() + Duration::from_secs(60);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             if Instant::now() >= deadline {
-                return Err(format!(
-                    "cargo lambda watch not listening after 60 s:\n{}",
-                    watch.log_text()
-                )
-                .into());
+                return Err(format!("cargo lambda watch not listening after 60 s:\n{}", watch.log_text()).into());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -699,11 +633,7 @@ impl RelayWatch {
     /// `payload` in FILE.
     pub fn invoke(&mut self, payload: &Value) -> TestResult<Finished> {
         if let Ok(Some(status)) = self.guard.child().try_wait() {
-            return Err(format!(
-                "cargo lambda watch exited with {status}:\n{}",
-                self.log_text()
-            )
-            .into());
+            return Err(format!("cargo lambda watch exited with {status}:\n{}", self.log_text()).into());
         }
         let dir = TempDir::new("relay-payload")?;
         let file = dir.path().join("payload.json");

@@ -212,22 +212,6 @@ fn watch_run_env() -> Vec<(&'static str, String)> {
     vec![("RELAY_MAX_SECONDS", "120".to_owned())]
 }
 
-/// The report `cargo lambda invoke` printed, after checking the invoke succeeded.
-fn invoke_report(watch: &mut RelayWatch, payload: &Value) -> TestResult<Value> {
-    let finished = watch.invoke(payload)?;
-    if finished.code() != Some(0) {
-        return Err(format!(
-            "cargo lambda invoke exited with {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}\n--- watch log ---\n{}",
-            finished.status,
-            finished.stdout,
-            finished.stderr_tail(),
-            watch.log_text()
-        )
-        .into());
-    }
-    finished.json()
-}
-
 #[test]
 fn the_relay_under_cargo_lambda_watch_runs_the_config_in_its_payload() -> TestResult {
     const PARTITIONS: i32 = 2;
@@ -237,7 +221,7 @@ fn the_relay_under_cargo_lambda_watch_runs_the_config_in_its_payload() -> TestRe
     let uuid = mapping["UUID"].as_str().unwrap_or_default().to_owned();
     let mut watch = RelayWatch::start(&watch_run_env())?;
 
-    let report = invoke_report(&mut watch, &json!({"Mappings": [mapping]}))?;
+    let report = watch.invoke_report(&json!({"Mappings": [mapping]}))?;
 
     assert_delivered_exactly_once(RECORDING, &topic, &produced)?;
     assert_eq!(
@@ -274,7 +258,7 @@ fn the_relay_under_cargo_lambda_watch_reads_relay_config_on_a_scheduled_event() 
         "detail": {}
     });
 
-    let report = invoke_report(&mut watch, &scheduled_event)?;
+    let report = watch.invoke_report(&scheduled_event)?;
 
     assert_delivered_exactly_once(RECORDING, &topic, &produced)?;
     assert_eq!(

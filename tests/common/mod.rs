@@ -543,10 +543,19 @@ pub fn run_relay(config: &Value, extra: &[&str]) -> TestResult<Finished> {
         .arg("run")
         .arg("--config")
         .arg(&file)
-        .args(["--until-idle", "--target-timeout", "30", "--max-seconds", "240"])
+        .args(["--until-idle", "--target-timeout", "30", "--max-seconds", "120"])
         .args(extra)
         .envs(relay_env());
-    run_captured("kafka-lambda-relay run", command, PROCESS_TIMEOUT)
+    let started = Instant::now();
+    let finished = run_captured("kafka-lambda-relay run", command, PROCESS_TIMEOUT)?;
+    // Shown by the test harness only when the test fails.
+    eprintln!(
+        "relay run exited with {} after {:?}; stderr tail:\n{}",
+        finished.status,
+        started.elapsed(),
+        finished.stderr_tail()
+    );
+    Ok(finished)
 }
 
 /// [`run_relay`], requiring exit code 0 and returning the report.
@@ -577,6 +586,30 @@ pub fn free_port() -> TestResult<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// A `cargo` command without the variables `cargo test` sets for the test process (`CARGO_PKG_*`,
+/// `CARGO_MANIFEST_DIR`, ...): build scripts such as ring's rerun when they change, so inheriting them would
+/// rebuild the AWS SDK under the test, and again in the next plain `cargo build`.
+pub fn nested_cargo() -> Command {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let set_by_cargo_test = ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CRATE_", "CARGO_BIN_"]
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+            || [
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "CARGO_RUSTC_CURRENT_DIR",
+                "OUT_DIR",
+            ]
+            .contains(&name.as_ref());
+        if set_by_cargo_test {
+            command.env_remove(name.as_ref());
+        }
+    }
+    command
+}
+
 /// The relay itself served by `cargo lambda watch` on 127.0.0.1, as Lambda would run it; stopped on drop.
 pub struct RelayWatch {
     /// The port watch listens on.
@@ -594,8 +627,7 @@ impl RelayWatch {
         let log = dir.path().join("watch.log");
         let log_file = std::fs::File::create(&log)?;
         let port = free_port()?;
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let mut command = Command::new(cargo);
+        let mut command = nested_cargo();
         command
             .args([
                 "lambda",
@@ -638,8 +670,7 @@ impl RelayWatch {
         let dir = TempDir::new("relay-payload")?;
         let file = dir.path().join("payload.json");
         std::fs::write(&file, serde_json::to_vec_pretty(payload)?)?;
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let mut command = Command::new(cargo);
+        let mut command = nested_cargo();
         command
             .args([
                 "lambda",
@@ -662,6 +693,26 @@ impl RelayWatch {
                 .then(|| format!("the relay exited under cargo lambda watch:\n{log}"))
         };
         run_captured_unless("cargo lambda invoke", command, PROCESS_TIMEOUT, &abort)
+    }
+
+    /// [`RelayWatch::invoke`], requiring success and returning the report the relay answered with.
+    pub fn invoke_report(&mut self, payload: &Value) -> TestResult<Value> {
+        let started = Instant::now();
+        let finished = self.invoke(payload)?;
+        let log = self.log_text();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        // Shown by the test harness only when the test fails.
+        eprintln!(
+            "cargo lambda invoke exited with {} after {:?}; stdout:\n{}\nwatch log tail:\n{}",
+            finished.status,
+            started.elapsed(),
+            finished.stdout,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+        if finished.code() != Some(0) {
+            return Err(format!("cargo lambda invoke failed: {}", finished.stderr_tail()).into());
+        }
+        finished.json()
     }
 
     /// What watch and the relay under it logged so far.

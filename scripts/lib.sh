@@ -8,7 +8,8 @@
 #   free_port            a port the kernel just handed out on 127.0.0.1
 #   wait_port PORT SECS  until something accepts TCP connections on 127.0.0.1:PORT
 #   start_process NAME LOG DIR CMD...   start CMD in DIR in the background, remember its PID
-#   stop_processes       stop every process start_process started, newest first, TERM then KILL
+#   stop_group NAME PID  stop PID's process group: TERM, a grace period, then KILL
+#   stop_processes       stop every process start_process started, newest first
 #   log_tail FILE [N]    the last N lines of FILE, indented, for failure messages
 
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -62,8 +63,7 @@ started_logs=()
 start_process() {
   local name=$1 log=$2 dir=$3
   shift 3
-  # A background command of a non-interactive shell ignores SIGINT, so Ctrl-C reaches only the
-  # foreground step; the EXIT trap then stops these by PID.
+  # With job control on (test.sh sets -m) it gets its own process group, stopped as a whole.
   (cd "$dir" && exec "$@") >"$log" 2>&1 </dev/null &
   started_names+=("$name")
   started_pids+=("$!")
@@ -85,22 +85,28 @@ alive() {
   pid=$(pid_of "$1") && kill -0 "$pid" 2>/dev/null
 }
 
+# stop_group NAME PID: TERM to the process group led by PID (or to PID alone when it leads none), 10 s
+# to exit, then KILL. TERM first: cargo lambda watch stops its function instances on TERM, not on KILL.
+stop_group() {
+  local name=$1 pid=$2 target=$2
+  kill -0 "$pid" 2>/dev/null || return 0
+  [[ $(ps -o pgid= -p "$pid" 2>/dev/null | tr -d ' ') == "$pid" ]] && target=-$pid
+  kill -TERM -- "$target" 2>/dev/null || true
+  for _ in $(seq 100); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    say "$name (pid $pid) ignored TERM for 10 s; killing it"
+    kill -KILL -- "$target" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || true
+}
+
 stop_processes() {
-  local i pid
+  local i
   for ((i = ${#started_pids[@]} - 1; i >= 0; i--)); do
-    pid=${started_pids[$i]}
-    kill -0 "$pid" 2>/dev/null || continue
-    # TERM first: cargo lambda watch stops its function instances on TERM, not on KILL.
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 100); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-      say "${started_names[$i]} (pid $pid) ignored TERM for 10 s; killing it"
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
+    stop_group "${started_names[$i]}" "${started_pids[$i]}"
   done
   started_names=()
   started_pids=()

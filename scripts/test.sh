@@ -43,19 +43,44 @@ record() {
   return 0
 }
 
-# step NAME CMD...: runs CMD, records whether it passed and how long it took. Returns CMD's status.
+# Job control: every background job leads its own process group, so a step and whatever it started (a
+# test binary, the relay it runs, a cargo lambda watch) are stopped together, and signals reach the
+# EXIT trap at once instead of after the step.
+set -m
+step_pid=""
+
+# conclude NAME STARTED STATUS: records and reports how a step ended; returns STATUS.
+conclude() {
+  local name=$1 took=$((SECONDS - $2)) status=$3
+  if ((status == 0)); then
+    record "$name" ok "$took"
+    say "== $name: ok in ${took}s"
+  else
+    record "$name" FAILED "$took"
+    say "== $name: FAILED after ${took}s"
+  fi
+  return "$status"
+}
+
+# step NAME CMD...: runs CMD as a background job (its own process group) and waits for it.
 step() {
-  local name=$1 started=$SECONDS
+  local name=$1 started=$SECONDS status=0
   shift
   say "== $name: $*"
-  if "$@"; then
-    record "$name" ok $((SECONDS - started))
-    say "== $name: ok in $((SECONDS - started))s"
-  else
-    record "$name" FAILED $((SECONDS - started))
-    say "== $name: FAILED after $((SECONDS - started))s"
-    return 1
-  fi
+  "$@" &
+  step_pid=$!
+  wait "$step_pid" || status=$?
+  step_pid=""
+  conclude "$name" "$started" "$status"
+}
+
+# step_here NAME CMD...: like step, but in this shell, for steps that export variables or start processes.
+step_here() {
+  local name=$1 started=$SECONDS status=0
+  shift
+  say "== $name: $*"
+  "$@" || status=$?
+  conclude "$name" "$started" "$status"
 }
 
 summary() {
@@ -70,6 +95,10 @@ summary() {
 cleanup() {
   local status=$?
   trap - EXIT INT TERM
+  if [[ -n $step_pid ]]; then
+    stop_group "the running step" "$step_pid"
+    step_pid=""
+  fi
   if [[ $status -ne 0 || $failed == true ]]; then
     show_process_logs
   fi
@@ -207,7 +236,7 @@ if [[ $only_e2e == false ]]; then
 fi
 if ((${#e2e_tests[@]} == 0)); then
   say "no test file starts with #![cfg(feature = \"e2e\")]: no e2e tier"
-elif step "build e2e tier" build_e2e && step "start processes" start_everything; then
+elif step "build e2e tier" build_e2e && step_here "start processes" start_everything; then
   step "e2e tier" cargo test --features e2e "${e2e_tests[@]}" "${e2e_args[@]}" || true
 else
   record "e2e tier" skipped 0

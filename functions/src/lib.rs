@@ -141,9 +141,7 @@ pub struct ItemIdentifier {
 
 /// The directory named by `RELAY_TEST_OUT`.
 pub fn out_dir() -> Result<PathBuf, TargetError> {
-    std::env::var_os(OUT_DIR_VAR)
-        .map(PathBuf::from)
-        .ok_or(TargetError::MissingEnv(OUT_DIR_VAR))
+    std::env::var_os(OUT_DIR_VAR).map(PathBuf::from).ok_or(TargetError::MissingEnv(OUT_DIR_VAR))
 }
 
 /// The event's records with decoded values, partitions in key order, records in the order they were sent
@@ -153,20 +151,16 @@ pub fn decode(event: &KafkaEvent) -> Result<Vec<Received>, TargetError> {
     let mut received = Vec::new();
     for (key, records) in by_key {
         for record in records {
-            let topic = record.topic.clone().ok_or_else(|| TargetError::MissingTopic {
-                partition_key: key.clone(),
-                offset: record.offset,
-            })?;
+            let topic = record
+                .topic
+                .clone()
+                .ok_or_else(|| TargetError::MissingTopic { partition_key: key.clone(), offset: record.offset })?;
             let value = match &record.value {
                 None => None,
                 Some(encoded) => {
-                    let bytes = base64::engine::general_purpose::STANDARD
-                        .decode(encoded)
-                        .map_err(|source| TargetError::Base64 {
-                            partition_key: key.clone(),
-                            offset: record.offset,
-                            source,
-                        })?;
+                    let bytes = base64::engine::general_purpose::STANDARD.decode(encoded).map_err(|source| {
+                        TargetError::Base64 { partition_key: key.clone(), offset: record.offset, source }
+                    })?;
                     Some(String::from_utf8(bytes).map_err(|source| TargetError::Utf8 {
                         partition_key: key.clone(),
                         offset: record.offset,
@@ -194,10 +188,7 @@ pub fn first_unseen_failures(received: &[Received], seen: &HashSet<String>) -> V
         let partition_done = failures.iter().any(|f| f.partition == record.partition_key);
         let fails = record.value.as_deref().is_some_and(|v| v.starts_with(FAIL_PREFIX));
         if !partition_done && fails && !seen.contains(&record.id()) {
-            failures.push(ItemIdentifier {
-                partition: record.partition_key.clone(),
-                offset: record.offset,
-            });
+            failures.push(ItemIdentifier { partition: record.partition_key.clone(), offset: record.offset });
         }
     }
     failures
@@ -209,9 +200,7 @@ pub fn lines(function: &str, invocation: &str, received: &[Received], failures: 
     received
         .iter()
         .map(|r| {
-            let rejected = failures
-                .iter()
-                .any(|f| f.partition == r.partition_key && r.offset >= f.offset);
+            let rejected = failures.iter().any(|f| f.partition == r.partition_key && r.offset >= f.offset);
             Line {
                 function: function.to_owned(),
                 topic: r.topic.clone(),
@@ -236,10 +225,7 @@ pub fn append_lines<T: Serialize>(path: &Path, lines: &[T]) -> Result<(), Target
     if buffer.is_empty() {
         return Ok(());
     }
-    let io = |source| TargetError::Io {
-        path: path.to_owned(),
-        source,
-    };
+    let io = |source| TargetError::Io { path: path.to_owned(), source };
     let mut file = OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
     file.write_all(&buffer).map_err(io)
 }
@@ -249,10 +235,7 @@ pub fn read_seen(path: &Path) -> Result<HashSet<String>, TargetError> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(text.lines().map(str::to_owned).collect()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HashSet::new()),
-        Err(source) => Err(TargetError::Io {
-            path: path.to_owned(),
-            source,
-        }),
+        Err(source) => Err(TargetError::Io { path: path.to_owned(), source }),
     }
 }
 
@@ -264,25 +247,16 @@ pub fn handle(function: &str, event: &KafkaEvent, partial: bool) -> Result<Batch
     let failures = if partial {
         let seen_path = dir.join(format!("{function}.seen"));
         let failures = first_unseen_failures(&received, &read_seen(&seen_path)?);
-        let ids: Vec<String> = failures
-            .iter()
-            .map(|f| format!("{}@{}", f.partition, f.offset))
-            .collect();
+        let ids: Vec<String> = failures.iter().map(|f| format!("{}@{}", f.partition, f.offset)).collect();
         append_raw_lines(&seen_path, &ids)?;
         failures
     } else {
         Vec::new()
     };
     let invocation = uuid::Uuid::new_v4().to_string();
-    append_lines(
-        &dir.join(format!("{function}.jsonl")),
-        &lines(function, &invocation, &received, &failures),
-    )?;
+    append_lines(&dir.join(format!("{function}.jsonl")), &lines(function, &invocation, &received, &failures))?;
     Ok(BatchResponse {
-        batch_item_failures: failures
-            .into_iter()
-            .map(|item_identifier| BatchItemFailure { item_identifier })
-            .collect(),
+        batch_item_failures: failures.into_iter().map(|item_identifier| BatchItemFailure { item_identifier }).collect(),
     })
 }
 
@@ -292,10 +266,7 @@ fn append_raw_lines(path: &Path, lines: &[String]) -> Result<(), TargetError> {
         return Ok(());
     }
     let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
-    let io = |source| TargetError::Io {
-        path: path.to_owned(),
-        source,
-    };
+    let io = |source| TargetError::Io { path: path.to_owned(), source };
     let mut file = OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
     file.write_all(text.as_bytes()).map_err(io)
 }
@@ -337,14 +308,7 @@ mod tests {
             }
         }));
         let got = decode(&e)?;
-        assert_eq!(
-            got,
-            vec![
-                received("t-0", 3, "x"),
-                received("t-1", 7, "b"),
-                received("t-1", 5, "a")
-            ]
-        );
+        assert_eq!(got, vec![received("t-0", 3, "x"), received("t-1", 7, "b"), received("t-1", 5, "a")]);
         Ok(())
     }
 
@@ -368,24 +332,12 @@ mod tests {
         assert_eq!(
             first_unseen_failures(&batch, &none_seen),
             vec![
-                ItemIdentifier {
-                    partition: "t-0".into(),
-                    offset: 11
-                },
-                ItemIdentifier {
-                    partition: "t-1".into(),
-                    offset: 4
-                },
+                ItemIdentifier { partition: "t-0".into(), offset: 11 },
+                ItemIdentifier { partition: "t-1".into(), offset: 4 },
             ]
         );
         let seen: HashSet<String> = ["t-0@11".to_owned(), "t-1@4".to_owned()].into();
-        assert_eq!(
-            first_unseen_failures(&batch, &seen),
-            vec![ItemIdentifier {
-                partition: "t-0".into(),
-                offset: 12
-            }]
-        );
+        assert_eq!(first_unseen_failures(&batch, &seen), vec![ItemIdentifier { partition: "t-0".into(), offset: 12 }]);
     }
 
     #[test]
@@ -396,14 +348,9 @@ mod tests {
             received("t-0", 12, "ok"),
             received("t-1", 1, "ok"),
         ];
-        let failures = vec![ItemIdentifier {
-            partition: "t-0".into(),
-            offset: 11,
-        }];
-        let accepted: Vec<(i64, bool)> = lines("f", "i", &batch, &failures)
-            .iter()
-            .map(|l| (l.offset, l.accepted))
-            .collect();
+        let failures = vec![ItemIdentifier { partition: "t-0".into(), offset: 11 }];
+        let accepted: Vec<(i64, bool)> =
+            lines("f", "i", &batch, &failures).iter().map(|l| (l.offset, l.accepted)).collect();
         assert_eq!(accepted, vec![(10, true), (11, false), (12, false), (1, true)]);
     }
 
@@ -411,20 +358,14 @@ mod tests {
     fn the_response_has_the_partial_batch_shape() -> Result<(), serde_json::Error> {
         let response = BatchResponse {
             batch_item_failures: vec![BatchItemFailure {
-                item_identifier: ItemIdentifier {
-                    partition: "mytopic-0".into(),
-                    offset: 15,
-                },
+                item_identifier: ItemIdentifier { partition: "mytopic-0".into(), offset: 15 },
             }],
         };
         assert_eq!(
             serde_json::to_value(&response)?,
             serde_json::json!({"batchItemFailures": [{"itemIdentifier": {"partition": "mytopic-0", "offset": 15}}]})
         );
-        assert_eq!(
-            serde_json::to_value(BatchResponse::default())?,
-            serde_json::json!({"batchItemFailures": []})
-        );
+        assert_eq!(serde_json::to_value(BatchResponse::default())?, serde_json::json!({"batchItemFailures": []}));
         Ok(())
     }
 }

@@ -52,18 +52,12 @@ pub fn moto() -> String {
 
 /// `RELAY_TEST_LAMBDA`: `http://127.0.0.1:PORT` of `cargo lambda watch` serving `functions/`.
 pub fn lambda() -> String {
-    required_env(
-        "RELAY_TEST_LAMBDA",
-        "cargo lambda watch serving the target functions (http://127.0.0.1:PORT)",
-    )
+    required_env("RELAY_TEST_LAMBDA", "cargo lambda watch serving the target functions (http://127.0.0.1:PORT)")
 }
 
 /// `RELAY_TEST_OUT`: the directory the target functions append `<function>.jsonl` to.
 pub fn out_dir() -> PathBuf {
-    PathBuf::from(required_env(
-        "RELAY_TEST_OUT",
-        "the directory the target functions write to",
-    ))
+    PathBuf::from(required_env("RELAY_TEST_OUT", "the directory the target functions write to"))
 }
 
 /// `PREFIX-<12 random hex digits>`: topics, groups and mapping UUIDs no other test (or earlier run) uses.
@@ -73,10 +67,7 @@ pub fn unique_name(prefix: &str) -> String {
 
 /// Seconds since the Unix epoch, as `StartingPositionTimestamp` wants them.
 pub fn unix_seconds_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs() as i64
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after 1970").as_secs() as i64
 }
 
 /// A directory removed on drop.
@@ -105,20 +96,14 @@ impl Drop for TempDir {
 // --- Kafka -----------------------------------------------------------------------------------------------
 
 fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-        .block_on(future)
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime").block_on(future)
 }
 
 /// Creates `name` with `partitions` partitions through the admin client.
 pub fn create_topic(bootstrap: &str, name: &str, partitions: i32) -> TestResult {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
     let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-    let options = AdminOptions::new()
-        .operation_timeout(Some(KAFKA_TIMEOUT))
-        .request_timeout(Some(KAFKA_TIMEOUT));
+    let options = AdminOptions::new().operation_timeout(Some(KAFKA_TIMEOUT)).request_timeout(Some(KAFKA_TIMEOUT));
     for result in block_on(admin.create_topics([&topic], &options))? {
         result.map_err(|(topic, code)| format!("cannot create topic {topic:?}: {code}"))?;
     }
@@ -193,10 +178,7 @@ pub fn populate_topic_at(
         }
         // A full local queue only means "wait for deliveries": serve them and try the same record again.
         while let Err((error, returned)) = producer.send(record) {
-            if !matches!(
-                error.rdkafka_error_code(),
-                Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
-            ) {
+            if !matches!(error.rdkafka_error_code(), Some(rdkafka::types::RDKafkaErrorCode::QueueFull)) {
                 return Err(format!("cannot produce to {topic}: {error}").into());
             }
             producer.poll(Duration::from_millis(10));
@@ -212,11 +194,7 @@ pub fn populate_topic_at(
     let mut produced = Vec::with_capacity(count);
     for (index, report) in reports {
         let (partition, offset) = report.map_err(|e| format!("record {index} to {topic} failed: {e}"))?;
-        produced.push(Produced {
-            partition,
-            offset,
-            value: values[index].clone(),
-        });
+        produced.push(Produced { partition, offset, value: values[index].clone() });
     }
     produced.sort();
     Ok(produced)
@@ -313,9 +291,7 @@ pub fn delivered(function: &str, topic: &str) -> TestResult<Vec<Delivered>> {
 pub fn by_partition(delivered: &[Delivered]) -> BTreeMap<i32, Vec<(i64, String)>> {
     let mut map: BTreeMap<i32, Vec<(i64, String)>> = BTreeMap::new();
     for d in delivered {
-        map.entry(d.partition)
-            .or_default()
-            .push((d.offset, d.value.clone().unwrap_or_default()));
+        map.entry(d.partition).or_default().push((d.offset, d.value.clone().unwrap_or_default()));
     }
     map
 }
@@ -332,9 +308,7 @@ pub fn produced_by_partition(produced: &[Produced]) -> BTreeMap<i32, Vec<(i64, S
 /// Per partition `0..partitions`, the offset after the last record produced (what a group that consumed
 /// everything has committed).
 pub fn next_offsets(produced: &[Produced], partitions: i32) -> Vec<Option<i64>> {
-    (0..partitions)
-        .map(|p| produced.iter().filter(|r| r.partition == p).map(|r| r.offset + 1).max())
-        .collect()
+    (0..partitions).map(|p| produced.iter().filter(|r| r.partition == p).map(|r| r.offset + 1).max()).collect()
 }
 
 /// Checks that the records `function` accepted from `topic` are exactly `produced`: each once, in offset
@@ -345,10 +319,7 @@ pub fn assert_delivered_exactly_once(function: &str, topic: &str, produced: &[Pr
     let want = produced_by_partition(produced);
     let partitions: std::collections::BTreeSet<i32> = got.keys().chain(want.keys()).copied().collect();
     for p in partitions {
-        let (got, want) = (
-            got.get(&p).cloned().unwrap_or_default(),
-            want.get(&p).cloned().unwrap_or_default(),
-        );
+        let (got, want) = (got.get(&p).cloned().unwrap_or_default(), want.get(&p).cloned().unwrap_or_default());
         if let Some(i) = (0..got.len().max(want.len())).find(|&i| got.get(i) != want.get(i)) {
             return Err(format!(
                 "{topic}-{p}: {} records received, {} produced; first difference at position {i}: received {:?}, produced {:?}",
@@ -393,10 +364,7 @@ pub struct ChildGuard {
 impl ChildGuard {
     /// Takes ownership of `child`.
     pub fn new(name: &str, child: Child) -> ChildGuard {
-        ChildGuard {
-            child,
-            name: name.to_owned(),
-        }
+        ChildGuard { child, name: name.to_owned() }
     }
 
     /// The process, e.g. to wait for it.
@@ -426,9 +394,7 @@ impl ChildGuard {
 
     fn stop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &self.child.id().to_string()])
-                .status();
+            let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = self.child.try_wait() {
@@ -468,12 +434,7 @@ impl Finished {
     /// Stdout parsed as JSON (the relay's report), with stderr's tail in the error for context.
     pub fn json(&self) -> TestResult<Value> {
         serde_json::from_str(self.stdout.trim()).map_err(|e| {
-            format!(
-                "stdout is not JSON ({e}): {}\n--- stderr tail ---\n{}",
-                self.stdout,
-                self.stderr_tail()
-            )
-            .into()
+            format!("stdout is not JSON ({e}): {}\n--- stderr tail ---\n{}", self.stdout, self.stderr_tail()).into()
         })
     }
 
@@ -496,10 +457,7 @@ pub fn run_captured_unless(
     timeout: Duration,
     abort: &dyn Fn() -> Option<String>,
 ) -> TestResult<Finished> {
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut guard = ChildGuard::new(name, command.spawn().map_err(|e| format!("cannot start {name}: {e}"))?);
     let mut stdout_pipe = guard.child().stdout.take().expect("piped stdout");
     let mut stderr_pipe = guard.child().stderr.take().expect("piped stderr");
@@ -526,10 +484,7 @@ pub fn relay_env() -> Vec<(&'static str, String)> {
     vec![
         ("AWS_ENDPOINT_URL_LAMBDA", lambda()),
         ("RELAY_TARGET_TIMEOUT_SECONDS", "30".to_owned()),
-        (
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
-        ),
+        ("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned())),
     ]
 }
 
@@ -596,13 +551,8 @@ pub fn nested_cargo() -> Command {
         let set_by_cargo_test = ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CRATE_", "CARGO_BIN_"]
             .iter()
             .any(|prefix| name.starts_with(prefix))
-            || [
-                "CARGO_PRIMARY_PACKAGE",
-                "CARGO_TARGET_TMPDIR",
-                "CARGO_RUSTC_CURRENT_DIR",
-                "OUT_DIR",
-            ]
-            .contains(&name.as_ref());
+            || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "CARGO_RUSTC_CURRENT_DIR", "OUT_DIR"]
+                .contains(&name.as_ref());
         if set_by_cargo_test {
             command.env_remove(name.as_ref());
         }
@@ -629,15 +579,7 @@ impl RelayWatch {
         let port = free_port()?;
         let mut command = nested_cargo();
         command
-            .args([
-                "lambda",
-                "watch",
-                "-A",
-                "127.0.0.1",
-                "-P",
-                &port.to_string(),
-                "--ignore-changes",
-            ])
+            .args(["lambda", "watch", "-A", "127.0.0.1", "-P", &port.to_string(), "--ignore-changes"])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .envs(relay_env())
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
@@ -645,12 +587,7 @@ impl RelayWatch {
             .stdout(log_file.try_clone()?)
             .stderr(log_file);
         let guard = ChildGuard::new("cargo lambda watch (relay)", command.spawn()?);
-        let watch = RelayWatch {
-            port,
-            guard,
-            log,
-            _dir: dir,
-        };
+        let watch = RelayWatch { port, guard, log, _dir: dir };
         let deadline = Instant::now() + Duration::from_secs(60);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             if Instant::now() >= deadline {
@@ -672,15 +609,7 @@ impl RelayWatch {
         std::fs::write(&file, serde_json::to_vec_pretty(payload)?)?;
         let mut command = nested_cargo();
         command
-            .args([
-                "lambda",
-                "invoke",
-                "-A",
-                "127.0.0.1",
-                "-P",
-                &self.port.to_string(),
-                "--data-file",
-            ])
+            .args(["lambda", "invoke", "-A", "127.0.0.1", "-P", &self.port.to_string(), "--data-file"])
             .arg(&file)
             .args(["--output-format", "json", "kafka-lambda-relay"]);
         // When the relay process exits instead of serving the invocation, watch logs it and leaves the invoke
@@ -689,8 +618,7 @@ impl RelayWatch {
         let abort = || {
             let log = self.log_text();
             let new = log.get(log_before..).unwrap_or("");
-            new.contains("command exited")
-                .then(|| format!("the relay exited under cargo lambda watch:\n{log}"))
+            new.contains("command exited").then(|| format!("the relay exited under cargo lambda watch:\n{log}"))
         };
         run_captured_unless("cargo lambda invoke", command, PROCESS_TIMEOUT, &abort)
     }

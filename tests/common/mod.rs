@@ -121,8 +121,11 @@ pub struct Produced {
     pub value: String,
 }
 
-/// Collects delivery reports: (index of the record, partition and offset or the error).
-struct DeliveryLog(Mutex<Vec<(usize, Result<(i32, i64), String>)>>);
+/// One delivery report: the record's index, and its partition and offset or the error.
+type DeliveryReport = (usize, Result<(i32, i64), String>);
+
+/// Collects delivery reports.
+struct DeliveryLog(Mutex<Vec<DeliveryReport>>);
 
 impl ClientContext for DeliveryLog {}
 

@@ -38,6 +38,28 @@ pub async fn run_all(config: &RelayConfig, services: &Services, options: &RunOpt
     RunReport { mappings }
 }
 
+/// `run --check`: per mapping, what the cluster says (partitions, watermarks, the group's offsets), or why
+/// it cannot be used; nothing is consumed or committed. The flag is true when any mapping failed.
+pub async fn check_all(config: &RelayConfig, services: &Services) -> (Value, bool) {
+    let mut failed = false;
+    let mut mappings = Vec::new();
+    for mapping in &config.mappings {
+        let entry = match crate::auth::check(mapping, services.secrets.as_ref()).await {
+            Ok(report) => serde_json::json!({"UUID": mapping.uuid(), "Check": report}),
+            Err(error) => {
+                failed = true;
+                serde_json::json!({
+                    "UUID": mapping.uuid(),
+                    "ErrorCode": error.code().map(|c| c.as_str()),
+                    "LastProcessingResult": format!("PROBLEM: {error}"),
+                })
+            }
+        };
+        mappings.push(entry);
+    }
+    (serde_json::json!({ "Mappings": mappings }), failed)
+}
+
 /// What a Lambda invocation payload asks for.
 #[derive(Debug)]
 pub enum Payload {

@@ -550,6 +550,14 @@ impl Mapping {
             }
         }
 
+        if let Err(error) = crate::auth::validate(self) {
+            // Only reached when the entries themselves are well-formed: e.g. a bootstrap server whose
+            // protocol prefix contradicts the chosen authentication.
+            if out.is_empty() {
+                out.push(("SourceAccessConfigurations".to_string(), error.sentence));
+            }
+        }
+        let mut bad = |field: &str, message: String| out.push((field.to_string(), message));
         if let Some(destination) = self.destination() {
             if destination_kind(destination).is_none() {
                 bad(

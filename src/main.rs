@@ -36,6 +36,10 @@ enum Command {
         /// Also print CloudWatch Embedded Metric Format lines on stderr.
         #[arg(long)]
         metrics: bool,
+        /// Connect, read secrets, list each topic's partitions, watermarks and the group's offsets, and
+        /// report, without consuming or committing anything.
+        #[arg(long)]
+        check: bool,
     },
     /// Check a configuration without connecting; exit 0 when valid, 2 with every violation listed.
     Validate {
@@ -116,7 +120,7 @@ async fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { config, max_seconds, until_idle, target_timeout, metrics } => {
+        Command::Run { config, max_seconds, until_idle, target_timeout, metrics, check } => {
             init_tracing(false);
             let config = match load_config(config.as_ref()) {
                 Ok(config) => config,
@@ -127,6 +131,11 @@ async fn main() -> ExitCode {
             };
             let sdk_config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
             let services = app::aws_services(&sdk_config);
+            if check {
+                let (report, failed) = app::check_all(&config, &services).await;
+                println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));
+                return if failed { ExitCode::from(1) } else { ExitCode::SUCCESS };
+            }
             let options = kafka_lambda_relay::relay::RunOptions {
                 deadline: max_seconds.map(|s| Instant::now() + Duration::from_secs(s)),
                 until_idle,

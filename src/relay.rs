@@ -101,6 +101,8 @@ pub struct RunOptions {
     pub stop: Option<watch::Receiver<bool>>,
     /// Called about once a second while a mapping runs.
     pub progress: Option<Progress>,
+    /// The consumer group session timeout.
+    pub session_timeout: Duration,
 }
 
 impl Default for RunOptions {
@@ -116,6 +118,7 @@ impl Default for RunOptions {
             transient_backoff: (Duration::from_millis(200), Duration::from_secs(10)),
             stop: None,
             progress: None,
+            session_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -146,7 +149,10 @@ enum JobEvent {
     Blocked { key: PartitionKey, offset: i64, reason: String },
     /// The job stopped before finishing (deadline or stop): attempts to remember per partition.
     Unfinished(Vec<(PartitionKey, i64, u32)>),
-    /// The job is over; its partitions are free.
+    /// Retry these records (one partition's) in a job of their own after `delay`: a failed batch is
+    /// retried partition by partition, so one failing partition does not hold back the others.
+    Continue { records: Vec<Record>, attempts: Attempts, delay: Duration },
+    /// The job is over; these partitions (those not continued elsewhere) are free.
     Finished(Vec<PartitionKey>),
 }
 
@@ -217,7 +223,12 @@ pub async fn run_mapping(mapping: &Mapping, services: &Services, options: &RunOp
     let diagnostics = Arc::new(crate::auth::ConnectionDiagnostics::new(&security, mapping));
 
     let starting_position = mapping.starting_position.unwrap_or(crate::config::StartingPosition::Latest);
-    let mut config = consumer::consumer_config(&mapping.bootstrap_servers().join(","), &mapping.consumer_group_id(), starting_position);
+    let mut config = consumer::consumer_config(
+        &mapping.bootstrap_servers().join(","),
+        &mapping.consumer_group_id(),
+        starting_position,
+        options.session_timeout,
+    );
     security.apply(&mut config);
     let timestamp_ms = mapping.starting_position_timestamp.map(|s| (s * 1000.0) as i64);
     let context = RelayContext::new(starting_position, timestamp_ms, diagnostics.clone());
@@ -256,6 +267,8 @@ struct MappingRun<'a> {
     counts: Counts,
     problem: Option<(String, String)>,
     started: Instant,
+    /// Retries handed back by jobs, to start as jobs of their own.
+    continuations: Vec<(Vec<Record>, Attempts, Duration)>,
 }
 
 impl<'a> MappingRun<'a> {
@@ -299,6 +312,7 @@ impl<'a> MappingRun<'a> {
             counts: Counts::default(),
             problem: None,
             started: Instant::now(),
+            continuations: Vec::new(),
         }
     }
 
@@ -335,6 +349,15 @@ impl<'a> MappingRun<'a> {
                 }
             }
 
+            for (records, attempts, delay) in std::mem::take(&mut self.continuations) {
+                // Its partition stays busy: the retry continues the job that failed.
+                let context = self.job_context.clone();
+                let events = events_tx.clone();
+                jobs.spawn(async move {
+                    let keys = run_job(records, attempts, delay, false, &context, &events).await;
+                    let _ = events.send(JobEvent::Finished(keys)).await;
+                });
+            }
             if !stopping {
                 while jobs.len() < self.options.max_in_flight {
                     let Some(formed) = self.batcher.next(&mut self.queues, Instant::now(), false) else { break };
@@ -358,7 +381,7 @@ impl<'a> MappingRun<'a> {
                 }
             }
             if last_commit.elapsed() > Duration::from_secs(2) {
-                self.commit(false);
+                self.commit();
                 last_commit = Instant::now();
             }
             if last_progress.elapsed() > Duration::from_secs(1) {
@@ -416,7 +439,7 @@ impl<'a> MappingRun<'a> {
             self.apply_job_event(event);
         }
         self.diagnose_client_errors().await;
-        let committed = self.commit(true);
+        let committed = self.commit();
         self.report(committed)
     }
 
@@ -449,7 +472,7 @@ impl<'a> MappingRun<'a> {
                     for assigned in partitions {
                         tracing::debug!(mapping = %self.job_context.mapping_uuid, partition = %assigned.key, committed = ?assigned.committed, "partition assigned");
                         let state = PartitionState {
-                            tracker: OffsetTracker::new(assigned.committed),
+                            tracker: OffsetTracker::new(assigned.committed.or(assigned.start)),
                             retry: assigned.retry,
                             ..PartitionState::default()
                         };
@@ -499,8 +522,7 @@ impl<'a> MappingRun<'a> {
             Formed::Batch(records) => (records, false),
             Formed::Oversized(record) => (vec![record], true),
         };
-        let mut keys: Vec<PartitionKey> = records.iter().map(|r| r.key_partition.clone()).collect();
-        keys.dedup();
+        let keys = partitions_of(&records);
         let mut attempts = Attempts::default();
         for key in &keys {
             if let Some(queue) = self.queues.get_mut(key) {
@@ -525,7 +547,7 @@ impl<'a> MappingRun<'a> {
         let context = self.job_context.clone();
         let events = events.clone();
         jobs.spawn(async move {
-            run_job(records, attempts, oversized, &context, &events).await;
+            let keys = run_job(records, attempts, Duration::ZERO, oversized, &context, &events).await;
             let _ = events.send(JobEvent::Finished(keys)).await;
         });
     }
@@ -578,6 +600,9 @@ impl<'a> MappingRun<'a> {
                     }
                 }
             }
+            JobEvent::Continue { records, attempts, delay } => {
+                self.continuations.push((records, attempts, delay));
+            }
             JobEvent::Finished(keys) => {
                 for key in keys {
                     if let Some(queue) = self.queues.get_mut(&key) {
@@ -611,25 +636,11 @@ impl<'a> MappingRun<'a> {
             .collect()
     }
 
-    /// Commits what the trackers allow; at the end also the position of partitions that had nothing to
-    /// deliver, so a LATEST start is remembered by the group. Returns the committed offsets.
-    fn commit(&mut self, final_commit: bool) -> BTreeMap<PartitionKey, i64> {
-        let mut offsets: BTreeMap<PartitionKey, (i64, String)> =
+    /// Commits what the trackers allow (a LATEST or AT_TIMESTAMP start counts, so the group remembers where
+    /// this run started). Returns the committed offsets.
+    fn commit(&mut self) -> BTreeMap<PartitionKey, i64> {
+        let offsets: BTreeMap<PartitionKey, (i64, String)> =
             self.committable().into_iter().map(|(k, o, m)| (k, (o, m))).collect();
-        if final_commit {
-            if let Ok(position) = self.consumer.position() {
-                for element in position.elements() {
-                    let key = PartitionKey::new(element.topic(), element.partition());
-                    let (Some(state), rdkafka::Offset::Offset(next)) = (self.partitions.get(&key), element.offset()) else { continue };
-                    // Only for partitions that returned no record and had no committed offset (a LATEST or
-                    // AT_TIMESTAMP start): the group then remembers where this run started. Partitions with
-                    // records are committed from the tracker alone.
-                    if state.tracker.committable().is_none() {
-                        offsets.insert(key, (next, String::new()));
-                    }
-                }
-            }
-        }
         match consumer::commit(&self.consumer, &offsets) {
             Ok(()) => offsets.into_iter().map(|(k, (o, _))| (k, o)).collect(),
             Err(error) => {
@@ -656,9 +667,10 @@ impl<'a> MappingRun<'a> {
             .collect();
         drop(position);
         self.partitions.iter().all(|(key, state)| {
-            let Some(high) = consumer::high_watermark(&self.consumer, key) else { return false };
+            let Some((low, high)) = consumer::watermarks(&self.consumer, key) else { return false };
             let at = positions.get(key).copied().flatten().or(state.tracker.committable());
-            at.is_some_and(|at| at >= high) || high == 0
+            // A partition with nothing fetched and nothing committed is caught up only when it is empty.
+            at.map_or(low >= high, |at| at >= high)
         })
     }
 
@@ -668,7 +680,7 @@ impl<'a> MappingRun<'a> {
         let mut blocked_note = None;
         for (key, state) in &self.partitions {
             let committed_offset = committed.get(key).copied().or(state.tracker.committable());
-            let high = consumer::high_watermark(&self.consumer, key);
+            let high = consumer::watermarks(&self.consumer, key).map(|(_, high)| high);
             let partition_lag = match (high, committed_offset) {
                 (Some(high), Some(c)) => Some((high - c).max(0)),
                 (Some(high), None) => Some(high),
@@ -784,6 +796,29 @@ async fn pause(duration: Duration, stop: &mut watch::Receiver<bool>) -> bool {
     }
 }
 
+/// The partitions of `records`, in order of first appearance.
+fn partitions_of(records: &[Record]) -> Vec<PartitionKey> {
+    let mut keys: Vec<PartitionKey> = Vec::new();
+    for record in records {
+        if !keys.contains(&record.key_partition) {
+            keys.push(record.key_partition.clone());
+        }
+    }
+    keys
+}
+
+/// Splits records into one group per partition, keeping their order.
+fn split_by_partition(records: Vec<Record>) -> Vec<Vec<Record>> {
+    let mut groups: Vec<Vec<Record>> = Vec::new();
+    for record in records {
+        match groups.iter_mut().find(|g| g[0].key_partition == record.key_partition) {
+            Some(group) => group.push(record),
+            None => groups.push(vec![record]),
+        }
+    }
+    groups
+}
+
 fn ids(records: &[Record]) -> Vec<(PartitionKey, i64)> {
     records.iter().map(|r| (r.key_partition.clone(), r.offset)).collect()
 }
@@ -808,11 +843,25 @@ fn unfinished(stack: &[(Vec<Record>, Attempts)]) -> Vec<(PartitionKey, i64, u32)
 
 /// Delivers one batch: invokes, decides, retries, bisects and gives up until every record is delivered or
 /// handed off, or the run stops (then the rest stays unacknowledged for the next run).
-async fn run_job(records: Vec<Record>, attempts: Attempts, oversized: bool, context: &JobContext, events: &mpsc::Sender<JobEvent>) {
+///
+/// Returns the partitions it held that were not handed to continuation jobs.
+async fn run_job(
+    records: Vec<Record>,
+    attempts: Attempts,
+    delay: Duration,
+    oversized: bool,
+    context: &JobContext,
+    events: &mpsc::Sender<JobEvent>,
+) -> Vec<PartitionKey> {
     let mut stop = context.stop.clone();
+    let mut held = partitions_of(&records);
     if oversized {
         give_up(&records, Condition::MaximumPayloadSizeExceeded, Attempts::default(), None, context, events, &mut stop).await;
-        return;
+        return held;
+    }
+    if !delay.is_zero() && !pause(delay, &mut stop).await {
+        let _ = events.send(JobEvent::Unfinished(unfinished(&[(records, attempts)]))).await;
+        return held;
     }
     // Sub-batches still to deliver; the last is next. Halves are pushed later-first so order holds.
     let mut stack: Vec<(Vec<Record>, Attempts)> = vec![(records, attempts)];
@@ -832,7 +881,7 @@ async fn run_job(records: Vec<Record>, attempts: Attempts, oversized: bool, cont
                 stack.push((old, attempts));
                 stack.push((rest, attempts));
                 let _ = events.send(JobEvent::Unfinished(unfinished(&stack))).await;
-                return;
+                return held;
             }
             if rest.is_empty() {
                 continue;
@@ -843,7 +892,7 @@ async fn run_job(records: Vec<Record>, attempts: Attempts, oversized: bool, cont
         if *stop.borrow() || context.invoke_cutoff.is_some_and(|cutoff| Instant::now() >= cutoff) {
             stack.push((records, attempts));
             let _ = events.send(JobEvent::Unfinished(unfinished(&stack))).await;
-            return;
+            return held;
         }
         let payload = context.source.encode(&records);
         let result = context.invoker.invoke(&context.function_name, payload, context.function.timeout + Duration::from_secs(5)).await;
@@ -886,7 +935,7 @@ async fn run_job(records: Vec<Record>, attempts: Attempts, oversized: bool, cont
                 stack.push((records, attempts));
                 if !pause(wait, &mut stop).await {
                     let _ = events.send(JobEvent::Unfinished(unfinished(&stack))).await;
-                    return;
+                    return held;
                 }
             }
             Next::Retry { records: retry, attempts } => {
@@ -906,10 +955,28 @@ async fn run_job(records: Vec<Record>, attempts: Attempts, oversized: bool, cont
                         .await;
                 }
                 let wait = outcome::backoff(attempts.failed.saturating_sub(1), context.retry_backoff.0, context.retry_backoff.1);
-                stack.push((retry, attempts));
+                let by_partition = split_by_partition(retry);
+                let single = by_partition.len() == 1 && stack.is_empty();
+                let mut stay = Vec::new();
+                for records in by_partition {
+                    let keys = partitions_of(&records);
+                    let later_records_here = stack.iter().any(|(pending, _)| pending.iter().any(|r| keys.contains(&r.key_partition)));
+                    if single || later_records_here {
+                        // Retried here, before this partition's later records: order holds.
+                        stay.push(records);
+                    } else {
+                        // Other partitions must not wait for this one's retries: a job of its own.
+                        held.retain(|k| !keys.contains(k));
+                        let _ = events.send(JobEvent::Continue { records, attempts, delay: wait }).await;
+                    }
+                }
+                if stay.is_empty() {
+                    continue;
+                }
+                stack.extend(stay.into_iter().rev().map(|records| (records, attempts)));
                 if !pause(wait, &mut stop).await {
                     let _ = events.send(JobEvent::Unfinished(unfinished(&stack))).await;
-                    return;
+                    return held;
                 }
             }
             Next::Split { first, second, attempts } => {
@@ -923,11 +990,12 @@ async fn run_job(records: Vec<Record>, attempts: Attempts, oversized: bool, cont
                 if !give_up(&given, condition, attempts, last_response.clone(), context, events, &mut stop).await {
                     stack.push((given, attempts));
                     let _ = events.send(JobEvent::Unfinished(unfinished(&stack))).await;
-                    return;
+                    return held;
                 }
             }
         }
     }
+    held
 }
 
 /// Hands records to the destination, retrying until it acknowledges; without a destination they are

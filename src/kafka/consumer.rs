@@ -32,6 +32,10 @@ pub struct AssignedPartition {
     pub committed: Option<i64>,
     /// Retry state left by an earlier run, if any.
     pub retry: Option<RetryState>,
+    /// Where consumption starts when the group has no offset and the start was resolved to a number
+    /// (LATEST, AT_TIMESTAMP): committed at the end of the run even if no record arrives, so records
+    /// produced before the next run are not skipped by another LATEST start.
+    pub start: Option<i64>,
 }
 
 /// A change of the group's assignment, seen by the relay loop after a poll.
@@ -113,7 +117,7 @@ impl RelayContext {
                             .add_partition_offset(element.topic(), element.partition(), Offset::Offset(self.starting_timestamp_ms.unwrap_or(0)))
                             .ok();
                     }
-                    assigned.push(AssignedPartition { key, committed: offset, retry });
+                    assigned.push(AssignedPartition { key, committed: offset, retry, start: None });
                 }
             }
             Err(error) => {
@@ -125,21 +129,36 @@ impl RelayContext {
                         key: PartitionKey::new(element.topic(), element.partition()),
                         committed: None,
                         retry: None,
+                        start: None,
                     });
                 }
             }
         }
         drop(committed);
-        if self.starting_position == StartingPosition::AtTimestamp && without_offset.count() > 0 {
-            match consumer.offsets_for_times(without_offset, GROUP_CALL_TIMEOUT) {
-                Ok(found) => {
-                    for element in found.elements() {
-                        let _ = tpl.set_partition_offset(element.topic(), element.partition(), element.offset());
-                    }
+        if without_offset.count() > 0 && self.starting_position != StartingPosition::TrimHorizon {
+            // One ListOffsets round trip for all partitions: by timestamp, or -1 (the log end) for LATEST.
+            if self.starting_position == StartingPosition::Latest {
+                let _ = without_offset.set_all_offsets(Offset::End);
+            }
+            let mut resolved = self.list_offsets(consumer, without_offset);
+            let past_end: Vec<(String, i32)> = resolved
+                .iter()
+                .filter(|(_, offset)| offset.is_none())
+                .map(|((topic, partition), _)| (topic.clone(), *partition))
+                .collect();
+            if !past_end.is_empty() {
+                // No record at or after the timestamp: start at the log end.
+                let mut ends = TopicPartitionList::new();
+                for (topic, partition) in &past_end {
+                    let _ = ends.add_partition_offset(topic, *partition, Offset::End);
                 }
-                Err(error) => {
-                    // Falling back to the oldest record can duplicate but never loses a record.
-                    tracing::warn!(error_code = "OFFSETS_FOR_TIMES_FAILED", %error, "starting AT_TIMESTAMP partitions from the oldest record");
+                resolved.extend(self.list_offsets(consumer, ends));
+            }
+            for ((topic, partition), offset) in resolved {
+                let Some(offset) = offset else { continue };
+                let _ = tpl.set_partition_offset(&topic, partition, Offset::Offset(offset));
+                if let Some(entry) = assigned.iter_mut().find(|a| &*a.key.topic == topic && a.key.partition == partition) {
+                    entry.start = Some(offset);
                 }
             }
         }
@@ -147,6 +166,30 @@ impl RelayContext {
             tracing::error!(error_code = "ASSIGN_FAILED", %error, "cannot take the assigned partitions");
         }
         self.events.lock().expect("events lock").push(GroupEvent::Assigned(assigned));
+    }
+
+    /// `ListOffsets` for `query` (offsets are timestamps, or -1 for the log end). Partitions that could not
+    /// be resolved are left out: librdkafka then applies `auto.offset.reset`, which for AT_TIMESTAMP is
+    /// the oldest record (duplicates, never loss).
+    fn list_offsets(&self, consumer: &BaseConsumer<Self>, query: TopicPartitionList) -> Vec<((String, i32), Option<i64>)> {
+        match consumer.offsets_for_times(query, GROUP_CALL_TIMEOUT) {
+            Ok(found) => found
+                .elements()
+                .iter()
+                .filter(|e| e.error().is_ok())
+                .map(|e| {
+                    let offset = match e.offset() {
+                        Offset::Offset(n) if n >= 0 => Some(n),
+                        _ => None,
+                    };
+                    ((e.topic().to_string(), e.partition()), offset)
+                })
+                .collect(),
+            Err(error) => {
+                tracing::warn!(error_code = "LIST_OFFSETS_FAILED", %error, "cannot resolve starting offsets; librdkafka's reset policy applies");
+                Vec::new()
+            }
+        }
     }
 
     fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
@@ -207,7 +250,15 @@ impl ConsumerContext for RelayContext {
 pub type RelayConsumer = StreamConsumer<RelayContext>;
 
 /// The librdkafka settings of a mapping's consumer, before authentication settings are added.
-pub fn consumer_config(bootstrap_servers: &str, group_id: &str, starting_position: StartingPosition) -> ClientConfig {
+///
+/// `session_timeout` bounds how long the next run waits for partitions when this one could not leave the
+/// group cleanly (a killed Lambda); heartbeats go every third of it.
+pub fn consumer_config(
+    bootstrap_servers: &str,
+    group_id: &str,
+    starting_position: StartingPosition,
+    session_timeout: Duration,
+) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", bootstrap_servers)
@@ -227,7 +278,9 @@ pub fn consumer_config(bootstrap_servers: &str, group_id: &str, starting_positio
         )
         // Bound what librdkafka prefetches so a Lambda with little memory is safe.
         .set("queued.max.messages.kbytes", "16384")
-        .set("socket.keepalive.enable", "true");
+        .set("socket.keepalive.enable", "true")
+        .set("session.timeout.ms", session_timeout.as_millis().to_string())
+        .set("heartbeat.interval.ms", (session_timeout.as_millis() / 3).max(100).to_string());
     config
 }
 
@@ -256,9 +309,9 @@ pub fn commit(consumer: &RelayConsumer, offsets: &BTreeMap<PartitionKey, (i64, S
     }
 }
 
-/// The partition's high watermark as of the last fetch response (no network round trip), or a broker
-/// query when nothing has been fetched from it yet.
-pub fn high_watermark(consumer: &RelayConsumer, key: &PartitionKey) -> Option<i64> {
+/// The partition's (low, high) watermarks as of the last fetch response (no network round trip), or a
+/// broker query when nothing has been fetched from it yet.
+pub fn watermarks(consumer: &RelayConsumer, key: &PartitionKey) -> Option<(i64, i64)> {
     let topic = std::ffi::CString::new(key.topic.as_bytes()).ok()?;
     let (mut low, mut high) = (0i64, 0i64);
     // SAFETY: the handle is alive for the duration of the call and the out-pointers are valid.
@@ -271,8 +324,8 @@ pub fn high_watermark(consumer: &RelayConsumer, key: &PartitionKey) -> Option<i6
             &mut high,
         )
     };
-    if err == RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0 {
-        return Some(high);
+    if err == RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0 && low >= 0 {
+        return Some((low, high));
     }
-    consumer.fetch_watermarks(&key.topic, key.partition, GROUP_CALL_TIMEOUT).ok().map(|(_, high)| high)
+    consumer.fetch_watermarks(&key.topic, key.partition, GROUP_CALL_TIMEOUT).ok()
 }

@@ -19,6 +19,8 @@ impl MockKafka {
         let producer: BaseProducer = ClientConfig::new()
             .set("test.mock.num.brokers", brokers.to_string())
             .set("linger.ms", "5")
+            // Room for records near the 6 MB event limit.
+            .set("message.max.bytes", "16000000")
             .set("log_level", "3")
             .create()?;
         let cluster = producer.client().mock_cluster().expect("test.mock.num.brokers creates a mock cluster");

@@ -1,0 +1,136 @@
+//! The sample payloads in `events/` (used with `cargo lambda invoke --data-file` and as the schedule's
+//! input) stay real: each valid one parses strictly and validates, and `invalid.json` fails with exactly
+//! the violations it was written to show.
+
+use std::error::Error;
+
+use aws_lambda_events::event::eventbridge::EventBridgeEvent;
+use kafka_lambda_relay::config::{ConfigError, RelayConfig};
+
+type TestResult = Result<(), Box<dyn Error>>;
+
+fn read_event(name: &str) -> Result<String, Box<dyn Error>> {
+    let path = format!("{}/events/{name}", env!("CARGO_MANIFEST_DIR"));
+    Ok(std::fs::read_to_string(path)?)
+}
+
+/// Parses, validates, and checks the config survives serialize → parse unchanged.
+fn valid_config(name: &str) -> Result<RelayConfig, Box<dyn Error>> {
+    let config = RelayConfig::parse_valid(&read_event(name)?)?;
+    let again = RelayConfig::from_json(&serde_json::to_string(&config)?)?;
+    assert_eq!(again, config, "{name} does not round-trip");
+    Ok(config)
+}
+
+#[test]
+fn one_mapping_event_is_a_valid_config() -> TestResult {
+    let config = valid_config("one-mapping.json")?;
+    assert_eq!(config.mappings.len(), 1);
+    let mapping = &config.mappings[0];
+    assert_eq!(mapping.function_name, "my-target");
+    assert_eq!(mapping.topics, vec!["orders"]);
+    assert_eq!(mapping.batch_size, 100);
+    assert_eq!(mapping.destination(), None);
+    Ok(())
+}
+
+#[test]
+fn several_mappings_event_is_a_valid_config_using_every_delivery_setting() -> TestResult {
+    let config = valid_config("several-mappings.json")?;
+    let uuids: Vec<String> = config.mappings.iter().map(|m| m.uuid()).collect();
+    assert_eq!(
+        uuids,
+        vec!["orders-to-billing", "payments-audit", "clickstream-sampler"]
+    );
+
+    let billing = &config.mappings[0];
+    let kinds: Vec<&str> = billing
+        .source_access_configurations
+        .iter()
+        .map(|s| s.kind.as_str())
+        .collect();
+    assert_eq!(
+        kinds,
+        vec!["SASL_SCRAM_512_AUTH", "SERVER_ROOT_CA_CERTIFICATE"]
+    );
+    assert_eq!(
+        billing.destination(),
+        Some("arn:aws:sqs:us-east-1:123456789012:billing-relay-failures")
+    );
+    assert_eq!(
+        billing.filter_criteria.as_ref().map(|f| f.filters.len()),
+        Some(2)
+    );
+    assert_eq!(billing.retry_limit(), Some(3));
+    assert_eq!(
+        billing.max_record_age(),
+        Some(std::time::Duration::from_secs(3600))
+    );
+    assert!(billing.bisect_batch_on_function_error);
+    assert!(billing.reports_batch_item_failures());
+    assert_eq!(billing.consumer_group_id(), "billing-relay");
+
+    let audit = &config.mappings[1];
+    assert_eq!(audit.event_source(), "aws:kafka");
+    assert_eq!(
+        audit.destination(),
+        Some("arn:aws:s3:::payments-audit-relay-failures")
+    );
+    assert_eq!(audit.consumer_group_id(), "payments-audit");
+
+    let sampler = &config.mappings[2];
+    assert!(!sampler.enabled);
+    assert_eq!(sampler.retry_limit(), Some(0));
+    assert_eq!(
+        sampler.destination(),
+        Some("arn:aws:sns:us-east-1:123456789012:clickstream-alerts")
+    );
+    Ok(())
+}
+
+#[test]
+fn invalid_event_reports_every_violation_it_contains() -> TestResult {
+    let config = RelayConfig::from_json(&read_event("invalid.json")?)?;
+    let violations = match config.validate() {
+        Err(ConfigError::Invalid(violations)) => violations,
+        other => return Err(format!("expected Invalid, got {other:?}").into()),
+    };
+    let mut found: Vec<(String, String)> = violations
+        .into_iter()
+        .map(|v| (v.mapping, v.field))
+        .collect();
+    found.sort();
+    let mut expected: Vec<(String, String)> = [
+        ("Mappings[0]", "BatchSize"),
+        ("Mappings[0]", "DestinationConfig.OnFailure.Destination"),
+        ("Mappings[0]", "MaximumBatchingWindowInSeconds"),
+        ("Mappings[0]", "MaximumRecordAgeInSeconds"),
+        ("Mappings[0]", "MaximumRetryAttempts"),
+        ("Mappings[1]", "SourceAccessConfigurations.URI"),
+        ("Mappings[1]", "StartingPositionTimestamp"),
+    ]
+    .into_iter()
+    .map(|(m, f)| (m.to_string(), f.to_string()))
+    .collect();
+    expected.sort();
+    assert_eq!(found, expected);
+    Ok(())
+}
+
+#[test]
+fn scheduled_event_is_what_eventbridge_sends_and_not_a_config() -> TestResult {
+    let text = read_event("scheduled-event.json")?;
+    let event: EventBridgeEvent = serde_json::from_str(&text)?;
+    assert_eq!(event.detail_type, "Scheduled Event");
+    assert_eq!(event.source, "aws.events");
+    assert_eq!(event.detail, serde_json::json!({}));
+    assert_eq!(event.resources.as_ref().map(Vec::len), Some(1));
+    let again: EventBridgeEvent = serde_json::from_str(&serde_json::to_string(&event)?)?;
+    assert_eq!(again, event);
+    // The relay tells the two payloads apart: a Scheduled Event must never be mistaken for mappings.
+    assert!(matches!(
+        RelayConfig::from_json(&text),
+        Err(ConfigError::Parse(_))
+    ));
+    Ok(())
+}

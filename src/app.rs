@@ -99,21 +99,29 @@ pub fn resolve_config(payload: &Value) -> Result<RelayConfig, ConfigError> {
 }
 
 /// Run options for a Lambda invocation whose deadline is `deadline_ms` (Unix milliseconds).
+///
+/// `RELAY_MAX_SECONDS` caps a run's length. A deadline already in the past (`cargo lambda watch` hands
+/// out one near the Unix epoch) cannot bound the run: then only the cap and idleness do.
 pub fn lambda_options(deadline_ms: u64) -> RunOptions {
     let now_ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
-    let remaining = Duration::from_millis((deadline_ms as i128 - now_ms).max(0) as u64);
-    let mut options = RunOptions {
-        deadline: Some(Instant::now() + remaining),
+    let remaining = deadline_ms as i128 - now_ms;
+    let cap = env_seconds("RELAY_MAX_SECONDS");
+    let deadline = if remaining > 0 {
+        let lambda = Instant::now() + Duration::from_millis(remaining as u64);
+        Some(cap.map_or(lambda, |cap| lambda.min(Instant::now() + cap)))
+    } else {
+        tracing::warn!(error_code = "DEADLINE_IN_THE_PAST", deadline_ms, "the invocation's deadline has passed (an emulator?): the run is bounded by RELAY_MAX_SECONDS and idleness only");
+        cap.map(|cap| Instant::now() + cap)
+    };
+    RunOptions {
+        deadline,
         // A scheduled run that has caught up returns early: the next schedule picks up new records, and
         // Lambda bills by duration. RELAY_STOP_WHEN_IDLE=false keeps polling until the deadline.
         until_idle: std::env::var("RELAY_STOP_WHEN_IDLE").map(|v| v != "false").unwrap_or(true),
         margin: Duration::from_secs(5),
+        target_timeout: env_seconds("RELAY_TARGET_TIMEOUT_SECONDS"),
         ..RunOptions::default()
-    };
-    if let Some(timeout) = env_seconds("RELAY_TARGET_TIMEOUT_SECONDS") {
-        options.target_timeout = Some(timeout);
     }
-    options
 }
 
 /// A duration in whole seconds from an environment variable.

@@ -23,7 +23,8 @@ enum Command {
         /// Configuration file ({"Mappings": [...]}); defaults to RELAY_CONFIG (inline JSON) or RELAY_CONFIG_FILE.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Stop after this many seconds (in-flight invocations finish, offsets are committed).
+        /// Stop after this many seconds (in-flight invocations finish, offsets are committed). Also
+        /// RELAY_MAX_SECONDS.
         #[arg(long)]
         max_seconds: Option<u64>,
         /// Exit once every partition is caught up and committed.
@@ -137,7 +138,7 @@ async fn main() -> ExitCode {
                 return if failed { ExitCode::from(1) } else { ExitCode::SUCCESS };
             }
             let options = kafka_lambda_relay::relay::RunOptions {
-                deadline: max_seconds.map(|s| Instant::now() + Duration::from_secs(s)),
+                deadline: max_seconds.map(Duration::from_secs).or_else(|| app::env_seconds("RELAY_MAX_SECONDS")).map(|d| Instant::now() + d),
                 until_idle,
                 target_timeout: target_timeout.map(Duration::from_secs).or_else(|| app::env_seconds("RELAY_TARGET_TIMEOUT_SECONDS")),
                 stop: Some(stop_signal()),

@@ -3,8 +3,6 @@
 
 mod support;
 
-use std::time::Duration;
-
 use kafka_lambda_relay::app::run_all;
 use kafka_lambda_relay::invoke::server::{always, echo_success, handler, Reply};
 use support::*;

@@ -21,7 +21,7 @@ export PATH="$cargo_bin:$PATH"
 command -v cargo >/dev/null || die "cargo not found: install the Rust toolchain (https://rustup.rs) first"
 
 install_debian_packages() {
-  local wanted=(build-essential pkg-config libssl-dev zlib1g-dev openssl stunnel4 curl ca-certificates)
+  local wanted=(build-essential pkg-config libssl-dev zlib1g-dev cmake openssl stunnel4 curl ca-certificates)
   # Only when python3 cannot make a virtualenv: a python3 from pyenv or similar is left alone.
   if ! command -v python3 >/dev/null || ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
     wanted+=(python3 python3-venv)

@@ -130,6 +130,8 @@ struct PartitionState {
     retry: Option<RetryState>,
     blocked: Option<Blocked>,
     paused: bool,
+    /// The offset this run last committed (or the group's, at assignment).
+    committed: Option<i64>,
     polled: u64,
     delivered: u64,
     failed: u64,
@@ -473,6 +475,7 @@ impl<'a> MappingRun<'a> {
                         tracing::debug!(mapping = %self.job_context.mapping_uuid, partition = %assigned.key, committed = ?assigned.committed, "partition assigned");
                         let state = PartitionState {
                             tracker: OffsetTracker::new(assigned.committed.or(assigned.start)),
+                            committed: assigned.committed,
                             retry: assigned.retry,
                             ..PartitionState::default()
                         };
@@ -484,9 +487,13 @@ impl<'a> MappingRun<'a> {
                     for key in keys {
                         tracing::debug!(mapping = %self.job_context.mapping_uuid, partition = %key, "partition revoked");
                         // Jobs still holding records of this partition finish, but their acknowledgements are
-                        // ignored: the new owner redelivers from the committed offset.
+                        // ignored: the new owner redelivers from the committed offset. The queue stays (empty)
+                        // so that, if the partition comes back in this run, it stays busy until that job ends
+                        // and its records are never in two invocations at once.
                         self.partitions.remove(&key);
-                        self.queues.remove(&key);
+                        if let Some(queue) = self.queues.get_mut(&key) {
+                            queue.clear();
+                        }
                         self.consumer.context().forget(&key);
                     }
                 }
@@ -642,7 +649,14 @@ impl<'a> MappingRun<'a> {
         let offsets: BTreeMap<PartitionKey, (i64, String)> =
             self.committable().into_iter().map(|(k, o, m)| (k, (o, m))).collect();
         match consumer::commit(&self.consumer, &offsets) {
-            Ok(()) => offsets.into_iter().map(|(k, (o, _))| (k, o)).collect(),
+            Ok(()) => {
+                for (key, (offset, _)) in &offsets {
+                    if let Some(state) = self.partitions.get_mut(key) {
+                        state.committed = Some(*offset);
+                    }
+                }
+                offsets.into_iter().map(|(k, (o, _))| (k, o)).collect()
+            }
             Err(error) => {
                 // Nothing lost: the group keeps its older offsets and the records are delivered again.
                 tracing::warn!(error_code = "COMMIT_FAILED", mapping = %self.job_context.mapping_uuid, %error, "commit failed");
@@ -679,7 +693,8 @@ impl<'a> MappingRun<'a> {
         let mut lag = OffsetLag::default();
         let mut blocked_note = None;
         for (key, state) in &self.partitions {
-            let committed_offset = committed.get(key).copied().or(state.tracker.committable());
+            // What the group holds now: this run's last successful commit, or what it had at assignment.
+            let committed_offset = committed.get(key).copied().or(state.committed);
             let high = consumer::watermarks(&self.consumer, key).map(|(_, high)| high);
             let partition_lag = match (high, committed_offset) {
                 (Some(high), Some(c)) => Some((high - c).max(0)),

@@ -199,7 +199,7 @@ start_everything() {
 # --- steps -----------------------------------------------------------------------------------------------
 
 fast_tier() {
-  cargo test && cargo test -p relay-test-functions
+  cargo test && cargo test --manifest-path functions/Cargo.toml
 }
 
 # The test files gated on the e2e feature; the fast tier already ran everything else.
@@ -212,7 +212,7 @@ done
 build_e2e() {
   # Built before the processes start, so nothing compiles under a running test: the watched functions
   # and the relay (which tests serve with their own `cargo lambda watch`) start from these artifacts.
-  cargo build -p relay-test-functions --bins &&
+  cargo build --manifest-path functions/Cargo.toml --bins &&
     cargo build --bin kafka-lambda-relay &&
     cargo test --features e2e "${e2e_tests[@]}" --no-run
 }

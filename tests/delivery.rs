@@ -198,3 +198,25 @@ async fn a_missing_target_is_reported_as_function_config_not_valid() -> TestResu
     assert_eq!(h.committed(&group, &topic, 1), vec![None], "nothing polled or committed");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_matching_no_filter_are_skipped_and_committed() -> TestResult {
+    let h = Harness::start().await?;
+    let (topic, group, function) = (unique("orders"), unique("group"), unique("fn"));
+    h.kafka.create_topic(&topic, 1)?;
+    for (i, kind) in ["premium", "basic", "premium", "basic", "basic"].iter().enumerate() {
+        h.kafka.produce(&topic, 0, None, Some(format!(r#"{{"id": {i}, "tier": "{kind}"}}"#).as_bytes()))?;
+    }
+    h.kafka.produce(&topic, 0, None, Some(b"not json"))?;
+    h.kafka.flush()?;
+    h.register(&function, echo_success());
+    let cfg = config(h.kafka.bootstrap_servers(), &topic, &function, &group, serde_json::json!({
+        "FilterCriteria": {"Filters": [{"Pattern": "{\"value\": {\"tier\": [\"premium\"]}}"}]}}));
+    let report = run_all(&cfg, &h.services, &until_idle()).await;
+
+    assert_eq!(h.delivered(&function), vec![(0, 0), (0, 2)]);
+    assert_eq!(h.committed(&group, &topic, 1), vec![Some(6)], "filtered-out records are committed too");
+    let m = &report.mappings[0];
+    assert_eq!((m.counts.polled, m.counts.filtered_out, m.counts.delivered), (6, 4, 2));
+    Ok(())
+}

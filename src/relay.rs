@@ -414,6 +414,19 @@ impl<'a> MappingRun<'a> {
                         let record = to_record(&message);
                         drop(message);
                         self.accept(record);
+                        // Take what librdkafka already fetched before forming batches, so a busy topic
+                        // fills batches instead of sending one record per invocation.
+                        for _ in 0..DRAIN_AT_ONCE {
+                            match try_recv(&self.consumer) {
+                                Some(Ok(message)) => {
+                                    let record = to_record(&message);
+                                    drop(message);
+                                    self.accept(record);
+                                }
+                                Some(Err(KafkaError::PartitionEOF(_))) => eof_seen = true,
+                                _ => break,
+                            }
+                        }
                     }
                     Err(KafkaError::PartitionEOF(_)) => eof_seen = true,
                     Err(error) => {
@@ -756,6 +769,18 @@ impl PartitionState {
     /// Records done but not yet committable (an earlier record is still outstanding).
     fn tracker_done_pending(&self) -> u64 {
         self.tracker.done_pending() as u64
+    }
+}
+
+/// Records taken from librdkafka's queue without waiting, after each one the loop waited for.
+const DRAIN_AT_ONCE: usize = 1000;
+
+/// The next message if librdkafka already has one, without waiting.
+fn try_recv(consumer: &RelayConsumer) -> Option<rdkafka::error::KafkaResult<rdkafka::message::BorrowedMessage<'_>>> {
+    let mut next = std::pin::pin!(consumer.recv());
+    match std::future::Future::poll(next.as_mut(), &mut std::task::Context::from_waker(std::task::Waker::noop())) {
+        std::task::Poll::Ready(result) => Some(result),
+        std::task::Poll::Pending => None,
     }
 }
 

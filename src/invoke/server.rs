@@ -311,6 +311,10 @@ async fn stopped(mut stopping: watch::Receiver<bool>) {
 }
 
 async fn serve(listener: TcpListener, router: Router, stopping: watch::Receiver<bool>) {
+    // Small responses on a kept-alive connection otherwise wait for the client's delayed ACK (Nagle).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |stream: &mut tokio::net::TcpStream| {
+        let _ = stream.set_nodelay(true);
+    });
     let graceful = axum::serve(listener, router).with_graceful_shutdown(stopped(stopping.clone()));
     let deadline = async {
         stopped(stopping).await;

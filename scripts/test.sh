@@ -244,3 +244,12 @@ fi
 if [[ $only_e2e == false && -x scripts/lint-template.sh ]]; then
   step "lint template" scripts/lint-template.sh || true
 fi
+# The Lambda build (what `sam build` runs) cross-compiles OpenSSL, librdkafka and curl in release mode:
+# about 15 minutes cold on 2 cores, which would push CI past its budget, so it is opt-in.
+lambda_build() {
+  cargo lambda build --release --bin kafka-lambda-relay &&
+    test -x "${CARGO_TARGET_DIR:-target}/lambda/kafka-lambda-relay/bootstrap"
+}
+if [[ $only_e2e == false && ${RELAY_TEST_LAMBDA_BUILD:-0} == 1 ]]; then
+  step "lambda build" lambda_build || true
+fi

@@ -70,7 +70,7 @@ impl OffsetTracker {
 }
 
 /// Retry state stored in the committed offset's metadata.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RetryState {
     /// Marks metadata written by the relay (other tools may write their own).
     pub relay: u32,
@@ -78,12 +78,21 @@ pub struct RetryState {
     pub offset: i64,
     /// Failed attempts of the batch that starts at `offset`.
     pub attempts: u32,
+    /// The last invocation's response, for the failure record's `responseContext` when a later run gives
+    /// the batch up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<crate::destination::ResponseContext>,
 }
 
 impl RetryState {
     /// State for `attempts` failed attempts of the record at `offset`.
     pub fn new(offset: i64, attempts: u32) -> Self {
-        Self { relay: 1, offset, attempts }
+        Self { relay: 1, offset, attempts, response: None }
+    }
+
+    /// The same state, remembering the last invocation's response.
+    pub fn with_response(self, response: Option<crate::destination::ResponseContext>) -> Self {
+        Self { response, ..self }
     }
 
     /// The metadata string to commit.
@@ -135,7 +144,13 @@ mod tests {
     #[test]
     fn retry_state_round_trips_and_ignores_foreign_metadata() {
         let state = RetryState::new(42, 3);
-        assert_eq!(RetryState::decode(&state.encode()), Some(state));
+        assert_eq!(RetryState::decode(&state.encode()), Some(state.clone()));
+        let with_response = state.with_response(Some(crate::destination::ResponseContext {
+            status_code: 200,
+            executed_version: "$LATEST".into(),
+            function_error: Some("Unhandled".into()),
+        }));
+        assert_eq!(RetryState::decode(&with_response.encode()), Some(with_response));
         assert_eq!(RetryState::decode(""), None);
         assert_eq!(RetryState::decode("some other tool"), None);
         assert_eq!(RetryState::decode(r#"{"relay":2,"offset":1,"attempts":1}"#), None);

@@ -254,6 +254,12 @@ fn retry_or_give_up(records: Vec<usize>, attempts: Attempts, settings: &Settings
     }
 }
 
+/// Whether a sub-batch already used every retry (a run that gave up on it ended before the destination
+/// acknowledged the write): it goes to the destination again without another invocation.
+pub fn exhausted(attempts: Attempts, settings: &Settings) -> bool {
+    attempts.failed > 0 && settings.retry_limit.is_some_and(|limit| attempts.failed - 1 >= limit)
+}
+
 /// Indices of records older than `max_age` at `now_ms` (Unix milliseconds): they are given up without
 /// being invoked.
 pub fn expired(records: &[Record], now_ms: i64, max_age: Option<Duration>) -> Vec<usize> {
@@ -442,6 +448,16 @@ mod tests {
         let decision = decide(&batch, &verdict, Attempts::default(), &settings);
         assert_eq!(decision.delivered, vec![0, 1]);
         assert_eq!(decision.next, Next::Retry { records: vec![2, 3], attempts: Attempts { failed: 1, invoked: 1 } });
+    }
+
+    #[test]
+    fn batches_that_used_every_retry_are_exhausted_before_invoking() {
+        let limit = |l| Settings { retry_limit: l, ..PLAIN };
+        assert!(!exhausted(Attempts::default(), &limit(Some(0))), "never invoked");
+        assert!(exhausted(Attempts { failed: 1, invoked: 1 }, &limit(Some(0))));
+        assert!(!exhausted(Attempts { failed: 2, invoked: 2 }, &limit(Some(3))));
+        assert!(exhausted(Attempts { failed: 4, invoked: 4 }, &limit(Some(3))));
+        assert!(!exhausted(Attempts { failed: 400, invoked: 400 }, &limit(None)));
     }
 
     #[test]

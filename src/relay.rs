@@ -150,10 +150,10 @@ enum JobEvent {
     /// A partition is stuck (infinite retries, no destination) or waiting on a failing destination.
     Blocked { key: PartitionKey, offset: i64, reason: String },
     /// The job stopped before finishing (deadline or stop): attempts to remember per partition.
-    Unfinished(Vec<(PartitionKey, i64, u32)>),
+    Unfinished(Vec<(PartitionKey, i64, u32)>, Option<ResponseContext>),
     /// Retry these records (one partition's) in a job of their own after `delay`: a failed batch is
     /// retried partition by partition, so one failing partition does not hold back the others.
-    Continue { records: Vec<Record>, attempts: Attempts, delay: Duration },
+    Continue { records: Vec<Record>, attempts: Attempts, delay: Duration, response: Option<ResponseContext> },
     /// The job is over; these partitions (those not continued elsewhere) are free.
     Finished(Vec<PartitionKey>),
 }
@@ -270,7 +270,7 @@ struct MappingRun<'a> {
     problem: Option<(String, String)>,
     started: Instant,
     /// Retries handed back by jobs, to start as jobs of their own.
-    continuations: Vec<(Vec<Record>, Attempts, Duration)>,
+    continuations: Vec<(Vec<Record>, Attempts, Duration, Option<ResponseContext>)>,
 }
 
 impl<'a> MappingRun<'a> {
@@ -351,12 +351,12 @@ impl<'a> MappingRun<'a> {
                 }
             }
 
-            for (records, attempts, delay) in std::mem::take(&mut self.continuations) {
+            for (records, attempts, delay, response) in std::mem::take(&mut self.continuations) {
                 // Its partition stays busy: the retry continues the job that failed.
                 let context = self.job_context.clone();
                 let events = events_tx.clone();
                 jobs.spawn(async move {
-                    let keys = run_job(records, attempts, delay, false, &context, &events).await;
+                    let keys = run_job(records, attempts, response, delay, false, &context, &events).await;
                     let _ = events.send(JobEvent::Finished(keys)).await;
                 });
             }
@@ -544,6 +544,7 @@ impl<'a> MappingRun<'a> {
         };
         let keys = partitions_of(&records);
         let mut attempts = Attempts::default();
+        let mut last_response = None;
         for key in &keys {
             if let Some(queue) = self.queues.get_mut(key) {
                 queue.busy = true;
@@ -560,6 +561,7 @@ impl<'a> MappingRun<'a> {
                     if records.iter().any(|r| &r.key_partition == key && r.offset == retry.offset) {
                         attempts.failed = attempts.failed.max(retry.attempts);
                         attempts.invoked = attempts.invoked.max(retry.attempts);
+                        last_response = last_response.or(retry.response);
                     }
                 }
             }
@@ -567,7 +569,7 @@ impl<'a> MappingRun<'a> {
         let context = self.job_context.clone();
         let events = events.clone();
         jobs.spawn(async move {
-            let keys = run_job(records, attempts, Duration::ZERO, oversized, &context, &events).await;
+            let keys = run_job(records, attempts, last_response, Duration::ZERO, oversized, &context, &events).await;
             let _ = events.send(JobEvent::Finished(keys)).await;
         });
     }
@@ -611,17 +613,17 @@ impl<'a> MappingRun<'a> {
                     state.blocked = Some(Blocked { offset, reason });
                 }
             }
-            JobEvent::Unfinished(entries) => {
+            JobEvent::Unfinished(entries, response) => {
                 for (key, offset, attempts) in entries {
                     if let Some(state) = self.partitions.get_mut(&key) {
                         if attempts > 0 {
-                            state.retry = Some(RetryState::new(offset, attempts));
+                            state.retry = Some(RetryState::new(offset, attempts).with_response(response.clone()));
                         }
                     }
                 }
             }
-            JobEvent::Continue { records, attempts, delay } => {
-                self.continuations.push((records, attempts, delay));
+            JobEvent::Continue { records, attempts, delay, response } => {
+                self.continuations.push((records, attempts, delay, response));
             }
             JobEvent::Finished(keys) => {
                 for key in keys {
@@ -648,6 +650,7 @@ impl<'a> MappingRun<'a> {
                 let offset = state.tracker.committable()?;
                 let metadata = state
                     .retry
+                    .as_ref()
                     .filter(|r| r.offset == offset)
                     .map(|r| r.encode())
                     .unwrap_or_default();
@@ -888,6 +891,7 @@ fn unfinished(stack: &[(Vec<Record>, Attempts)]) -> Vec<(PartitionKey, i64, u32)
 async fn run_job(
     records: Vec<Record>,
     attempts: Attempts,
+    mut last_response: Option<ResponseContext>,
     delay: Duration,
     oversized: bool,
     context: &JobContext,
@@ -900,13 +904,12 @@ async fn run_job(
         return held;
     }
     if !delay.is_zero() && !pause(delay, &mut stop).await {
-        let _ = events.send(JobEvent::Unfinished(unfinished(&[(records, attempts)]))).await;
+        let _ = events.send(JobEvent::Unfinished(unfinished(&[(records, attempts)]), last_response.clone())).await;
         return held;
     }
     // Sub-batches still to deliver; the last is next. Halves are pushed later-first so order holds.
     let mut stack: Vec<(Vec<Record>, Attempts)> = vec![(records, attempts)];
     let mut transient_failures = 0u32;
-    let mut last_response: Option<ResponseContext> = None;
     while let Some((records, attempts)) = stack.pop() {
         let now_ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000;
         let expired = outcome::expired(&records, now_ms, context.max_age);
@@ -920,7 +923,7 @@ async fn run_job(
             if !give_up(&old, Condition::RetryAttemptsExhausted, attempts, last_response.clone(), context, events, &mut stop).await {
                 stack.push((old, attempts));
                 stack.push((rest, attempts));
-                let _ = events.send(JobEvent::Unfinished(unfinished(&stack))).await;
+                let _ = events.send(JobEvent::Unfinished(unfinished(&stack), last_response.clone())).await;
                 return held;
             }
             if rest.is_empty() {
@@ -929,9 +932,17 @@ async fn run_job(
             rest
         };
 
+        if outcome::exhausted(attempts, &context.settings) {
+            if !give_up(&records, Condition::RetryAttemptsExhausted, attempts, last_response.clone(), context, events, &mut stop).await {
+                stack.push((records, attempts));
+                let _ = events.send(JobEvent::Unfinished(unfinished(&stack), last_response.clone())).await;
+                return held;
+            }
+            continue;
+        }
         if *stop.borrow() || context.invoke_cutoff.is_some_and(|cutoff| Instant::now() >= cutoff) {
             stack.push((records, attempts));
-            let _ = events.send(JobEvent::Unfinished(unfinished(&stack))).await;
+            let _ = events.send(JobEvent::Unfinished(unfinished(&stack), last_response.clone())).await;
             return held;
         }
         let payload = context.source.encode(&records);
@@ -974,7 +985,7 @@ async fn run_job(
                 transient_failures = transient_failures.saturating_add(1);
                 stack.push((records, attempts));
                 if !pause(wait, &mut stop).await {
-                    let _ = events.send(JobEvent::Unfinished(unfinished(&stack))).await;
+                    let _ = events.send(JobEvent::Unfinished(unfinished(&stack), last_response.clone())).await;
                     return held;
                 }
             }
@@ -1007,7 +1018,7 @@ async fn run_job(
                     } else {
                         // Other partitions must not wait for this one's retries: a job of its own.
                         held.retain(|k| !keys.contains(k));
-                        let _ = events.send(JobEvent::Continue { records, attempts, delay: wait }).await;
+                        let _ = events.send(JobEvent::Continue { records, attempts, delay: wait, response: last_response.clone() }).await;
                     }
                 }
                 if stay.is_empty() {
@@ -1015,7 +1026,7 @@ async fn run_job(
                 }
                 stack.extend(stay.into_iter().rev().map(|records| (records, attempts)));
                 if !pause(wait, &mut stop).await {
-                    let _ = events.send(JobEvent::Unfinished(unfinished(&stack))).await;
+                    let _ = events.send(JobEvent::Unfinished(unfinished(&stack), last_response.clone())).await;
                     return held;
                 }
             }
@@ -1029,7 +1040,7 @@ async fn run_job(
                 let given = pick(&records, &given);
                 if !give_up(&given, condition, attempts, last_response.clone(), context, events, &mut stop).await {
                     stack.push((given, attempts));
-                    let _ = events.send(JobEvent::Unfinished(unfinished(&stack))).await;
+                    let _ = events.send(JobEvent::Unfinished(unfinished(&stack), last_response.clone())).await;
                     return held;
                 }
             }

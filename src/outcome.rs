@@ -257,7 +257,8 @@ fn retry_or_give_up(records: Vec<usize>, attempts: Attempts, settings: &Settings
 /// Whether a sub-batch already used every retry (a run that gave up on it ended before the destination
 /// acknowledged the write): it goes to the destination again without another invocation.
 pub fn exhausted(attempts: Attempts, settings: &Settings) -> bool {
-    attempts.failed > 0 && settings.retry_limit.is_some_and(|limit| attempts.failed - 1 >= limit)
+    // `failed` counts the first attempt: retries used are `failed - 1`.
+    attempts.failed > 0 && settings.retry_limit.is_some_and(|limit| attempts.failed > limit)
 }
 
 /// Indices of records older than `max_age` at `now_ms` (Unix milliseconds): they are given up without

@@ -64,13 +64,16 @@ impl FailureSink for crate::destination::OnFailureDestination {
     }
 }
 
+/// Builds the on-failure destination of a mapping from its ARN, or says why it cannot.
+pub type SinkFactory = Arc<dyn Fn(&str) -> Result<Arc<dyn FailureSink>, String> + Send + Sync>;
+
 /// The outside services a run uses.
 #[derive(Clone)]
 pub struct Services {
     /// Lambda.
     pub invoker: Arc<dyn Invoke>,
     /// Builds the on-failure destination of a mapping from its ARN.
-    pub sinks: Arc<dyn Fn(&str) -> Result<Arc<dyn FailureSink>, String> + Send + Sync>,
+    pub sinks: SinkFactory,
     /// Secrets Manager, for `SourceAccessConfigurations`.
     pub secrets: Arc<dyn crate::auth::SecretSource>,
 }
@@ -916,10 +919,15 @@ async fn run_job(
         let records = if expired.is_empty() {
             records
         } else {
-            let (old, rest): (Vec<(usize, Record)>, Vec<(usize, Record)>) =
-                records.into_iter().enumerate().partition(|(i, _)| expired.contains(i));
-            let old: Vec<Record> = old.into_iter().map(|(_, r)| r).collect();
-            let rest: Vec<Record> = rest.into_iter().map(|(_, r)| r).collect();
+            let mut old = Vec::new();
+            let mut rest = Vec::new();
+            for (i, record) in records.into_iter().enumerate() {
+                if expired.contains(&i) {
+                    old.push(record);
+                } else {
+                    rest.push(record);
+                }
+            }
             if !give_up(&old, Condition::RetryAttemptsExhausted, attempts, last_response.clone(), context, events, &mut stop).await {
                 stack.push((old, attempts));
                 stack.push((rest, attempts));

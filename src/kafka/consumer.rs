@@ -157,7 +157,7 @@ impl RelayContext {
             for ((topic, partition), offset) in resolved {
                 let Some(offset) = offset else { continue };
                 let _ = tpl.set_partition_offset(&topic, partition, Offset::Offset(offset));
-                if let Some(entry) = assigned.iter_mut().find(|a| &*a.key.topic == topic && a.key.partition == partition) {
+                if let Some(entry) = assigned.iter_mut().find(|a| *a.key.topic == *topic && a.key.partition == partition) {
                     entry.start = Some(offset);
                 }
             }

@@ -10,6 +10,8 @@
 //! it could print: errors, `Debug` output, and everything logged through `tracing` (librdkafka's logs
 //! included, at debug level with `debug=security,broker`).
 
+mod common;
+
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -90,16 +92,6 @@ fn assert_no_secret(outputs: &[String], extra: &[&str]) {
             assert!(!output.contains(&value), "a secret value appears in output: {output}");
         }
     }
-}
-
-async fn secrets_manager() -> aws_sdk_secretsmanager::Client {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(var("RELAY_TEST_MOTO"))
-        .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new("test", "test", None, None, "test"))
-        .load()
-        .await;
-    aws_sdk_secretsmanager::Client::new(&config)
 }
 
 /// Stores `value` under a fresh name and returns the secret's ARN.
@@ -257,7 +249,7 @@ async fn expect_authn(
 #[tokio::test]
 async fn scram_256_over_tls_delivers_records() -> TestResult {
     captured_logs();
-    let client = secrets_manager().await;
+    let client = common::moto_secrets_manager().await;
     let (scram, ca) = (scram_secret(&client).await?, ca_secret(&client).await?);
     let m = mapping(
         &var("RELAY_TEST_SCRAM_TLS"),
@@ -276,7 +268,7 @@ async fn scram_256_over_tls_delivers_records() -> TestResult {
 #[tokio::test]
 async fn scram_512_over_tls_delivers_records_and_check_reports_offsets() -> TestResult {
     captured_logs();
-    let client = secrets_manager().await;
+    let client = common::moto_secrets_manager().await;
     let (scram, ca) = (scram_secret(&client).await?, ca_secret(&client).await?);
     let m = mapping(
         &var("RELAY_TEST_SCRAM_TLS"),
@@ -307,7 +299,7 @@ async fn scram_512_over_tls_delivers_records_and_check_reports_offsets() -> Test
 #[tokio::test]
 async fn wrong_password_is_an_authn_error_naming_user_and_secret() -> TestResult {
     captured_logs();
-    let client = secrets_manager().await;
+    let client = common::moto_secrets_manager().await;
     let wrong = format!("wrong-{}", uuid::Uuid::new_v4().simple());
     let scram =
         store_secret(&client, serde_json::json!({"username": var("RELAY_TEST_SCRAM_USER"), "password": wrong})).await?;
@@ -330,7 +322,7 @@ async fn wrong_password_is_an_authn_error_naming_user_and_secret() -> TestResult
 #[tokio::test]
 async fn untrusted_server_certificate_is_an_authn_error_asking_for_the_root_ca() -> TestResult {
     captured_logs();
-    let client = secrets_manager().await;
+    let client = common::moto_secrets_manager().await;
     let scram = scram_secret(&client).await?;
     let m = mapping(
         &var("RELAY_TEST_SCRAM_TLS"),
@@ -350,7 +342,7 @@ async fn untrusted_server_certificate_is_an_authn_error_asking_for_the_root_ca()
 #[tokio::test]
 async fn hostname_mismatch_is_an_authn_error() -> TestResult {
     captured_logs();
-    let client = secrets_manager().await;
+    let client = common::moto_secrets_manager().await;
     let (scram, ca) = (scram_secret(&client).await?, ca_secret(&client).await?);
     let m = mapping(
         &var("RELAY_TEST_TLS_BADHOST"),
@@ -369,7 +361,7 @@ async fn hostname_mismatch_is_an_authn_error() -> TestResult {
 #[tokio::test]
 async fn missing_client_certificate_is_an_authn_error_asking_for_one() -> TestResult {
     captured_logs();
-    let client = secrets_manager().await;
+    let client = common::moto_secrets_manager().await;
     let ca = ca_secret(&client).await?;
     let m = mapping(
         &var("RELAY_TEST_MTLS"),
@@ -388,7 +380,7 @@ async fn missing_client_certificate_is_an_authn_error_asking_for_one() -> TestRe
 #[tokio::test]
 async fn wrong_private_key_password_is_an_invalid_key_error() -> TestResult {
     captured_logs();
-    let client = secrets_manager().await;
+    let client = common::moto_secrets_manager().await;
     let ca = ca_secret(&client).await?;
     let wrong = format!("wrong-{}", uuid::Uuid::new_v4().simple());
     let certificate = store_secret(
@@ -410,7 +402,7 @@ async fn wrong_private_key_password_is_an_invalid_key_error() -> TestResult {
 
 async fn mtls_delivers_records_with(key_file: &str, providers: Option<&str>) -> TestResult {
     captured_logs();
-    let client = secrets_manager().await;
+    let client = common::moto_secrets_manager().await;
     let (certificate, ca) = (client_certificate_secret(&client, key_file).await?, ca_secret(&client).await?);
     let m = mapping(
         &var("RELAY_TEST_MTLS"),
@@ -447,7 +439,7 @@ async fn mtls_with_pbes1_des_encrypted_key_delivers_records() -> TestResult {
 #[tokio::test]
 async fn secret_without_password_is_a_config_error_naming_arn_and_field() -> TestResult {
     captured_logs();
-    let client = secrets_manager().await;
+    let client = common::moto_secrets_manager().await;
     let scram = store_secret(
         &client,
         serde_json::json!({"username": var("RELAY_TEST_SCRAM_USER"), "passwd": var("RELAY_TEST_SCRAM_PASSWORD")}),
@@ -472,7 +464,7 @@ async fn secret_without_password_is_a_config_error_naming_arn_and_field() -> Tes
 #[tokio::test]
 async fn unknown_secret_is_a_config_error() -> TestResult {
     captured_logs();
-    let client = secrets_manager().await;
+    let client = common::moto_secrets_manager().await;
     let arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:does-not-exist-AbCdEf";
     let m = mapping(
         &var("RELAY_TEST_SCRAM_TLS"),
@@ -489,7 +481,7 @@ async fn unknown_secret_is_a_config_error() -> TestResult {
 
 #[tokio::test]
 async fn each_secret_is_read_once_per_source() -> TestResult {
-    let client = secrets_manager().await;
+    let client = common::moto_secrets_manager().await;
     let arn = store_secret(&client, serde_json::json!({"username": "first", "password": "p"})).await?;
     let source = SecretsManagerSource::from_client(client.clone());
     use auth::SecretSource;
@@ -509,7 +501,7 @@ async fn each_secret_is_read_once_per_source() -> TestResult {
 #[tokio::test]
 async fn check_reports_a_missing_topic() -> TestResult {
     captured_logs();
-    let client = secrets_manager().await;
+    let client = common::moto_secrets_manager().await;
     let (scram, ca) = (scram_secret(&client).await?, ca_secret(&client).await?);
     let topic = topic_name();
     let m = mapping(

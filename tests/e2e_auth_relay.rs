@@ -3,6 +3,8 @@
 //! deliver records end to end, and a mapping with a wrong password fails with EVENT_SOURCE_AUTHN_ERROR
 //! without stopping a good mapping of the same run. No secret value appears in the report.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,15 +25,6 @@ fn var(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: scripts/test.sh starts the auth listeners and sets it"))
 }
 
-async fn secrets_client() -> aws_sdk_secretsmanager::Client {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(var("RELAY_TEST_MOTO"))
-        .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new("test", "test", None, None, "test"))
-        .load()
-        .await;
-    aws_sdk_secretsmanager::Client::new(&config)
-}
 
 async fn store(client: &aws_sdk_secretsmanager::Client, value: serde_json::Value) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
     let out = client.create_secret().name(format!("relay-e2e-{}", uuid::Uuid::new_v4())).secret_string(value.to_string()).send().await?;
@@ -77,7 +70,7 @@ async fn seed(config: &RelayConfig, secrets: &SecretsManagerSource, count: usize
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scram_mappings_deliver_and_a_wrong_password_fails_alone() -> TestResult {
-    let client = secrets_client().await;
+    let client = common::moto_secrets_manager().await;
     let good = store(&client, serde_json::json!({"username": var("RELAY_TEST_SCRAM_USER"), "password": var("RELAY_TEST_SCRAM_PASSWORD")})).await?;
     let wrong_password = format!("not-{}", uuid::Uuid::new_v4().simple());
     let bad = store(&client, serde_json::json!({"username": var("RELAY_TEST_SCRAM_USER"), "password": wrong_password})).await?;

@@ -651,3 +651,14 @@ impl RelayWatch {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
+
+/// A Secrets Manager client on moto_server (`RELAY_TEST_MOTO`), with dummy credentials.
+pub async fn moto_secrets_manager() -> aws_sdk_secretsmanager::Client {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(moto())
+        .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new("test", "test", None, None, "test"))
+        .load()
+        .await;
+    aws_sdk_secretsmanager::Client::new(&config)
+}

@@ -247,3 +247,24 @@ fn the_relay_under_cargo_lambda_watch_reads_relay_config_on_a_scheduled_event() 
     assert_eq!(scheduled_event["detail-type"], "Scheduled Event");
     relay_under_watch_delivers(|config| vec![("RELAY_CONFIG", config.to_string())], |_| Ok(scheduled_event.clone()))
 }
+
+#[test]
+fn the_relay_under_cargo_lambda_watch_refuses_the_invalid_sample_event_listing_every_violation() -> TestResult {
+    let payload = sample_event("invalid.json", json!({}))?;
+    let mut watch = RelayWatch::start(&watch_run_env())?;
+    let finished = watch.invoke(&payload)?;
+    let output = format!("{}\n{}\n{}", finished.stdout, finished.stderr, watch.log_text());
+    // cargo lambda wraps the error message in a box at the terminal width: unwrap it.
+    let output = output.replace('│', " ").split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(output.contains("ESM_CONFIG_NOT_VALID"), "invoke output:\n{output}");
+    // Sentences only the relay's validation writes (the payload itself holds the field names).
+    for violation in [
+        "BatchSize: 0 is out of range; allowed 1-10000",
+        "MaximumBatchingWindowInSeconds: 301 is out of range; allowed 0-300",
+        "StartingPositionTimestamp: is required with StartingPosition AT_TIMESTAMP",
+    ] {
+        assert!(output.contains(violation), "{violation:?} is not reported:\n{output}");
+    }
+    assert!(!output.contains("partition assigned"), "nothing polled");
+    Ok(())
+}

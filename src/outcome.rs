@@ -77,15 +77,23 @@ struct ItemIdentifier {
     offset: Option<serde_json::Value>,
 }
 
+/// The `responseContext` a failure record reports for an invocation that reached the function.
+pub fn response_context(result: &InvokeResult) -> Option<ResponseContext> {
+    match result {
+        InvokeResult::Completed { status_code, function_error, executed_version, .. } => Some(ResponseContext {
+            status_code: *status_code,
+            executed_version: executed_version.clone().unwrap_or_else(|| "$LATEST".into()),
+            function_error: function_error.clone(),
+        }),
+        _ => None,
+    }
+}
+
 /// Reads an invoke result under the mapping's rules.
 pub fn classify(result: &InvokeResult, records: &[Record], settings: &Settings) -> Verdict {
     match result {
-        InvokeResult::Completed { status_code, function_error, executed_version, payload } => {
-            let response = Some(ResponseContext {
-                status_code: *status_code,
-                executed_version: executed_version.clone().unwrap_or_else(|| "$LATEST".into()),
-                function_error: function_error.clone(),
-            });
+        InvokeResult::Completed { function_error, payload, .. } => {
+            let response = response_context(result);
             if let Some(kind) = function_error {
                 return Verdict::FunctionError { reason: format!("function error ({kind})"), response };
             }

@@ -745,7 +745,7 @@ impl<'a> MappingRun<'a> {
                 .partitions
                 .iter()
                 .filter(|(key, _)| committed.contains_key(*key))
-                .map(|(_, s)| s.done - (s.tracker_done_pending()))
+                .map(|(_, s)| s.done - s.tracker.done_pending() as u64)
                 .sum();
         }
         let (state, error_code, result) = match &self.problem {
@@ -768,13 +768,6 @@ impl<'a> MappingRun<'a> {
             offset_lag: lag,
             partitions,
         }
-    }
-}
-
-impl PartitionState {
-    /// Records done but not yet committable (an earlier record is still outstanding).
-    fn tracker_done_pending(&self) -> u64 {
-        self.tracker.done_pending() as u64
     }
 }
 
@@ -974,12 +967,8 @@ async fn run_job(
             }
         }
         if !matches!(verdict, Verdict::FunctionError { .. }) {
-            if let crate::invoke::InvokeResult::Completed { status_code, function_error, executed_version, .. } = &result {
-                last_response = Some(ResponseContext {
-                    status_code: *status_code,
-                    executed_version: executed_version.clone().unwrap_or_else(|| "$LATEST".into()),
-                    function_error: function_error.clone(),
-                });
+            if let Some(response) = outcome::response_context(&result) {
+                last_response = Some(response);
             }
         }
         if !decision.delivered.is_empty() {

@@ -64,7 +64,7 @@ async fn relay(kafka: &MockKafka, topic: &str, batch_size: u32) -> Duration {
     let sdk = local_sdk_config(&lambda.endpoint()).await;
     let services = Services {
         invoker: Arc::new(LambdaInvoker::new(&sdk)),
-        sinks: Arc::new(|arn: &str| Err(format!("no destination {arn}"))),
+        sinks: Arc::new(|arn: &str| Err(kafka_lambda_relay::destination::DestinationError::InvalidArn { arn: arn.to_string() })),
         secrets: Arc::new(NoSecrets),
     };
     let config = RelayConfig::parse_valid(

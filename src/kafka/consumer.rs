@@ -58,11 +58,9 @@ pub struct RelayContext {
     /// Logs and client errors go through the diagnosing context, which redacts secrets and recognizes
     /// authentication and authorization failures.
     diagnosing: crate::auth::DiagnosingContext,
-    /// Where the results of asynchronous commits go (the run's driver).
-    commits: Mutex<Option<tokio::sync::mpsc::UnboundedSender<CommitOutcome>>>,
 }
 
-/// What the group answered to an asynchronous commit.
+/// What the group answered to a commit made off the run's loop.
 #[derive(Debug)]
 pub struct CommitOutcome {
     /// The offsets that were committed (or not).
@@ -84,13 +82,7 @@ impl RelayContext {
             events: Mutex::new(Vec::new()),
             committable: Mutex::new(BTreeMap::new()),
             diagnosing: crate::auth::DiagnosingContext::new(diagnostics),
-            commits: Mutex::new(None),
         }
-    }
-
-    /// Results of asynchronous commits go to `sender` from now on.
-    pub fn report_commits_to(&self, sender: tokio::sync::mpsc::UnboundedSender<CommitOutcome>) {
-        *self.commits.lock().expect("commits lock") = Some(sender);
     }
 
     /// What the client's errors and logs said about the connection.
@@ -257,24 +249,6 @@ impl ClientContext for RelayContext {
 }
 
 impl ConsumerContext for RelayContext {
-    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        let Some(sender) = self.commits.lock().expect("commits lock").clone() else { return };
-        let offsets = offsets
-            .elements()
-            .iter()
-            .filter_map(|e| match e.offset() {
-                Offset::Offset(n) => Some((PartitionKey::new(e.topic(), e.partition()), n)),
-                _ => None,
-            })
-            .collect();
-        let result = match result {
-            // Nothing to commit is success.
-            Err(KafkaError::ConsumerCommit(rdkafka::error::RDKafkaErrorCode::NoOffset)) => Ok(()),
-            other => other,
-        };
-        let _ = sender.send(CommitOutcome { offsets, result });
-    }
-
     fn rebalance(&self, base_consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.assign(base_consumer, tpl),
@@ -342,13 +316,19 @@ pub fn subscribe(config: &ClientConfig, context: RelayContext, topics: &[String]
     Ok(consumer)
 }
 
-/// Commits `offsets` (partition → (offset, metadata)) without waiting: the group's answer arrives as a
-/// [`CommitOutcome`] while the consumer is polled. Nothing to commit is success.
-pub fn commit_async(consumer: &RelayConsumer, offsets: &BTreeMap<PartitionKey, (i64, String)>) -> KafkaResult<()> {
-    if offsets.is_empty() {
-        return Ok(());
-    }
-    consumer.commit(&offset_list(offsets)?, CommitMode::Async)
+/// Commits `offsets` (partition → (offset, metadata)) on a thread of its own and sends the group's answer
+/// to `answers`: the run's loop never waits for the broker, and a broker that is gone holds up only that
+/// thread. Nothing to commit is success.
+pub fn commit_off_loop(
+    consumer: std::sync::Arc<RelayConsumer>,
+    offsets: BTreeMap<PartitionKey, (i64, String)>,
+    answers: tokio::sync::mpsc::UnboundedSender<CommitOutcome>,
+) {
+    std::thread::spawn(move || {
+        let result = commit(&consumer, &offsets);
+        drop(consumer);
+        let _ = answers.send(CommitOutcome { offsets: offsets.into_iter().map(|(k, (o, _))| (k, o)).collect(), result });
+    });
 }
 
 fn offset_list(offsets: &BTreeMap<PartitionKey, (i64, String)>) -> KafkaResult<TopicPartitionList> {

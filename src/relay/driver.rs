@@ -2,7 +2,7 @@
 //! answers a commit, a record arrives, a batching window closes, the run's time is up, a stop is asked,
 //! a tick), each handed to the [`Ledger`], whose effects are carried out on the consumer.
 //!
-//! Commits are asynchronous and off the loop: at most one in flight, sent as soon as acknowledgements moved
+//! Commits are off the loop (on a thread of their own, see [`consumer::commit_off_loop`]): at most one in flight, sent as soon as acknowledgements moved
 //! a partition's committable offset (at most every [`COMMIT_INTERVAL`]), so a crash redelivers little more
 //! than what was in flight. The final commit waits for the group's answer until the deadline; a run ends
 //! at most [`CLOSE_GRACE`] after its deadline (leaving the group is given that long), and a final commit
@@ -61,6 +61,7 @@ struct Driver<'a> {
     jobs: JoinSet<()>,
     events: (mpsc::UnboundedSender<(JobId, JobEvent)>, mpsc::UnboundedReceiver<(JobId, JobEvent)>),
     commits: mpsc::UnboundedReceiver<CommitOutcome>,
+    commit_tx: mpsc::UnboundedSender<CommitOutcome>,
     /// The offsets of the commit the group has not answered yet.
     commit_in_flight: Option<BTreeMap<PartitionKey, i64>>,
     last_commit: Instant,
@@ -79,7 +80,6 @@ impl<'a> Driver<'a> {
         let Prepared { function, sink, filters, consumer } = prepared;
         let (stop_tx, stop_rx) = watch::channel(false);
         let (commit_tx, commits) = mpsc::unbounded_channel();
-        consumer.context().report_commits_to(commit_tx);
         let invoke_cutoff = options.deadline.map(|d| d.checked_sub(function.timeout + options.margin).unwrap_or_else(Instant::now));
         let policy = Policy {
             settings: crate::outcome::Settings::for_mapping(mapping),
@@ -111,6 +111,7 @@ impl<'a> Driver<'a> {
             jobs: JoinSet::new(),
             events: mpsc::unbounded_channel(),
             commits,
+            commit_tx,
             commit_in_flight: None,
             last_commit: Instant::now(),
             last_commit_error: None,
@@ -293,14 +294,8 @@ impl<'a> Driver<'a> {
             return;
         }
         self.last_commit = Instant::now();
-        match consumer::commit_async(&self.consumer, &due) {
-            Ok(()) => self.commit_in_flight = Some(due.into_iter().map(|(k, (o, _))| (k, o)).collect()),
-            Err(error) => {
-                tracing::warn!(error_code = "COMMIT_FAILED", mapping = %self.context.mapping_uuid, %error, "commit failed");
-                self.ledger.commit_failed(due.into_keys());
-                self.last_commit_error = Some(error.to_string());
-            }
-        }
+        self.commit_in_flight = Some(due.iter().map(|(k, (o, _))| (k.clone(), *o)).collect());
+        consumer::commit_off_loop(self.consumer.clone(), due, self.commit_tx.clone());
     }
 
     fn apply_effects(&mut self) {
@@ -420,7 +415,7 @@ impl<'a> Driver<'a> {
             if self.commit_in_flight.is_none() {
                 self.send_commit();
                 if self.commit_in_flight.is_none() {
-                    // Nothing was due, or sending failed at once.
+                    // Nothing was due: the group has everything (or the last failure says why not).
                     return self.last_commit_error.take().map_or(Ok(()), Err);
                 }
             }

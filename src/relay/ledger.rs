@@ -490,3 +490,160 @@ fn full(queue: &PartitionQueue, batcher: &Batcher) -> bool {
 fn half_empty(queue: &PartitionQueue, batcher: &Batcher) -> bool {
     queue.len() < batcher.batch_size && queue.bytes() < batcher.max_payload
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::EventSource;
+    use crate::kafka::TimestampType;
+    use std::time::Duration;
+
+    fn key(p: i32) -> PartitionKey {
+        PartitionKey::new("t", p)
+    }
+
+    fn ledger(batch_size: usize) -> Ledger {
+        let batcher = Batcher {
+            batch_size,
+            window: Duration::ZERO,
+            source: EventSource { event_source: "SelfManagedKafka".into(), event_source_arn: None, bootstrap_servers: "b:1".into() },
+            max_payload: crate::config::MAX_PAYLOAD_BYTES,
+        };
+        Ledger::new(batcher, MemoryBudget::new(64 << 20))
+    }
+
+    fn assign(l: &mut Ledger, p: i32, committed: Option<i64>) {
+        l.assigned(AssignedPartition { key: key(p), committed, retry: None, start: None });
+    }
+
+    fn record(p: i32, offset: i64) -> Record {
+        Record::new(key(p), offset, 0, TimestampType::CreateTime, None, Some(vec![1; 10]), Vec::new())
+    }
+
+    fn poll(l: &mut Ledger, p: i32, offsets: std::ops::Range<i64>) {
+        for o in offsets {
+            l.accept(record(p, o), true, Instant::now());
+        }
+    }
+
+    fn committable(l: &Ledger, p: i32) -> Option<i64> {
+        l.committable().get(&key(p)).map(|(o, _)| *o)
+    }
+
+    #[test]
+    fn an_offset_is_committable_only_once_every_earlier_record_is_done() {
+        // (acknowledged by the job, committable offset afterwards)
+        let table: [(Notice, Option<i64>); 4] = [
+            (Notice::Delivered(vec![(key(0), 12)]), Some(10)),
+            (Notice::GivenUp { records: vec![(key(0), 10)], to_destination: true }, Some(11)),
+            (Notice::Invoked { failed: true, reason: None }, Some(11)),
+            (Notice::GivenUp { records: vec![(key(0), 11)], to_destination: false }, Some(13)),
+        ];
+        let mut l = ledger(10);
+        assign(&mut l, 0, Some(10));
+        poll(&mut l, 0, 10..13);
+        let start = l.next_batch(Instant::now(), false).expect("a batch");
+        assert_eq!(committable(&l, 0), Some(10), "nothing done yet: the group's offset");
+        for (notice, expected) in table {
+            l.apply(start.job, &notice);
+            assert_eq!(committable(&l, 0), expected, "after {notice:?}");
+        }
+    }
+
+    #[test]
+    fn acknowledgements_of_a_job_from_before_a_revocation_do_not_count() {
+        let mut l = ledger(10);
+        assign(&mut l, 0, Some(0));
+        poll(&mut l, 0, 0..3);
+        let old = l.next_batch(Instant::now(), false).expect("a batch");
+        l.revoked(&key(0));
+        assert!(l.committable().is_empty(), "nothing is committed for a partition this consumer gave up");
+        // Assigned back while the old job still runs: the group says 0 (the revoke committed nothing done).
+        assign(&mut l, 0, Some(0));
+        poll(&mut l, 0, 0..3);
+        assert!(l.next_batch(Instant::now(), false).is_none(), "the partition stays busy until the old job ends");
+        l.apply(old.job, &Notice::Delivered(vec![(key(0), 0), (key(0), 1), (key(0), 2)]));
+        assert_eq!(committable(&l, 0), Some(0), "the old job's acknowledgements are ignored");
+        l.finished(old.job, &[key(0)]);
+        let new = l.next_batch(Instant::now(), false).expect("the re-fetched records are batched once the old job ended");
+        assert_eq!(new.formed.records().iter().map(|r| r.offset).collect::<Vec<_>>(), vec![0, 1, 2]);
+        l.apply(new.job, &Notice::Delivered(vec![(key(0), 0), (key(0), 1), (key(0), 2)]));
+        assert_eq!(committable(&l, 0), Some(3));
+    }
+
+    #[test]
+    fn a_partition_is_in_one_job_at_a_time_and_continuations_inherit_it() {
+        let mut l = ledger(2);
+        assign(&mut l, 0, Some(0));
+        poll(&mut l, 0, 0..4);
+        let first = l.next_batch(Instant::now(), false).expect("a batch");
+        assert!(l.next_batch(Instant::now(), false).is_none(), "records 2-3 wait for the job holding partition 0");
+        let next = l.continued(first.job, &key(0)).expect("the partition moves to the continuation");
+        assert_eq!(l.continued(first.job, &key(0)), None, "only the holder can hand it on");
+        l.finished(first.job, &[key(0)]);
+        assert!(l.next_batch(Instant::now(), false).is_none(), "the continuation holds it now");
+        l.apply(next, &Notice::Delivered(vec![(key(0), 0), (key(0), 1)]));
+        l.finished(next, &[key(0)]);
+        assert_eq!(committable(&l, 0), Some(2));
+        assert!(l.next_batch(Instant::now(), false).is_some());
+    }
+
+    #[test]
+    fn commits_are_offered_once_per_change_and_again_after_a_failure() {
+        let mut l = ledger(10);
+        assign(&mut l, 0, Some(5));
+        assert!(l.commit_due().is_empty(), "the group already has 5");
+        poll(&mut l, 0, 5..7);
+        let start = l.next_batch(Instant::now(), false).expect("a batch");
+        l.apply(start.job, &Notice::Delivered(vec![(key(0), 5), (key(0), 6)]));
+        let due = l.commit_due();
+        assert_eq!(due.get(&key(0)).map(|(o, _)| *o), Some(7));
+        assert!(l.commit_due().is_empty(), "sent, not answered: not offered twice");
+        l.commit_failed([key(0)]);
+        assert_eq!(l.commit_due().get(&key(0)).map(|(o, _)| *o), Some(7), "offered again after a failure");
+        l.committed(&BTreeMap::from([(key(0), 7)]));
+        assert_eq!(l.committed_records(), 2);
+    }
+
+    #[test]
+    fn retry_state_of_an_unfinished_batch_is_committed_with_its_offset() {
+        let mut l = ledger(10);
+        assign(&mut l, 0, Some(3));
+        poll(&mut l, 0, 3..5);
+        let start = l.next_batch(Instant::now(), false).expect("a batch");
+        l.apply(start.job, &Notice::Unfinished { first: vec![(key(0), 3, 2)], response: None });
+        let (offset, metadata) = l.committable()[&key(0)].clone();
+        assert_eq!((offset, RetryState::decode(&metadata)), (3, Some(RetryState::new(3, 2))));
+    }
+
+    #[test]
+    fn flow_control_pauses_full_partitions_and_resumes_them_when_drained() {
+        let mut l = ledger(2);
+        assign(&mut l, 0, Some(0));
+        poll(&mut l, 0, 0..3);
+        assert!(l.take_effects().is_empty(), "3 records < 2 full batches");
+        poll(&mut l, 0, 3..4);
+        assert_eq!(l.take_effects(), vec![Effect::Pause(key(0))]);
+        let start = l.next_batch(Instant::now(), false).expect("a batch");
+        assert!(l.take_effects().is_empty(), "2 queued: not under half yet");
+        l.finished(start.job, &[key(0)]);
+        let _second = l.next_batch(Instant::now(), false).expect("a batch");
+        assert_eq!(l.take_effects(), vec![Effect::Resume(key(0))]);
+    }
+
+    #[test]
+    fn a_spent_budget_pauses_partitions_until_jobs_give_memory_back() {
+        let batcher = ledger(1000).batcher;
+        let budget = MemoryBudget::new(record(0, 0).memory_len() * 3);
+        let mut l = Ledger::new(batcher, budget.clone());
+        assign(&mut l, 0, Some(0));
+        poll(&mut l, 0, 0..2);
+        assert_eq!(l.take_effects(), vec![Effect::Pause(key(0))], "two records spend the budget (memory + encoding)");
+        let start = l.next_batch(Instant::now(), true).expect("a batch");
+        assert!(l.take_effects().is_empty(), "the job still holds the memory");
+        drop(start);
+        assert_eq!(budget.used(), 0);
+        l.resume_where_room();
+        assert_eq!(l.take_effects(), vec![Effect::Resume(key(0))]);
+    }
+}

@@ -402,11 +402,9 @@ impl<'a> Driver<'a> {
             self.on_job_event(job, event);
         }
         let commit_by = self.options.deadline.map_or(Instant::now() + FINAL_COMMIT_WAIT, |d| d.max(Instant::now()));
-        if let Err(reason) = self.final_commit(commit_by).await {
-            tracing::error!(error_code = "COMMIT_FAILED", mapping = %self.context.mapping_uuid, reason = %reason, "final commit failed");
-            if self.problem.is_none() {
-                self.problem = Some(Problem::FinalCommit { reason });
-            }
+        if let Err(problem) = self.final_commit(commit_by).await {
+            tracing::error!(error_code = "COMMIT_FAILED", mapping = %self.context.mapping_uuid, %problem, "final commit failed");
+            self.problem.get_or_insert(problem);
         }
         let report = self.report();
         let close_by = self.options.deadline.map_or(Instant::now() + FINAL_COMMIT_WAIT, |d| d.max(Instant::now())) + CLOSE_GRACE;
@@ -414,26 +412,32 @@ impl<'a> Driver<'a> {
         report
     }
 
-    /// Waits for the commit in flight, then commits what is left; Err says why the group has not got it.
-    async fn final_commit(&mut self, by: Instant) -> Result<(), String> {
+    /// Waits for the commit in flight, then commits what is left, retrying a refused commit until `by`;
+    /// Err says why the group has not got it.
+    async fn final_commit(&mut self, by: Instant) -> Result<(), Problem> {
         let by = tokio::time::Instant::from_std(by);
         let consumer = self.consumer.clone();
+        self.last_commit_error = None;
         loop {
             if self.commit_in_flight.is_none() {
                 self.send_commit();
                 if self.commit_in_flight.is_none() {
-                    // Nothing was due: the group has everything (or the last failure says why not).
-                    return self.last_commit_error.take().map_or(Ok(()), Err);
+                    // Nothing is due: the group has everything.
+                    return Ok(());
                 }
             }
             tokio::select! {
                 Some(outcome) = self.commits.recv() => self.on_commit(outcome),
-                // Polling serves the commit's answer (and a rebalance); records are not taken any more.
+                // Polling serves a rebalance meanwhile; records are not taken any more.
                 _ = consumer.recv() => {}
-                _ = tokio::time::sleep_until(by) => return Err("the group did not answer before the run's deadline".into()),
+                _ = tokio::time::sleep_until(by) => {
+                    let reason = self.last_commit_error.take().unwrap_or_else(|| "the group did not answer before the run's deadline".into());
+                    return Err(Problem::FinalCommit { reason });
+                }
             }
-            if let Some(error) = self.last_commit_error.take() {
-                return Err(error);
+            if self.last_commit_error.is_some() {
+                // Refused (a rebalance, a coordinator moving): offered again after a short pause.
+                tokio::time::sleep(COMMIT_INTERVAL.min(by.saturating_duration_since(tokio::time::Instant::now()))).await;
             }
         }
     }

@@ -194,12 +194,25 @@ impl<'a> Driver<'a> {
                 let delivery = Delivery::continuation(records, attempts, response, delay, self.policy);
                 self.jobs.spawn(job::run(next, delivery, self.context.clone(), self.events.0.clone(), None, charge));
             }
-            JobEvent::Notice(notice) => self.ledger.apply(job, &notice),
+            JobEvent::Notice(notice) => {
+                self.ledger.apply(job, &notice);
+                // Keep the consumer's copy current, so a revocation commits this progress.
+                let moved: Vec<&PartitionKey> = match &notice {
+                    Notice::Delivered(records) | Notice::GivenUp { records, .. } => records.iter().map(|(k, _)| k).collect(),
+                    Notice::Unfinished { first, .. } => first.iter().map(|(k, _, _)| k).collect(),
+                    _ => Vec::new(),
+                };
+                let mut last = None;
+                for key in moved {
+                    if last != Some(key) {
+                        last = Some(key);
+                        if let Some((offset, metadata)) = self.ledger.committable_of(key) {
+                            self.consumer.context().set_committable(key, offset, metadata);
+                        }
+                    }
+                }
+            }
             JobEvent::Finished(held) => self.ledger.finished(job, &held),
-        }
-        // Keep the consumer's copy current, so a revocation commits this progress.
-        for (key, (offset, metadata)) in self.ledger.committable() {
-            self.consumer.context().set_committable(&key, offset, metadata);
         }
     }
 

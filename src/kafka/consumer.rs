@@ -5,13 +5,14 @@
 //! committed offset: LATEST and TRIM_HORIZON through `auto.offset.reset`, AT_TIMESTAMP by looking the
 //! offsets up when the partitions are assigned.
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
@@ -47,6 +48,93 @@ pub enum GroupEvent {
     Revoked(Vec<PartitionKey>),
 }
 
+/// The partitions held by delivery jobs right now, shared by the jobs and the rebalance callback.
+///
+/// **A partition is never in two invocations at once, across members of the group**: when the group takes
+/// a partition away, the revoke callback marks it leaving (its jobs invoke no more and cut their waits
+/// short) and does not give it up until the job holding it ended, so its next owner never invokes it while
+/// this member still does. Jobs register here themselves (their task's guard), because the driver that
+/// would otherwise learn of their end is the one waiting in the callback.
+#[derive(Default)]
+pub struct InFlight {
+    held: Mutex<BTreeMap<PartitionKey, usize>>,
+    released: Condvar,
+    leaving: Mutex<BTreeSet<PartitionKey>>,
+    /// Wakes jobs waiting out a backoff when partitions start leaving.
+    pub leaving_now: tokio::sync::Notify,
+}
+
+/// Holds partitions for one job until dropped.
+pub struct Hold {
+    in_flight: Arc<InFlight>,
+    keys: Vec<PartitionKey>,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let mut held = self.in_flight.held.lock().expect("held lock");
+        for key in &self.keys {
+            if let Some(n) = held.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    held.remove(key);
+                }
+            }
+        }
+        self.in_flight.released.notify_all();
+    }
+}
+
+impl InFlight {
+    /// Marks `keys` held until the returned guard is dropped (when the job's task ends or is aborted).
+    pub fn hold(self: &Arc<Self>, keys: Vec<PartitionKey>) -> Hold {
+        let mut held = self.held.lock().expect("held lock");
+        for key in &keys {
+            *held.entry(key.clone()).or_default() += 1;
+        }
+        Hold {
+            in_flight: self.clone(),
+            keys,
+        }
+    }
+
+    /// Whether any of `keys` is being given up: a job holding it must not invoke again.
+    pub fn any_leaving(&self, keys: &[PartitionKey]) -> bool {
+        let leaving = self.leaving.lock().expect("leaving lock");
+        !leaving.is_empty() && keys.iter().any(|k| leaving.contains(k))
+    }
+
+    fn start_leaving(&self, keys: &[PartitionKey]) {
+        self.leaving
+            .lock()
+            .expect("leaving lock")
+            .extend(keys.iter().cloned());
+        self.leaving_now.notify_waiters();
+    }
+
+    fn stay(&self, keys: impl Iterator<Item = PartitionKey>) {
+        let mut leaving = self.leaving.lock().expect("leaving lock");
+        for key in keys {
+            leaving.remove(&key);
+        }
+    }
+
+    /// Waits until no job holds any of `keys`, at most `wait`; false if one still does.
+    fn wait_released(&self, keys: &[PartitionKey], wait: Duration) -> bool {
+        let until = Instant::now() + wait;
+        let mut held = self.held.lock().expect("held lock");
+        loop {
+            if !keys.iter().any(|k| held.contains_key(k)) {
+                return true;
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            held = self.released.wait_timeout(held, left).expect("held lock").0;
+        }
+    }
+}
 /// Callbacks of the mapping's consumer.
 pub struct RelayContext {
     starting_position: StartingPosition,
@@ -58,6 +146,14 @@ pub struct RelayContext {
     /// Logs and client errors go through the diagnosing context, which redacts secrets and recognizes
     /// authentication and authorization failures.
     diagnosing: crate::auth::DiagnosingContext,
+    /// Partitions in delivery jobs; a revocation waits for them.
+    in_flight: Arc<InFlight>,
+    /// How long a revocation waits for the job holding a partition (the target's timeout and a margin).
+    revoke_wait: Mutex<Duration>,
+    /// When the group last changed this consumer's assignment (or the consumer was created).
+    last_change: Mutex<Instant>,
+    /// Whether the group is rebalancing (from librdkafka's statistics: the join state is not steady).
+    rebalancing: AtomicBool,
 }
 
 /// What the group answered to a commit made off the run's loop.
@@ -82,7 +178,35 @@ impl RelayContext {
             events: Mutex::new(Vec::new()),
             committable: Mutex::new(BTreeMap::new()),
             diagnosing: crate::auth::DiagnosingContext::new(diagnostics),
+            in_flight: Arc::default(),
+            revoke_wait: Mutex::new(Duration::from_secs(30)),
+            last_change: Mutex::new(Instant::now()),
+            rebalancing: AtomicBool::new(false),
         }
+    }
+
+    /// Partitions held by delivery jobs (jobs register there; revocations wait on it).
+    pub fn in_flight(&self) -> &Arc<InFlight> {
+        &self.in_flight
+    }
+
+    /// Sets how long a revocation waits for the job holding a partition to end.
+    pub fn set_revoke_wait(&self, wait: Duration) {
+        *self.revoke_wait.lock().expect("revoke wait lock") = wait;
+    }
+
+    /// When the group last assigned or revoked partitions of this consumer (its creation before that).
+    pub fn last_change(&self) -> Instant {
+        *self.last_change.lock().expect("last change lock")
+    }
+
+    /// Whether the group is rebalancing now, as of librdkafka's last statistics.
+    pub fn rebalancing(&self) -> bool {
+        self.rebalancing.load(Ordering::Relaxed)
+    }
+
+    fn changed(&self) {
+        *self.last_change.lock().expect("last change lock") = Instant::now();
     }
 
     /// What the client's errors and logs said about the connection.
@@ -171,7 +295,13 @@ impl RelayContext {
                 }
             }
         }
-        if let Err(error) = consumer.assign(tpl) {
+        self.in_flight.stay(assigned.iter().map(|a| a.key.clone()));
+        // With the cooperative protocol the list holds only the partitions added to the assignment.
+        let result = match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => consumer.incremental_assign(tpl),
+            _ => consumer.assign(tpl),
+        };
+        if let Err(error) = result {
             tracing::error!(error_code = "ASSIGN_FAILED", %error, "cannot take the assigned partitions");
         }
         // librdkafka keeps a partition's pause flag across revoke and re-assignment; the run's ledger starts
@@ -180,6 +310,7 @@ impl RelayContext {
         if let Err(error) = consumer.resume(tpl) {
             tracing::warn!(error_code = "RESUME_FAILED", %error, "cannot resume the assigned partitions");
         }
+        self.changed();
         self.events.lock().expect("events lock").push(GroupEvent::Assigned(assigned));
     }
 
@@ -210,6 +341,15 @@ impl RelayContext {
     fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
         let revoked: Vec<PartitionKey> =
             tpl.elements().iter().map(|e| PartitionKey::new(e.topic(), e.partition())).collect();
+        // The partitions' jobs stop invoking; the next owner gets them only once their invocations ended.
+        self.in_flight.start_leaving(&revoked);
+        let wait = *self.revoke_wait.lock().expect("revoke wait lock");
+        // A lost assignment (this member was dropped from the group) is already elsewhere: nothing to wait for.
+        if consumer.assignment_lost() {
+            tracing::warn!(error_code = "ASSIGNMENT_LOST", partitions = revoked.len(), "the group dropped this member; its partitions moved without waiting for their invocations");
+        } else if !block_unless_single_threaded(|| self.in_flight.wait_released(&revoked, wait)) {
+            tracing::warn!(error_code = "REVOKE_WAIT_EXCEEDED", wait_s = wait.as_secs(), "a revoked partition's invocation is still running; giving it up anyway");
+        }
         let mut offsets = TopicPartitionList::new();
         {
             let mut committable = self.committable.lock().expect("committable lock");
@@ -227,9 +367,15 @@ impl RelayContext {
                 tracing::warn!(error_code = "COMMIT_ON_REVOKE_FAILED", %error, "commit before giving up partitions failed");
             }
         }
-        if let Err(error) = consumer.unassign() {
+        // With the cooperative protocol only the revoked partitions go; the others keep being consumed.
+        let result = match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
+            _ => consumer.unassign(),
+        };
+        if let Err(error) = result {
             tracing::warn!(error_code = "UNASSIGN_FAILED", %error, "unassign failed");
         }
+        self.changed();
         self.events.lock().expect("events lock").push(GroupEvent::Revoked(revoked));
     }
 }
@@ -246,6 +392,59 @@ impl ClientContext for RelayContext {
         }
         self.diagnosing.error(error, reason);
     }
+
+    fn stats_raw(&self, statistics: &[u8]) {
+        if let Some((state, join_state)) = group_state(statistics) {
+            self.rebalancing.store(rebalancing(state, join_state), Ordering::Relaxed);
+        }
+    }
+}
+
+/// The consumer group's `state` and `join_state` in librdkafka's statistics JSON (without parsing the whole
+/// document, which lists every partition).
+fn group_state(statistics: &[u8]) -> Option<(&[u8], &[u8])> {
+    const GROUP: &[u8] = b"\"cgrp\"";
+    let at = statistics.windows(GROUP.len()).position(|w| w == GROUP)?;
+    let group = &statistics[at..];
+    Some((
+        string_field(group, b"\"state\"")?,
+        string_field(group, b"\"join_state\"")?,
+    ))
+}
+
+/// The string value of the first `field` (a quoted name) in `json`: `"field": "value"`, spaces or not.
+fn string_field<'a>(json: &'a [u8], field: &[u8]) -> Option<&'a [u8]> {
+    let mut at = json.windows(field.len()).position(|w| w == field)? + field.len();
+    while json
+        .get(at)
+        .is_some_and(|b| b.is_ascii_whitespace() || *b == b':')
+    {
+        at += 1;
+    }
+    if json.get(at) != Some(&b'"') {
+        return None;
+    }
+    let len = json[at + 1..].iter().position(|b| *b == b'"')?;
+    Some(&json[at + 1..at + 1 + len])
+}
+
+/// Whether the group is rebalancing for this member: it is joining (the coordinator is known and the
+/// member waits for its first assignment) or a rebalance is under way (any join state but steady).
+fn rebalancing(state: &[u8], join_state: &[u8]) -> bool {
+    match join_state {
+        b"steady" => false,
+        b"init" => state == b"up",
+        _ => true,
+    }
+}
+/// Runs `wait` (a blocking wait) so the runtime's other tasks go on meanwhile: the delivery jobs being
+/// waited for run on the same runtime. On a single-threaded runtime nothing could run, so it does not wait.
+fn block_unless_single_threaded(wait: impl FnOnce() -> bool) -> bool {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::CurrentThread) => false,
+        Ok(_) => tokio::task::block_in_place(wait),
+        Err(_) => wait(),
+    }
 }
 
 impl ConsumerContext for RelayContext {
@@ -255,7 +454,10 @@ impl ConsumerContext for RelayContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.revoke(base_consumer, tpl),
             other => {
                 tracing::error!(error_code = "REBALANCE_FAILED", error = ?other, "rebalance failed");
-                let _ = base_consumer.unassign();
+                let _ = match base_consumer.rebalance_protocol() {
+                    RebalanceProtocol::Cooperative => base_consumer.incremental_unassign(tpl),
+                    _ => base_consumer.unassign(),
+                };
             }
         }
     }
@@ -303,6 +505,11 @@ pub fn consumer_config(
         // One fetch response is bounded too (the default is 50 MB), so memory follows the budget.
         .set("fetch.max.bytes", "8388608")
         .set("socket.keepalive.enable", "true")
+        // Several relays (workers) may share the group: a member joining or leaving moves only the
+        // partitions that change hands, and the others keep consuming meanwhile.
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        // The group's join state (is a rebalance under way?) comes with the statistics.
+        .set("statistics.interval.ms", "1000")
         .set("session.timeout.ms", session_timeout.as_millis().to_string())
         .set("heartbeat.interval.ms", (session_timeout.as_millis() / 3).max(100).to_string());
     config
@@ -341,6 +548,18 @@ fn offset_list(offsets: &BTreeMap<PartitionKey, (i64, String)>) -> KafkaResult<T
     Ok(tpl)
 }
 
+/// Whether the group refused a commit only because it is rebalancing (members joining or leaving): the
+/// offsets are offered again once it settled, so this is not a failure to report.
+pub fn refused_for_rebalance(error: &KafkaError) -> bool {
+    use rdkafka::error::RDKafkaErrorCode as Code;
+    matches!(
+        error,
+        KafkaError::ConsumerCommit(
+            Code::RebalanceInProgress | Code::IllegalGeneration | Code::UnknownMemberId
+        )
+    )
+}
+
 /// Commits `offsets` (partition → (offset, metadata)) synchronously. Nothing to commit is success.
 pub fn commit(consumer: &RelayConsumer, offsets: &BTreeMap<PartitionKey, (i64, String)>) -> KafkaResult<()> {
     if offsets.is_empty() {
@@ -374,4 +593,81 @@ pub fn watermarks(consumer: &RelayConsumer, key: &PartitionKey, query_timeout: D
         return None;
     }
     consumer.fetch_watermarks(&key.topic, key.partition, query_timeout).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::error::RDKafkaErrorCode as Code;
+
+    #[test]
+    fn a_commit_refused_during_a_rebalance_is_deferred_not_failed() {
+        assert!(refused_for_rebalance(&KafkaError::ConsumerCommit(
+            Code::RebalanceInProgress
+        )));
+        assert!(refused_for_rebalance(&KafkaError::ConsumerCommit(
+            Code::IllegalGeneration
+        )));
+        assert!(!refused_for_rebalance(&KafkaError::ConsumerCommit(
+            Code::GroupAuthorizationFailed
+        )));
+        assert!(!refused_for_rebalance(&KafkaError::ConsumerCommit(
+            Code::RequestTimedOut
+        )));
+    }
+
+    #[test]
+    fn the_group_state_is_read_from_the_statistics() {
+        let stats = br#"{"name":"c","brokers":{"b":{"state":"UP"}},"cgrp":{"state":"up","stateage":10,"join_state":"wait-sync"}}"#;
+        assert_eq!(group_state(stats), Some((&b"up"[..], &b"wait-sync"[..])));
+        // librdkafka writes it with spaces.
+        let stats = br#"{ "cgrp": { "state": "up", "join_state": "wait-unassign-call", "rebalance_age": 446 } }"#;
+        assert_eq!(
+            group_state(stats),
+            Some((&b"up"[..], &b"wait-unassign-call"[..]))
+        );
+        assert_eq!(group_state(br#"{"name":"c"}"#), None);
+    }
+
+    #[test]
+    fn joining_and_every_join_state_but_steady_is_a_rebalance() {
+        assert!(!rebalancing(b"up", b"steady"));
+        assert!(
+            rebalancing(b"up", b"init"),
+            "joining: the first assignment is on its way"
+        );
+        assert!(
+            !rebalancing(b"wait-coord", b"init"),
+            "no coordinator: nothing is on its way"
+        );
+        assert!(rebalancing(b"up", b"wait-join"));
+        assert!(rebalancing(b"up", b"wait-unassign-call"));
+    }
+
+    #[test]
+    fn a_revocation_waits_until_no_job_holds_the_partition() {
+        let in_flight = Arc::new(InFlight::default());
+        let key = PartitionKey::new("t", 1);
+        let hold = in_flight.hold(vec![key.clone()]);
+        in_flight.start_leaving(std::slice::from_ref(&key));
+        assert!(
+            in_flight.any_leaving(std::slice::from_ref(&key)),
+            "a job holding it invokes no more"
+        );
+        assert!(
+            !in_flight.wait_released(std::slice::from_ref(&key), Duration::from_millis(20)),
+            "still held"
+        );
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            drop(hold);
+        });
+        assert!(in_flight.wait_released(std::slice::from_ref(&key), Duration::from_secs(5)));
+        releaser.join().unwrap();
+        in_flight.stay(std::iter::once(key.clone()));
+        assert!(
+            !in_flight.any_leaving(&[key]),
+            "assigned again: invoked again"
+        );
+    }
 }

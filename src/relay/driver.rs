@@ -104,6 +104,7 @@ impl<'a> Driver<'a> {
             invoke_cutoff,
             stop: stop_rx,
             permits: shared.permits.clone(),
+            in_flight: consumer.context().in_flight().clone(),
         });
         Self {
             mapping,
@@ -299,7 +300,12 @@ impl<'a> Driver<'a> {
             }
             Err(error) => {
                 // Nothing lost: the group keeps its older offsets; the next commit offers them again.
-                tracing::warn!(error_code = "COMMIT_FAILED", mapping = %self.context.mapping_uuid, %error, "commit failed");
+                if consumer::refused_for_rebalance(&error) {
+                    // Expected while members join or leave: offered again once the group settled.
+                    tracing::info!(mapping = %self.context.mapping_uuid, %error, "commit deferred: the group is rebalancing");
+                } else {
+                    tracing::warn!(error_code = "COMMIT_FAILED", mapping = %self.context.mapping_uuid, %error, "commit failed");
+                }
                 self.ledger.commit_failed(outcome.offsets.into_keys());
                 self.last_commit_error = Some(error.to_string());
             }
@@ -347,11 +353,26 @@ impl<'a> Driver<'a> {
         if self.stopping || !self.options.until_idle || !self.jobs.is_empty() {
             return false;
         }
+        // With several members on the group, partitions come and go: the wait for an assignment counts from
+        // the group's last change of this consumer's assignment, and nothing is idle while the group is
+        // rebalancing (partitions of a member that left may be on their way here).
+        let context = self.consumer.context();
         if !self.ledger.has_partitions() {
-            if self.started.elapsed() > self.options.assignment_wait {
+            // During and after a rebalance, a partition another member gives up arrives once that member's
+            // invocation of it came back (its revocation waits for it): up to the target's timeout later.
+            let changed = context.last_change();
+            let wait = if changed > self.started || context.rebalancing() {
+                self.options.assignment_wait.max(self.context.function.timeout + super::REVOKE_MARGIN)
+            } else {
+                self.options.assignment_wait
+            };
+            if changed.max(self.started).elapsed() > wait {
                 self.problem = Some(Problem::NoPartitions);
                 return true;
             }
+            return false;
+        }
+        if context.rebalancing() {
             return false;
         }
         self.ledger.is_idle() && self.caught_up()
@@ -441,8 +462,9 @@ impl<'a> Driver<'a> {
             }
             tokio::select! {
                 Some(outcome) = self.commits.recv() => self.on_commit(outcome),
-                // Polling serves a rebalance meanwhile; records are not taken any more.
-                _ = consumer.recv() => {}
+                // Polling serves a rebalance meanwhile; records are not taken any more, and partitions taken
+                // away are not committed by this member any more.
+                _ = consumer.recv() => self.apply_group_events(),
                 _ = tokio::time::sleep_until(by) => {
                     let reason = self.last_commit_error.take().unwrap_or_else(|| "the group did not answer before the run's deadline".into());
                     return Err(Problem::FinalCommit { reason });

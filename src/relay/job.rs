@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use crate::destination::GivenUp;
 use crate::event::EventSource;
 use crate::invoke::{FunctionInfo, Invoke};
+use crate::kafka::consumer::InFlight;
 use crate::kafka::PartitionKey;
 
 use super::delivery::{Delivery, HandOffFailure, Input, Notice, Now, Step};
@@ -33,6 +34,8 @@ pub(super) struct JobContext {
     pub stop: watch::Receiver<bool>,
     /// The process-wide bound on concurrent invocations.
     pub permits: Arc<Semaphore>,
+    /// Partitions held by jobs; a partition the group takes away is invoked no more (see [`InFlight`]).
+    pub in_flight: Arc<InFlight>,
 }
 
 /// What a job tells the driver.
@@ -55,8 +58,14 @@ pub(super) async fn run(
 ) {
     let mut stop = context.stop.clone();
     let mut input = Input::Go;
+    // Held until the task ends or is aborted: a revocation of these partitions waits for that.
+    let hold = context.in_flight.hold(delivery.held().to_vec());
     loop {
-        let now = Now { unix_ms: unix_ms(), may_invoke: !*stop.borrow() && !context.invoke_cutoff.is_some_and(|c| Instant::now() >= c) };
+        let leaving = context.in_flight.any_leaving(delivery.held());
+        let now = Now {
+            unix_ms: unix_ms(),
+            may_invoke: !leaving && !*stop.borrow() && !context.invoke_cutoff.is_some_and(|c| Instant::now() >= c),
+        };
         input = match delivery.next(input, now) {
             Step::Invoke => {
                 if permit.is_none() {
@@ -103,9 +112,18 @@ pub(super) async fn run(
             Step::Wait(duration) => {
                 // Waiting is not invoking: the slot goes to another partition meanwhile.
                 permit = None;
-                tokio::select! {
-                    _ = tokio::time::sleep(duration) => Input::Go,
-                    _ = stop.wait_for(|s| *s) => Input::Stopped,
+                let until = tokio::time::Instant::now() + duration;
+                loop {
+                    // A revocation of a partition held here cuts the wait short, as a stop does.
+                    let revoked = context.in_flight.leaving_now.notified();
+                    if context.in_flight.any_leaving(delivery.held()) {
+                        break Input::Stopped;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(until) => break Input::Go,
+                        _ = stop.wait_for(|s| *s) => break Input::Stopped,
+                        _ = revoked => {}
+                    }
                 }
             }
             Step::Notify(notice) => {
@@ -121,6 +139,7 @@ pub(super) async fn run(
     drop(delivery);
     drop(charge);
     let _ = events.send((job, JobEvent::Finished(held)));
+    drop(hold);
 }
 
 fn log(mapping: &str, notice: &Notice) {

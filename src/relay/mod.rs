@@ -44,6 +44,9 @@ pub use ledger::MemoryBudget;
 /// AWS refuses targets whose timeout is above 14 minutes: the relay could never finish their invocation.
 pub const MAX_FUNCTION_TIMEOUT: Duration = Duration::from_secs(14 * 60);
 
+/// Time beyond the target's timeout a revocation waits for an invocation in flight to come back.
+pub(crate) const REVOKE_MARGIN: Duration = Duration::from_secs(10);
+
 /// Default bound on invocations in flight in one process (`--max-in-flight`, `RELAY_MAX_IN_FLIGHT`).
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
 
@@ -246,9 +249,14 @@ async fn prepare(mapping: &Mapping, services: &Services, options: &RunOptions) -
         starting_position,
         options.session_timeout,
     );
+    // A revocation waits for the revoked partitions' invocation in flight (see `consumer::InFlight`);
+    // the group must not count that wait as a stuck member.
+    let revoke_wait = function.timeout + REVOKE_MARGIN;
+    config.set("max.poll.interval.ms", (revoke_wait + REVOKE_MARGIN).max(Duration::from_secs(300)).as_millis().to_string());
     security.apply(&mut config);
     let timestamp_ms = mapping.starting_position_timestamp.map(|s| (s * 1000.0) as i64);
     let context = RelayContext::new(starting_position, timestamp_ms, diagnostics.clone());
+    context.set_revoke_wait(revoke_wait);
     let consumer = consumer::subscribe(&config, context, &mapping.topics).map_err(|error| {
         // Never log the error itself: a ClientConfig error quotes the (secret) value.
         let error = diagnostics.creation_error(&error);

@@ -127,9 +127,9 @@ async fn a_joining_member_takes_only_the_partitions_that_move_and_the_others_sta
 async fn three_workers_on_one_group_never_overlap_a_partition_and_deliver_everything_in_order() -> TestResult {
     let h = Harness::start().await?;
     let (topic, group, function) = (unique("orders"), unique("group"), unique("fn"));
-    h.seed(&topic, 12, 200)?;
+    h.seed(&topic, 12, 300)?;
     let recorder = Recorder::default();
-    h.register(&function, recorder.handler(Duration::from_millis(40)));
+    h.register(&function, recorder.handler(Duration::from_millis(100)));
     let cfg = config(h.kafka.bootstrap_servers(), &topic, &function, &group, serde_json::json!({"BatchSize": 10}));
     // A busy machine must not drop a member from the group (its partitions would move as lost, mid-invocation).
     let options = RunOptions { until_idle: true, session_timeout: Duration::from_secs(4), ..bounded(40) };
@@ -143,8 +143,8 @@ async fn three_workers_on_one_group_never_overlap_a_partition_and_deliver_everyt
     let (a, b, c) = tokio::join!(worker(0), worker(300), worker(600));
 
     assert_eq!(recorder.overlaps.load(Ordering::SeqCst), 0, "a partition was in two invocations at once");
-    assert_complete_and_in_order(&h.delivered(&function), 12, 200);
-    assert_eq!(h.committed(&group, &topic, 12), vec![Some(200); 12]);
+    assert_complete_and_in_order(&h.delivered(&function), 12, 300);
+    assert_eq!(h.committed(&group, &topic, 12), vec![Some(300); 12]);
     let polled: Vec<u64> = [&a, &b, &c].iter().map(|r| r.mappings[0].counts.polled).collect();
     assert!(polled.iter().filter(|n| **n > 0).count() >= 2, "the work was shared: {polled:?}");
     for report in [&a, &b, &c] {

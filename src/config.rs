@@ -86,6 +86,61 @@ pub struct Mapping {
     /// A disabled mapping is skipped and reported as such.
     #[serde(rename = "Enabled", default = "default_enabled")]
     pub enabled: bool,
+    /// Provisioned mode: how many workers (AWS's event pollers) the mapping's scheduled run may start. Without
+    /// it, the mapping scales like AWS's on-demand mode: 1 worker up to one per partition.
+    #[serde(rename = "ProvisionedPollerConfig", default, skip_serializing_if = "Option::is_none")]
+    pub provisioned_poller_config: Option<ProvisionedPollerConfig>,
+}
+
+/// `ProvisionedPollerConfig` (Amazon MSK and self-managed Apache Kafka ranges). Here a poller is a worker:
+/// one relay process (one Lambda invocation) in the mapping's consumer group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionedPollerConfig {
+    /// Fewest workers, 1-200; AWS's default 1.
+    #[serde(rename = "MinimumPollers", default, skip_serializing_if = "Option::is_none")]
+    pub minimum_pollers: Option<i64>,
+    /// Most workers, 1-2000; AWS's default 200.
+    #[serde(rename = "MaximumPollers", default, skip_serializing_if = "Option::is_none")]
+    pub maximum_pollers: Option<i64>,
+}
+
+/// AWS's default `MinimumPollers`.
+pub const DEFAULT_MINIMUM_POLLERS: u32 = 1;
+
+/// AWS's default `MaximumPollers`.
+pub const DEFAULT_MAXIMUM_POLLERS: u32 = 200;
+
+impl ProvisionedPollerConfig {
+    /// (minimum, maximum) workers with AWS's defaults filled in (valid once the mapping validated).
+    pub fn limits(&self) -> (u32, u32) {
+        let clamp = |n: i64| n.clamp(1, 2000) as u32;
+        (
+            self.minimum_pollers.map_or(DEFAULT_MINIMUM_POLLERS, clamp),
+            self.maximum_pollers.map_or(DEFAULT_MAXIMUM_POLLERS, clamp),
+        )
+    }
+
+    /// Every violation of AWS's ranges, as (field, message).
+    fn violations(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if let Some(min) = self.minimum_pollers.filter(|n| !(1..=200).contains(n)) {
+            out.push(("ProvisionedPollerConfig.MinimumPollers".into(), format!("{min} is out of range; allowed 1-200")));
+        }
+        if let Some(max) = self.maximum_pollers.filter(|n| !(1..=2000).contains(n)) {
+            out.push(("ProvisionedPollerConfig.MaximumPollers".into(), format!("{max} is out of range; allowed 1-2000")));
+        }
+        if out.is_empty() {
+            let (min, max) = self.limits();
+            if min > max {
+                out.push((
+                    "ProvisionedPollerConfig.MinimumPollers".into(),
+                    format!("{min} is above MaximumPollers ({max}); it must be at most MaximumPollers"),
+                ));
+            }
+        }
+        out
+    }
 }
 
 /// `SelfManagedEventSource`.
@@ -596,6 +651,9 @@ impl Mapping {
                 }
             }
         }
+        if let Some(pollers) = &self.provisioned_poller_config {
+            out.extend(pollers.violations());
+        }
         out
     }
 }
@@ -773,5 +831,46 @@ mod tests {
         assert!(messages[0].contains("not-an-arn"));
         assert!(messages[1].contains("KERBEROS"));
         assert!(messages[2].contains("choose one SASL mechanism"));
+    }
+
+    #[test]
+    fn provisioned_poller_config_takes_aws_ranges_and_defaults() {
+        let mut m = minimal();
+        m["ProvisionedPollerConfig"] = serde_json::json!({"MinimumPollers": 2, "MaximumPollers": 12});
+        let config = config_with(m);
+        config.validate().unwrap();
+        assert_eq!(config.mappings[0].provisioned_poller_config.unwrap().limits(), (2, 12));
+
+        let mut m = minimal();
+        m["ProvisionedPollerConfig"] = serde_json::json!({});
+        assert_eq!(config_with(m).mappings[0].provisioned_poller_config.unwrap().limits(), (1, 200), "AWS's defaults");
+        assert_eq!(config_with(minimal()).mappings[0].provisioned_poller_config, None, "on-demand without it");
+    }
+
+    #[test]
+    fn provisioned_poller_config_outside_aws_ranges_is_rejected() {
+        for (pollers, field, message) in [
+            (serde_json::json!({"MinimumPollers": 0}), "ProvisionedPollerConfig.MinimumPollers", "0 is out of range; allowed 1-200"),
+            (serde_json::json!({"MinimumPollers": 201}), "ProvisionedPollerConfig.MinimumPollers", "201 is out of range; allowed 1-200"),
+            (serde_json::json!({"MaximumPollers": 0}), "ProvisionedPollerConfig.MaximumPollers", "0 is out of range; allowed 1-2000"),
+            (serde_json::json!({"MaximumPollers": 2001}), "ProvisionedPollerConfig.MaximumPollers", "2001 is out of range; allowed 1-2000"),
+            (
+                serde_json::json!({"MinimumPollers": 5, "MaximumPollers": 4}),
+                "ProvisionedPollerConfig.MinimumPollers",
+                "5 is above MaximumPollers (4); it must be at most MaximumPollers",
+            ),
+        ] {
+            let mut m = minimal();
+            m["ProvisionedPollerConfig"] = pollers.clone();
+            let v = violations(m);
+            assert_eq!(v.len(), 1, "{pollers}: {v:?}");
+            assert_eq!((v[0].field.as_str(), v[0].message.as_str()), (field, message), "{pollers}");
+        }
+        let mut m = minimal();
+        m["ProvisionedPollerConfig"] = serde_json::json!({"MinimumPollers": 200, "MaximumPollers": 2000});
+        assert!(violations(m).is_empty(), "the range ends are allowed");
+        let mut m = minimal();
+        m["ProvisionedPollerConfig"] = serde_json::json!({"Minimum": 1});
+        assert!(serde_json::from_value::<RelayConfig>(serde_json::json!({ "Mappings": [m] })).is_err(), "unknown fields are refused");
     }
 }

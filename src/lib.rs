@@ -23,6 +23,7 @@
 //!   ledger (what may be committed, what is paused), and each batch's delivery as a pure state machine
 //!   interpreted by an async job.
 //! - [`app`], [`handler`], [`demo`]: running all mappings, the Lambda entry point, the embedded demo.
+//! - [`scale`]: how many workers (AWS's pollers) a mapping's run starts, from its lag and measured rate.
 pub mod error;
 pub mod config;
 pub mod auth;
@@ -37,5 +38,6 @@ pub mod commit;
 pub mod metrics;
 pub mod relay;
 pub mod app;
+pub mod scale;
 pub mod handler;
 pub mod demo;

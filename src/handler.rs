@@ -6,15 +6,19 @@ use lambda_runtime::{service_fn, Error, LambdaEvent};
 use serde_json::Value;
 
 use crate::app;
+use crate::invoke::InvokeAsync;
 use crate::metrics::RunReport;
+use crate::scale::{Coordinator, RateMemory};
 
 /// Serves invocations until the runtime stops. AWS clients are built once per container.
 pub async fn serve() -> Result<(), Error> {
     let sdk_config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let services = app::aws_services(&sdk_config);
+    let starter = std::sync::Arc::new(crate::invoke::lambda::LambdaInvoker::new(&sdk_config));
+    let rates = std::sync::Arc::new(RateMemory::default());
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
-        let services = services.clone();
-        async move { handle(event, &services).await }
+        let (services, starter, rates) = (services.clone(), starter.clone(), rates.clone());
+        async move { handle_scaled(event, &services, starter.as_ref(), &rates).await }
     }))
     .await
 }
@@ -24,10 +28,49 @@ pub async fn handle(event: LambdaEvent<Value>, services: &crate::relay::Services
     let config = app::resolve_config(&event.payload)?;
     let options = app::lambda_options(event.context.deadline);
     let report = app::run_all(&config, services, &options).await;
+    emit_metrics(&report);
+    Ok(report)
+}
+
+/// Handles one invocation as coordinator or worker: a worker's payload (see [`crate::scale::worker_payload`])
+/// runs its one mapping; any other invocation (the schedule's) first starts the workers each mapping needs,
+/// at most `RELAY_MAXIMUM_WORKERS` per mapping (default 1: no workers, one run as before), then runs too.
+pub async fn handle_scaled(
+    event: LambdaEvent<Value>,
+    services: &crate::relay::Services,
+    starter: &dyn InvokeAsync,
+    rates: &RateMemory,
+) -> Result<RunReport, Error> {
+    let (payload, worker) = crate::scale::split_worker(&event.payload);
+    let config = app::resolve_config(&payload)?;
+    let options = app::lambda_options(event.context.deadline);
+    let cap = app::env_number("RELAY_MAXIMUM_WORKERS").map_or(1, |n| n.min(2000) as u32);
+    if worker.is_none() && cap > 1 {
+        let within = options.deadline.map_or(std::time::Duration::from_secs(60), |d| d.saturating_duration_since(std::time::Instant::now()));
+        let coordinator = Coordinator {
+            function: &event.context.invoked_function_arn,
+            starter,
+            secrets: services.secrets.as_ref(),
+            rates,
+            default_rate: std::env::var("RELAY_WORKER_RECORDS_PER_SECOND").ok().and_then(|v| v.parse().ok()),
+            within,
+            cap,
+        };
+        coordinator.start_workers(&config).await;
+    }
+    let started = std::time::Instant::now();
+    let report = app::run_all(&config, services, &options).await;
+    for mapping in &report.mappings {
+        rates.observe(&mapping.uuid, mapping.counts.delivered, started.elapsed());
+    }
+    emit_metrics(&report);
+    Ok(report)
+}
+
+fn emit_metrics(report: &RunReport) {
     let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
     // Embedded Metric Format: CloudWatch turns these stdout lines into metrics without API calls.
     for line in report.emf_lines(now_ms) {
         println!("{line}");
     }
-    Ok(report)
 }

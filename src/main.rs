@@ -49,6 +49,10 @@ enum Command {
         /// RELAY_BUFFER_MIB; default 64.
         #[arg(long)]
         buffer_mib: Option<usize>,
+        /// Run this many workers (processes of this binary with the same arguments) on each mapping's
+        /// consumer group; Kafka shares the partitions out among them. Default 1.
+        #[arg(long)]
+        workers: Option<u32>,
     },
     /// Check a configuration without connecting; exit 0 when valid, 2 with every violation listed.
     Validate {
@@ -129,7 +133,7 @@ async fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { config, max_seconds, until_idle, target_timeout, metrics, check, max_in_flight, buffer_mib } => {
+        Command::Run { config, max_seconds, until_idle, target_timeout, metrics, check, max_in_flight, buffer_mib, workers } => {
             init_tracing(false);
             let config = match load_config(config.as_ref()) {
                 Ok(config) => config,
@@ -154,7 +158,20 @@ async fn main() -> ExitCode {
                 buffer_bytes: buffer_mib.filter(|n| *n > 0).or_else(|| app::env_number("RELAY_BUFFER_MIB")).map_or(kafka_lambda_relay::relay::DEFAULT_BUFFER_BYTES, |mib| mib << 20),
                 ..Default::default()
             };
+            let local_workers = match kafka_lambda_relay::scale::spawn_local_workers(workers.unwrap_or(1).saturating_sub(1)) {
+                Ok(children) => children,
+                Err(error) => {
+                    eprintln!("cannot start workers: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let report = app::run_all(&config, &services, &options).await;
+            if !local_workers.is_empty() {
+                let mut merged = serde_json::to_value(&report).expect("report serializes");
+                let workers_ok = kafka_lambda_relay::scale::collect_local_workers(local_workers, &mut merged);
+                println!("{}", serde_json::to_string_pretty(&merged).expect("report serializes"));
+                return if workers_ok && !report.has_errors() { ExitCode::SUCCESS } else { ExitCode::from(1) };
+            }
             if metrics {
                 let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
                 for line in report.emf_lines(now_ms) {

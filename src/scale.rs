@@ -8,7 +8,11 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::config::ProvisionedPollerConfig;
+use serde_json::Value;
+
+use crate::auth::{CheckReport, SecretSource};
+use crate::config::{Mapping, ProvisionedPollerConfig, RelayConfig};
+use crate::invoke::{InvokeAsync, InvokeResult};
 
 /// What the decision looks at, for one mapping.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,6 +87,165 @@ impl RateMemory {
     }
 }
 
+/// The key that makes an invocation payload a worker's: `{"Mappings": [one mapping], "RelayWorker": {"Worker": n}}`.
+pub const WORKER_KEY: &str = "RelayWorker";
+
+/// The payload that starts worker `worker` of `mapping`: the mapping itself (the coordinator may have got
+/// it from the schedule's input), marked as a worker's so it does not fan out again.
+pub fn worker_payload(mapping: &Mapping, worker: u32) -> Vec<u8> {
+    let payload = serde_json::json!({ "Mappings": [mapping], WORKER_KEY: { "Worker": worker } });
+    serde_json::to_vec(&payload).expect("a mapping serializes")
+}
+
+/// Splits an invocation payload into the configuration part and, for a worker, its number.
+pub fn split_worker(payload: &Value) -> (Value, Option<u32>) {
+    let Value::Object(map) = payload else { return (payload.clone(), None) };
+    let Some(worker) = map.get(WORKER_KEY) else { return (payload.clone(), None) };
+    let number = worker.get("Worker").and_then(Value::as_u64).map_or(0, |n| n.min(u32::MAX as u64) as u32);
+    let mut rest = map.clone();
+    rest.remove(WORKER_KEY);
+    (Value::Object(rest), Some(number))
+}
+
+/// Per partition, the records the group has not committed: from the committed offset, or from the oldest
+/// record when the group has none.
+pub fn lags(report: &CheckReport) -> Vec<i64> {
+    report
+        .topics
+        .iter()
+        .flat_map(|t| &t.partitions)
+        .map(|p| p.lag.unwrap_or(p.high_watermark - p.low_watermark).max(0))
+        .collect()
+}
+
+/// What the coordinator did for one mapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FanOut {
+    /// The mapping's UUID.
+    pub mapping: String,
+    /// Workers the decision asked for, the coordinator included.
+    pub workers: u32,
+    /// Extra workers Lambda accepted (202).
+    pub started: u32,
+    /// Why the others were not started (the Invoke API's answer), if any.
+    pub failures: Vec<String>,
+}
+
+/// How the coordinator sizes and starts workers.
+pub struct Coordinator<'a> {
+    /// The relay function itself (its name or ARN): workers are invocations of it.
+    pub function: &'a str,
+    /// Starts a worker: `Invoke` with `InvocationType=Event`.
+    pub starter: &'a dyn InvokeAsync,
+    /// Reads each mapping's lag (the group's committed offsets against the high watermarks).
+    pub secrets: &'a dyn SecretSource,
+    /// Records per second per worker measured by earlier runs.
+    pub rates: &'a RateMemory,
+    /// The rate assumed before any run measured one (`RELAY_WORKER_RECORDS_PER_SECOND`), if set.
+    pub default_rate: Option<f64>,
+    /// How long the workers have: the run's length.
+    pub within: Duration,
+    /// The most workers this deployment may start per mapping (its reserved concurrency allows for them).
+    pub cap: u32,
+}
+
+impl Coordinator<'_> {
+    /// Per enabled mapping: decides how many workers it needs ([`workers`], capped by [`Coordinator::cap`])
+    /// and starts all but one (this run is the first) with an asynchronous invocation each.
+    pub async fn start_workers(&self, config: &RelayConfig) -> Vec<FanOut> {
+        let mut out = Vec::new();
+        for mapping in config.mappings.iter().filter(|m| m.enabled) {
+            let uuid = mapping.uuid();
+            let workers = match crate::auth::check(mapping, self.secrets).await {
+                Ok(report) => {
+                    let lags = lags(&report);
+                    let demand = Demand {
+                        lags: &lags,
+                        rate_per_worker: self.rates.rate(&uuid, self.default_rate),
+                        within: self.within,
+                        provisioned: mapping.provisioned_poller_config,
+                    };
+                    workers(&demand).min(self.cap.max(1))
+                }
+                Err(error) => {
+                    // The run itself reports what is wrong with the mapping; no workers for it meanwhile.
+                    tracing::warn!(error_code = "FAN_OUT_SKIPPED", mapping = %uuid, %error, "cannot read the mapping's lag: no extra workers");
+                    1
+                }
+            };
+            let mut fan_out = FanOut { mapping: uuid.clone(), workers, started: 0, failures: Vec::new() };
+            for worker in 1..workers {
+                match self.starter.invoke_async(self.function, worker_payload(mapping, worker)).await {
+                    InvokeResult::Completed { status_code: 202, .. } => fan_out.started += 1,
+                    other => {
+                        tracing::warn!(error_code = "WORKER_NOT_STARTED", mapping = %uuid, worker, outcome = ?other, "a worker could not be started");
+                        fan_out.failures.push(format!("{other:?}"));
+                    }
+                }
+            }
+            tracing::info!(mapping = %uuid, workers, started = fan_out.started, "workers started");
+            out.push(fan_out);
+        }
+        out
+    }
+}
+
+/// `run --workers N` on a laptop: the same command, without `--workers`, as N-1 more processes of this
+/// binary on the same consumer group (their reports come back on their stdout).
+pub fn spawn_local_workers(extra: u32) -> std::io::Result<Vec<std::process::Child>> {
+    let exe = std::env::current_exe()?;
+    let args = without_workers_flag(std::env::args().skip(1));
+    (0..extra)
+        .map(|_| {
+            std::process::Command::new(&exe)
+                .args(&args)
+                .stdout(std::process::Stdio::piped())
+                .stdin(std::process::Stdio::null())
+                .spawn()
+        })
+        .collect()
+}
+
+/// The command line without `--workers N` / `--workers=N`.
+pub fn without_workers_flag(args: impl Iterator<Item = String>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut skip_value = false;
+    for arg in args {
+        if skip_value {
+            skip_value = false;
+        } else if arg == "--workers" {
+            skip_value = true;
+        } else if !arg.starts_with("--workers=") {
+            out.push(arg);
+        }
+    }
+    out
+}
+
+/// Waits for local workers and appends their mappings' reports to `report` (`{"Mappings": [...]}`); false
+/// when a worker failed or printed no report.
+pub fn collect_local_workers(children: Vec<std::process::Child>, report: &mut Value) -> bool {
+    let mut ok = true;
+    for child in children {
+        let Ok(output) = child.wait_with_output() else {
+            ok = false;
+            continue;
+        };
+        ok &= output.status.success();
+        match serde_json::from_slice::<Value>(&output.stdout) {
+            Ok(Value::Object(mut theirs)) => {
+                if let (Some(Value::Array(mine)), Some(Value::Array(more))) =
+                    (report.get_mut("Mappings"), theirs.remove("Mappings"))
+                {
+                    mine.extend(more);
+                }
+            }
+            _ => ok = false,
+        }
+    }
+    ok
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +283,12 @@ mod tests {
     }
 
     #[test]
+    fn local_workers_get_the_command_line_without_the_workers_flag() {
+        let args = ["run", "--workers", "3", "--config", "c.json", "--workers=2", "--until-idle"].map(String::from);
+        assert_eq!(without_workers_flag(args.into_iter()), ["run", "--config", "c.json", "--until-idle"]);
+    }
+
+    #[test]
     fn the_rate_is_remembered_per_mapping_as_a_moving_average() {
         let memory = RateMemory::default();
         assert_eq!(memory.rate("m", Some(500.0)), Some(500.0), "the default before any run");
@@ -130,5 +299,30 @@ mod tests {
         memory.observe("m", 0, Duration::from_secs(60));
         assert_eq!(memory.rate("m", None), Some(1500.0), "an idle run says nothing about the rate");
         assert_eq!(memory.rate("other", None), None);
+    }
+}
+
+#[cfg(test)]
+mod payload_tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_payload_carries_its_mapping_and_is_told_apart_from_the_schedule() {
+        let config = RelayConfig::parse_valid(
+            &serde_json::json!({"Mappings": [{
+                "FunctionName": "target", "Topics": ["orders"], "StartingPosition": "TRIM_HORIZON",
+                "SelfManagedEventSource": {"Endpoints": {"KAFKA_BOOTSTRAP_SERVERS": ["127.0.0.1:9092"]}},
+                "ProvisionedPollerConfig": {"MinimumPollers": 1, "MaximumPollers": 3}
+            }]})
+            .to_string(),
+        )
+        .unwrap();
+        let payload: Value = serde_json::from_slice(&worker_payload(&config.mappings[0], 2)).unwrap();
+        let (rest, worker) = split_worker(&payload);
+        assert_eq!(worker, Some(2));
+        let again = crate::app::resolve_config(&rest).expect("the rest is the mapping's configuration");
+        assert_eq!(again.mappings, config.mappings);
+        let schedule = serde_json::json!({"source": "aws.events"});
+        assert_eq!(split_worker(&schedule), (schedule.clone(), None), "a scheduled event is the coordinator's");
     }
 }

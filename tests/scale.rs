@@ -197,3 +197,75 @@ async fn a_joining_member_waits_out_the_rebalance_for_its_partitions_and_revoke_
     assert_eq!(h.committed(&group, &topic, 2), vec![Some(4); 2]);
     Ok(())
 }
+
+/// The coordinator reads each mapping's lag from the group, decides with `scale::workers`, and starts all
+/// but one of the workers with an asynchronous (`Event`) invocation of the relay function itself, each
+/// carrying its mapping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_coordinator_starts_as_many_workers_as_its_decision_says_through_the_invoke_api() -> TestResult {
+    use kafka_lambda_relay::invoke::lambda::LambdaInvoker;
+    use kafka_lambda_relay::invoke::server::local_sdk_config;
+    use kafka_lambda_relay::scale::{self, Coordinator, Demand, RateMemory};
+
+    let h = Harness::start().await?;
+    let (busy, quiet, group) = (unique("busy"), unique("quiet"), unique("group"));
+    // 12 partitions with 300 records each; the other mapping's 4 partitions are empty.
+    h.seed(&busy, 12, 300)?;
+    h.kafka.create_topic(&quiet, 4)?;
+    let quiet_group = unique("group");
+    let mut config = config(h.kafka.bootstrap_servers(), &busy, "target", &group, serde_json::json!({
+        "ProvisionedPollerConfig": {"MinimumPollers": 1, "MaximumPollers": 5}}));
+    config.mappings.extend(config_of(h.kafka.bootstrap_servers(), &quiet, "target", &quiet_group).mappings);
+    h.register("relay", handler(|_| async { Reply::success("{}") }));
+
+    let starter = LambdaInvoker::new(&local_sdk_config(&h.lambda.endpoint()).await);
+    let rates = RateMemory::default();
+    let (uuid_busy, uuid_quiet) = (config.mappings[0].uuid(), config.mappings[1].uuid());
+    // One worker delivered 20 records/s before: 3,600 records in 60 s need 3 workers.
+    rates.observe(&uuid_busy, 1200, Duration::from_secs(60));
+    let coordinator = Coordinator {
+        function: "relay",
+        starter: &starter,
+        secrets: &NoSecrets,
+        rates: &rates,
+        default_rate: None,
+        within: Duration::from_secs(60),
+        cap: 200,
+    };
+    let fan_out = coordinator.start_workers(&config).await;
+
+    let expected_busy = scale::workers(&Demand {
+        lags: &[300; 12],
+        rate_per_worker: Some(20.0),
+        within: Duration::from_secs(60),
+        provisioned: config.mappings[0].provisioned_poller_config,
+    });
+    assert_eq!(expected_busy, 3);
+    assert_eq!(fan_out.iter().map(|f| (f.mapping.as_str(), f.workers, f.started)).collect::<Vec<_>>(), [
+        (uuid_busy.as_str(), 3, 2),
+        (uuid_quiet.as_str(), 1, 0)
+    ]);
+    let events = h.lambda.event_invocations("relay");
+    assert_eq!(events.len(), 2, "one Event invocation per extra worker");
+    for (event, n) in events.iter().zip(1..) {
+        let payload: serde_json::Value = serde_json::from_slice(&event.payload)?;
+        let (rest, worker) = scale::split_worker(&payload);
+        assert_eq!(worker, Some(n));
+        let theirs = kafka_lambda_relay::app::resolve_config(&rest)?;
+        assert_eq!(theirs.mappings, vec![config.mappings[0].clone()], "a worker runs the busy mapping only");
+    }
+
+    // With MaximumPollers 2 the same lag gets one extra worker.
+    let mut capped = config.clone();
+    capped.mappings[0].provisioned_poller_config =
+        Some(kafka_lambda_relay::config::ProvisionedPollerConfig { minimum_pollers: None, maximum_pollers: Some(2) });
+    capped.mappings.truncate(1);
+    let fan_out = coordinator.start_workers(&capped).await;
+    assert_eq!((fan_out[0].workers, fan_out[0].started), (2, 1));
+    assert_eq!(h.lambda.event_invocations("relay").len(), 3);
+    Ok(())
+}
+
+fn config_of(bootstrap: &str, topic: &str, function: &str, group: &str) -> kafka_lambda_relay::config::RelayConfig {
+    config(bootstrap, topic, function, group, serde_json::json!({}))
+}

@@ -14,7 +14,7 @@ use aws_sdk_lambda::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError}
 use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::InvocationType;
 
-use super::{FunctionInfo, FunctionLookupError, Invoke, InvokeResult};
+use super::{FunctionInfo, FunctionLookupError, Invoke, InvokeAsync, InvokeResult};
 
 /// Error codes AWS SDKs treat as throttling (aws-runtime's `THROTTLING_ERRORS`) whatever the HTTP status, plus
 /// Lambda's own `EC2ThrottledException` (502: EC2 throttled Lambda while it set the function up).
@@ -119,6 +119,34 @@ impl Invoke for LambdaInvoker {
             FunctionLookupError::Unavailable(format!("configuration of {function_name:?} has Timeout {seconds}"))
         })?;
         Ok(FunctionInfo { function_arn: function_arn.to_owned(), timeout: Duration::from_secs(seconds) })
+    }
+}
+
+/// An `Event` invoke is answered as soon as Lambda queued the event.
+const EVENT_INVOKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[async_trait::async_trait]
+impl InvokeAsync for LambdaInvoker {
+    async fn invoke_async(&self, function_name: &str, payload: Vec<u8>) -> InvokeResult {
+        let sent = self
+            .client
+            .invoke()
+            .function_name(function_name)
+            .invocation_type(InvocationType::Event)
+            .payload(Blob::new(payload))
+            .customize()
+            .config_override(self.invoke_config(EVENT_INVOKE_TIMEOUT))
+            .send()
+            .await;
+        match sent {
+            Ok(output) => InvokeResult::Completed {
+                status_code: output.status_code(),
+                function_error: output.function_error().map(str::to_owned),
+                executed_version: output.executed_version().map(str::to_owned),
+                payload: Vec::new(),
+            },
+            Err(err) => classify(Failure::from_sdk_error(&err)),
+        }
     }
 }
 

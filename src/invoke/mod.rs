@@ -81,3 +81,11 @@ pub trait Invoke: Send + Sync {
     /// `GetFunctionConfiguration`: the function's ARN and timeout.
     async fn function_info(&self, function_name: &str) -> Result<FunctionInfo, FunctionLookupError>;
 }
+
+/// Starting a function without waiting for it: how the scheduled run (the coordinator) starts workers.
+#[async_trait::async_trait]
+pub trait InvokeAsync: Send + Sync {
+    /// `Invoke` with `InvocationType=Event`: Lambda queues the event and answers 202 at once
+    /// ([`InvokeResult::Completed`] with `status_code` 202); anything else means the function was not started.
+    async fn invoke_async(&self, function_name: &str, payload: Vec<u8>) -> InvokeResult;
+}

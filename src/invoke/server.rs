@@ -216,6 +216,8 @@ struct Function {
 struct Registry {
     functions: HashMap<String, Function>,
     invocations: HashMap<String, Vec<Invocation>>,
+    /// Per function, the `seq` of its asynchronous (`Event`) invocations.
+    events: HashMap<String, Vec<u64>>,
 }
 
 struct Shared {
@@ -275,6 +277,15 @@ impl LocalLambda {
     /// refuses: payload over 6 MB or not JSON), including those still running or cut off by a timeout.
     pub fn invocations(&self, name: &str) -> Vec<Invocation> {
         self.shared.registry().invocations.get(name).cloned().unwrap_or_default()
+    }
+
+    /// The asynchronous (`InvocationType: Event`) invocations of function `name` so far, in order. They are
+    /// in [`LocalLambda::invocations`] too; the server answered each with 202 at once and ran the handler
+    /// in the background, as Lambda does.
+    pub fn event_invocations(&self, name: &str) -> Vec<Invocation> {
+        let registry = self.shared.registry();
+        let events = registry.events.get(name).cloned().unwrap_or_default();
+        registry.invocations.get(name).into_iter().flatten().filter(|i| events.contains(&i.seq)).cloned().collect()
     }
 
     /// How many invocations reached function `name` so far (see [`LocalLambda::invocations`]).
@@ -348,8 +359,9 @@ async fn invoke(
     let request_id = uuid::Uuid::new_v4().to_string();
     let name = function_name_of(&identifier).to_owned();
     let invocation_type = headers.get("X-Amz-Invocation-Type").map(HeaderValue::to_str);
-    if !matches!(invocation_type, None | Some(Ok("RequestResponse"))) {
-        let message = format!("this local Lambda serves only RequestResponse invocations, not {invocation_type:?}");
+    let event = matches!(invocation_type, Some(Ok("Event")));
+    if !event && !matches!(invocation_type, None | Some(Ok("RequestResponse"))) {
+        let message = format!("this local Lambda serves only RequestResponse and Event invocations, not {invocation_type:?}");
         return api_error(400, "InvalidParameterValueException", &message, &request_id);
     }
     if body.len() > MAX_PAYLOAD_BYTES {
@@ -373,8 +385,30 @@ async fn invoke(
         let seq = record.len() as u64;
         let invocation = Invocation { function: name, payload: body.to_vec(), seq };
         record.push(invocation.clone());
+        if event {
+            registry.events.entry(invocation.function.clone()).or_default().push(seq);
+        }
         (invocation, handler, timeout)
     };
+    if event {
+        // Queued: Lambda answers 202 at once and runs the function on its own; its reply goes nowhere.
+        tokio::spawn(async move {
+            let run = async {
+                let mut reply = handler(invocation).await;
+                while let Reply::Delayed { delay, then } = reply {
+                    tokio::time::sleep(delay).await;
+                    reply = *then;
+                }
+            };
+            let _ = tokio::time::timeout(timeout, run).await;
+        });
+        let mut response = Response::new(axum::body::Body::empty());
+        *response.status_mut() = StatusCode::ACCEPTED;
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert("x-amzn-RequestId", value);
+        }
+        return response;
+    }
     let run = async {
         let mut reply = handler(invocation).await;
         while let Reply::Delayed { delay, then } = reply {

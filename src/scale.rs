@@ -260,7 +260,8 @@ mod tests {
         let twelve_busy = [10_000i64; 12];
         let two_busy = [0, 50_000, 0, 0, 50_000, 0, 0, 0, 0, 0, 0, 0];
         // (lags, rate per worker, provisioned, expected workers)
-        let table: Vec<(&[i64], Option<f64>, Option<ProvisionedPollerConfig>, u32, &str)> = vec![
+        type Row<'a> = (&'a [i64], Option<f64>, Option<ProvisionedPollerConfig>, u32, &'a str);
+        let table: Vec<Row> = vec![
             (&[0; 12], Some(1000.0), None, 1, "nothing to do: one worker (the coordinator itself)"),
             (&twelve_busy, Some(1000.0), None, 2, "120,000 records at 60,000 per worker-minute"),
             (&twelve_busy, Some(100.0), None, 12, "slow workers: one per partition"),

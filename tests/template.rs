@@ -668,7 +668,13 @@ fn scheduled_runs_do_not_pile_up() -> TestResult {
     let template = template()?;
     let (_, function) = relay_function(&template)?;
     let properties = &function["Properties"];
-    assert_eq!(properties["ReservedConcurrentExecutions"].as_u64(), Some(1));
+    // The reserved concurrency is MaximumWorkers (workers of the scheduled run), 1 unless raised.
+    let concurrency = &properties["ReservedConcurrentExecutions"];
+    let default = match ref_name(concurrency) {
+        Some(parameter) => template["Parameters"][parameter]["Default"].as_u64(),
+        None => concurrency.as_u64(),
+    };
+    assert_eq!(default, Some(1));
     // Ticks throttled by that concurrency must expire, not wait in Lambda's async queue for hours.
     assert_eq!(
         properties["EventInvokeConfig"]["MaximumEventAgeInSeconds"].as_u64(),
@@ -738,5 +744,37 @@ fn samconfig_example_overrides_name_template_parameters_and_valid_mappings() -> 
     let deploy = samconfig_table("[default.deploy.parameters]")?;
     assert_eq!(deploy["capabilities"], "\"CAPABILITY_IAM\"");
     assert_eq!(deploy["confirm_changeset"], "true");
+    Ok(())
+}
+
+/// Workers are asynchronous invocations of the relay itself: allowed on its own ARN only (no wildcard,
+/// no other function), only when workers are enabled, and its reserved concurrency is the workers' bound.
+#[test]
+fn the_relay_may_invoke_only_itself_to_start_workers_and_its_concurrency_is_maximum_workers() -> TestResult {
+    let template = template()?;
+    let (function_name, function) = relay_function(&template)?;
+    let starts: Vec<Statement<'_>> = policy_statements(&template)
+        .into_iter()
+        .filter(|s| s.actions().contains(&"lambda:InvokeFunction") && s.origin != "RelayRole")
+        .collect();
+    assert_eq!(starts.len(), 1, "one statement lets the relay start workers");
+    let statement = &starts[0];
+    assert_eq!(statement.actions(), ["lambda:InvokeFunction"]);
+    let resource = &statement.body["Resource"];
+    let Some((name, argument)) = intrinsic(resource) else { panic!("the resource is the function's ARN: {resource:?}") };
+    let target = match argument {
+        Value::String(path) => path.clone(),
+        Value::Sequence(parts) => format!("{}.{}", parts[0].as_str().unwrap_or(""), parts[1].as_str().unwrap_or("")),
+        other => panic!("unexpected GetAtt argument {other:?}"),
+    };
+    assert_eq!((name.as_str(), target.as_str()), ("GetAtt", format!("{function_name}.Arn").as_str()), "only the relay's own ARN");
+    assert!(!statement.has_wildcard_resource());
+    let condition = statement.condition.clone().expect("only when workers are enabled");
+    assert!(condition_parameters(&template, &condition).contains("MaximumWorkers"), "{condition}");
+    let properties = &function["Properties"];
+    assert_eq!(ref_name(&properties["ReservedConcurrentExecutions"]), Some("MaximumWorkers"));
+    assert_eq!(ref_name(&properties["Environment"]["Variables"]["RELAY_MAXIMUM_WORKERS"]), Some("MaximumWorkers"));
+    let parameter = &template["Parameters"]["MaximumWorkers"];
+    assert_eq!((parameter["MinValue"].as_u64(), parameter["MaxValue"].as_u64()), (Some(1), Some(2000)), "AWS's MaximumPollers range");
     Ok(())
 }

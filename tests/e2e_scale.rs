@@ -39,30 +39,7 @@ fn three_workers_on_one_group_over_twelve_partitions_never_overlap_and_lose_noth
     // found in two invocations at once (across every worker).
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let lambda = runtime.block_on(LocalLambda::start())?;
-    let busy: Arc<Mutex<HashSet<i32>>> = Arc::default();
-    let overlaps = Arc::new(AtomicUsize::new(0));
-    let (flight, overlap) = (busy.clone(), overlaps.clone());
-    lambda.register(
-        "recorder",
-        Duration::from_secs(3),
-        handler(move |invocation| {
-            let partitions: HashSet<i32> = event_records(&invocation.payload).into_iter().map(|(p, _)| p).collect();
-            for p in &partitions {
-                if !flight.lock().unwrap().insert(*p) {
-                    overlap.fetch_add(1, Ordering::SeqCst);
-                }
-            }
-            let flight = flight.clone();
-            async move {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                let mut busy = flight.lock().unwrap();
-                for p in &partitions {
-                    busy.remove(p);
-                }
-                Reply::success("{}")
-            }
-        }),
-    );
+    let overlaps = register_recorder(&lambda, Duration::from_millis(200));
     let mut mapping = tansu_mapping("recorder", &topic, &group);
     mapping["BatchSize"] = json!(10);
     mapping["MaximumBatchingWindowInSeconds"] = json!(0);
@@ -125,6 +102,78 @@ fn three_workers_on_one_group_over_twelve_partitions_never_overlap_and_lose_noth
     assert_eq!(committed_offsets(&tansu(), &group, &topic, PARTITIONS)?, next_offsets(&produced, PARTITIONS));
     let polled: Vec<i64> = reports.iter().map(|r| r["Mappings"][0]["Counts"]["Polled"].as_i64().unwrap_or(0)).collect();
     assert!(polled.iter().all(|n| *n > 0), "both survivors consumed: {polled:?} {reports:?}");
+    drop(runtime);
+    Ok(())
+}
+
+/// Registers the recording target "recorder" (each invocation held `hold`) and returns the count of times
+/// a partition was found in two invocations at once (across every worker).
+fn register_recorder(lambda: &LocalLambda, hold: Duration) -> Arc<AtomicUsize> {
+    let busy: Arc<Mutex<HashSet<i32>>> = Arc::default();
+    let overlaps = Arc::new(AtomicUsize::new(0));
+    let (flight, overlap) = (busy.clone(), overlaps.clone());
+    lambda.register(
+        "recorder",
+        Duration::from_secs(3),
+        handler(move |invocation| {
+            let partitions: HashSet<i32> = event_records(&invocation.payload).into_iter().map(|(p, _)| p).collect();
+            for p in &partitions {
+                if !flight.lock().unwrap().insert(*p) {
+                    overlap.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            let flight = flight.clone();
+            async move {
+                tokio::time::sleep(hold).await;
+                let mut busy = flight.lock().unwrap();
+                for p in &partitions {
+                    busy.remove(p);
+                }
+                Reply::success("{}")
+            }
+        }),
+    );
+    overlaps
+}
+
+/// `run --workers 3` on a laptop: three processes on one group share the partitions, and one report lists
+/// every worker's share.
+#[test]
+fn run_with_three_workers_shares_the_partitions_and_reports_every_worker() -> TestResult {
+    const PARTITIONS: i32 = 12;
+    let topic = unique_name("workers");
+    let group = unique_name("group");
+    create_topic(&tansu(), &topic, PARTITIONS)?;
+    let produced = populate_topic(&tansu(), &topic, PARTITIONS, 1_200, |i| format!("r{i}"))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let lambda = runtime.block_on(LocalLambda::start())?;
+    let overlaps = register_recorder(&lambda, Duration::from_millis(100));
+    let mut mapping = tansu_mapping("recorder", &topic, &group);
+    mapping["BatchSize"] = json!(10);
+    let dir = TempDir::new("workers-config")?;
+    let file = dir.path().join("config.json");
+    std::fs::write(&file, serde_json::to_vec(&json!({"Mappings": [mapping]}))?)?;
+    let mut command = Command::new(relay_bin());
+    command
+        .args(["run", "--workers", "3", "--until-idle", "--max-seconds", "60", "--target-timeout", "3", "--max-in-flight", "2", "--config"])
+        .arg(&file)
+        .env("AWS_ENDPOINT_URL_LAMBDA", lambda.endpoint())
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("RUST_LOG", "warn");
+    let finished = run_captured("relay run --workers 3", command, PROCESS_TIMEOUT)?;
+    assert_eq!(finished.code(), Some(0), "{}", finished.stderr_tail());
+    let report = finished.json()?;
+    let entries = report["Mappings"].as_array().ok_or("Mappings")?;
+    assert_eq!(entries.len(), 3, "one entry per worker: {report}");
+    let polled: Vec<i64> = entries.iter().map(|m| m["Counts"]["Polled"].as_i64().unwrap_or(0)).collect();
+    assert!(polled.iter().filter(|n| **n > 0).count() >= 2, "the partitions were shared: {polled:?}");
+    assert_eq!(overlaps.load(Ordering::SeqCst), 0, "a partition was in two invocations at once");
+    let delivered: BTreeSet<(i32, i64)> = lambda.invocations("recorder").iter().flat_map(|i| event_records(&i.payload)).collect();
+    let expected: BTreeSet<(i32, i64)> = produced.iter().map(|p| (p.partition, p.offset)).collect();
+    assert_eq!(delivered, expected, "every record delivered");
+    assert_eq!(committed_offsets(&tansu(), &group, &topic, PARTITIONS)?, next_offsets(&produced, PARTITIONS));
     drop(runtime);
     Ok(())
 }

@@ -42,8 +42,18 @@ pub async fn handle_scaled(
     rates: &RateMemory,
 ) -> Result<RunReport, Error> {
     let (payload, worker) = crate::scale::split_worker(&event.payload);
+    let (payload, hand_over) = crate::scale::split_hand_over(&payload);
     let config = app::resolve_config(&payload)?;
-    let options = app::lambda_options(event.context.deadline);
+    let mut options = app::lambda_options(event.context.deadline);
+    let continuous = crate::scale::continuous_from_env() && worker.is_none();
+    if continuous {
+        // A run of the chain polls until its deadline; the schedule only restarts a chain that stopped.
+        options.until_idle = false;
+        if !hand_over && crate::scale::chain_running(&config, services.secrets.as_ref()).await {
+            tracing::info!("a continuous chain is running: this scheduled tick does nothing");
+            return Ok(RunReport { mappings: Vec::new() });
+        }
+    }
     let cap = app::env_number("RELAY_MAXIMUM_WORKERS").map_or(1, |n| n.min(2000) as u32);
     if worker.is_none() && cap > 1 {
         let within = options.deadline.map_or(std::time::Duration::from_secs(60), |d| d.saturating_duration_since(std::time::Instant::now()));
@@ -59,7 +69,36 @@ pub async fn handle_scaled(
         coordinator.start_workers(&config).await;
     }
     let started = std::time::Instant::now();
-    let report = app::run_all(&config, services, &options).await;
+    let run = app::run_all(&config, services, &options);
+    let report = match options.deadline.filter(|_| continuous) {
+        Some(deadline) => {
+            tokio::pin!(run);
+            // The successor must be in the groups before this run stops invoking: at its deadline less the
+            // longest target timeout and the margin (the engine's invoke cut-off).
+            let mut longest = options.target_timeout.unwrap_or_default();
+            if options.target_timeout.is_none() {
+                for mapping in &config.mappings {
+                    if let Ok(info) = services.invoker.function_info(&mapping.function_name).await {
+                        longest = longest.max(info.timeout);
+                    }
+                }
+            }
+            let cutoff = deadline.checked_sub(longest + options.margin).unwrap_or(started);
+            let at = tokio::time::Instant::from_std(crate::scale::hand_over_at(started, cutoff));
+            tokio::select! {
+                report = &mut run => report,
+                () = tokio::time::sleep_until(at) => {
+                    let successor = crate::scale::successor_payload(&payload);
+                    match starter.invoke_async(&event.context.invoked_function_arn, successor).await {
+                        crate::invoke::InvokeResult::Completed { status_code: 202, .. } => tracing::info!("successor started"),
+                        other => tracing::error!(error_code = "SUCCESSOR_NOT_STARTED", outcome = ?other, "the successor could not be started; the schedule restarts the chain"),
+                    }
+                    run.await
+                }
+            }
+        }
+        None => run.await,
+    };
     for mapping in &report.mappings {
         rates.observe(&mapping.uuid, mapping.counts.delivered, started.elapsed());
     }

@@ -190,6 +190,93 @@ impl Coordinator<'_> {
     }
 }
 
+/// The key that makes an invocation a continuous chain's successor: `{"RelayHandOver": {}}` next to the
+/// configuration (or alone, with the configuration from the environment).
+pub const HAND_OVER_KEY: &str = "RelayHandOver";
+
+/// How long before it stops invoking a continuous run starts its successor: the successor has time to start,
+/// join the groups and take half the partitions while this run still consumes, so when this run stops
+/// invoking and leaves, its partitions move to a member that is already there (no initial rebalance delay,
+/// no session timeout).
+pub const HAND_OVER_LEAD: Duration = Duration::from_secs(60);
+
+/// Whether this deployment runs continuously (`RELAY_CONTINUOUS=true`): each run polls until its deadline
+/// and starts its successor before it leaves.
+pub fn continuous_from_env() -> bool {
+    std::env::var("RELAY_CONTINUOUS").is_ok_and(|v| v.trim().eq_ignore_ascii_case("true"))
+}
+
+/// Splits an invocation payload into the rest and whether it is a hand-over (a successor's).
+pub fn split_hand_over(payload: &Value) -> (Value, bool) {
+    match payload {
+        Value::Object(map) if map.contains_key(HAND_OVER_KEY) => {
+            let mut rest = map.clone();
+            rest.remove(HAND_OVER_KEY);
+            (if rest.is_empty() { Value::Null } else { Value::Object(rest) }, true)
+        }
+        other => (other.clone(), false),
+    }
+}
+
+/// The successor's payload: what this run was given (its configuration, or nothing when it comes from the
+/// environment), marked as a hand-over.
+pub fn successor_payload(config_payload: &Value) -> Vec<u8> {
+    let mut map = match config_payload {
+        Value::Object(map) if map.contains_key("Mappings") => map.clone(),
+        _ => serde_json::Map::new(),
+    };
+    map.insert(HAND_OVER_KEY.to_string(), serde_json::json!({}));
+    serde_json::to_vec(&Value::Object(map)).expect("a payload serializes")
+}
+
+/// When to start the successor: [`HAND_OVER_LEAD`] before `cutoff` (when this run stops invoking), or
+/// halfway there for shorter runs.
+pub fn hand_over_at(now: std::time::Instant, cutoff: std::time::Instant) -> std::time::Instant {
+    let left = cutoff.saturating_duration_since(now);
+    cutoff.max(now) - HAND_OVER_LEAD.min(left / 2)
+}
+
+/// Whether a consumer group of the configuration has members now: a continuous chain (or its workers) is
+/// running, so a scheduled tick must not start a second chain. Errors count as "running": a tick that
+/// cannot tell does nothing, and the next tick looks again.
+pub async fn chain_running(config: &RelayConfig, secrets: &dyn SecretSource) -> bool {
+    for mapping in config.mappings.iter().filter(|m| m.enabled) {
+        let security = match crate::auth::resolve(mapping, secrets).await {
+            Ok(security) => security,
+            Err(_) => return true,
+        };
+        let (bootstrap, group) = (mapping.bootstrap_servers().join(","), mapping.consumer_group_id());
+        let members = tokio::task::spawn_blocking(move || -> Result<usize, String> {
+            use rdkafka::consumer::{BaseConsumer, Consumer};
+            let mut settings = rdkafka::ClientConfig::new();
+            settings.set("bootstrap.servers", &bootstrap).set("group.id", &group).set("client.id", "kafka-lambda-relay-chain");
+            security.apply(&mut settings);
+            let consumer: BaseConsumer = settings.create().map_err(|e| e.to_string())?;
+            match consumer.fetch_group_list(Some(&group), Duration::from_secs(10)) {
+                Ok(groups) => Ok(groups.groups().iter().map(|g| g.members().len()).sum()),
+                // A broker without DescribeGroups (librdkafka's mock cluster): nothing to tell by. Starting
+                // a chain is then safe, if not thrifty: the group never lets two members share a partition.
+                Err(rdkafka::error::KafkaError::GroupListFetch(rdkafka::types::RDKafkaErrorCode::UnsupportedFeature)) => {
+                    tracing::warn!(error_code = "CHAIN_CHECK_UNSUPPORTED", "the broker cannot list group members: a chain is started");
+                    Ok(0)
+                }
+                Err(error) => Err(error.to_string()),
+            }
+        })
+        .await;
+        match members {
+            Ok(Ok(0)) => {}
+            Ok(Ok(_)) => return true,
+            Ok(Err(error)) => {
+                tracing::warn!(error_code = "CHAIN_CHECK_FAILED", mapping = %mapping.uuid(), %error, "cannot tell whether a chain is running: this tick does nothing");
+                return true;
+            }
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
 /// `run --workers N` on a laptop: the same command, without `--workers`, as N-1 more processes of this
 /// binary on the same consumer group (their reports come back on their stdout).
 pub fn spawn_local_workers(extra: u32) -> std::io::Result<Vec<std::process::Child>> {
@@ -306,6 +393,26 @@ mod tests {
 #[cfg(test)]
 mod payload_tests {
     use super::*;
+
+    #[test]
+    fn a_successor_payload_keeps_the_configuration_and_is_told_apart() {
+        let config = serde_json::json!({"Mappings": [{"FunctionName": "f"}]});
+        let successor: Value = serde_json::from_slice(&successor_payload(&config)).unwrap();
+        assert_eq!(split_hand_over(&successor), (config.clone(), true));
+        let scheduled = serde_json::json!({"source": "aws.events", "detail-type": "Scheduled Event"});
+        let successor: Value = serde_json::from_slice(&successor_payload(&scheduled)).unwrap();
+        assert_eq!(successor, serde_json::json!({"RelayHandOver": {}}), "the configuration comes from the environment");
+        assert_eq!(split_hand_over(&successor), (Value::Null, true));
+        assert_eq!(split_hand_over(&config), (config, false));
+    }
+
+    #[test]
+    fn the_successor_starts_a_minute_before_the_run_stops_invoking_or_halfway() {
+        let now = std::time::Instant::now();
+        assert_eq!(hand_over_at(now, now + Duration::from_secs(900)), now + Duration::from_secs(840));
+        assert_eq!(hand_over_at(now, now + Duration::from_secs(60)), now + Duration::from_secs(30));
+        assert_eq!(hand_over_at(now, now), now, "no time left: at once");
+    }
 
     #[test]
     fn a_worker_payload_carries_its_mapping_and_is_told_apart_from_the_schedule() {

@@ -269,3 +269,62 @@ async fn the_coordinator_starts_as_many_workers_as_its_decision_says_through_the
 fn config_of(bootstrap: &str, topic: &str, function: &str, group: &str) -> kafka_lambda_relay::config::RelayConfig {
     config(bootstrap, topic, function, group, serde_json::json!({}))
 }
+
+/// Continuous mode (`RELAY_CONTINUOUS=true`): a run polls until its deadline instead of stopping when idle,
+/// and starts its successor (an `Event` invocation of the relay itself marked as a hand-over) before it
+/// leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_continuous_run_polls_until_its_deadline_and_starts_its_successor_before_it() -> TestResult {
+    use kafka_lambda_relay::invoke::lambda::LambdaInvoker;
+    use kafka_lambda_relay::invoke::server::local_sdk_config;
+    use kafka_lambda_relay::scale::{split_hand_over, RateMemory};
+
+    // Only this test of the file reads these variables.
+    std::env::set_var("RELAY_CONTINUOUS", "true");
+    let h = Harness::start().await?;
+    let (topic, group, function) = (unique("chain"), unique("group"), unique("fn"));
+    h.seed(&topic, 2, 5)?;
+    // A target timeout of 1 s: the run invokes until 4 s before its deadline (1 s and the 3 s margin).
+    h.lambda.register(&function, Duration::from_secs(1), handler(|_| async { Reply::success("{}") }));
+    let successor_at: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let at = successor_at.clone();
+    h.register(
+        "relay",
+        handler(move |_| {
+            at.lock().unwrap().get_or_insert(Instant::now());
+            async { Reply::success("{}") }
+        }),
+    );
+    let cfg = config(h.kafka.bootstrap_servers(), &topic, &function, &group, serde_json::json!({}));
+    let payload = serde_json::json!({ "Mappings": [cfg.mappings[0].clone()] });
+    let starter = LambdaInvoker::new(&local_sdk_config(&h.lambda.endpoint()).await);
+    let rates = RateMemory::default();
+    let event = |payload: serde_json::Value, seconds: u64| {
+        let mut context = lambda_runtime::Context::default();
+        context.deadline = (std::time::SystemTime::now() + Duration::from_secs(seconds)).duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        context.invoked_function_arn = "relay".into();
+        lambda_runtime::LambdaEvent::new(payload, context)
+    };
+
+    let started = Instant::now();
+    // Lambda's deadline in 20 s: the run's deadline is 18 s (leaving and returning the report take 2 s),
+    // it stops invoking at 12 s (the target's 1 s and the 5 s margin), and starts its successor 6 s earlier.
+    let report = kafka_lambda_relay::handler::handle_scaled(event(payload.clone(), 20), &h.services, &starter, &rates)
+        .await
+        .map_err(|e| e.to_string())?;
+    let ended = Instant::now();
+    assert_eq!(report.mappings[0].counts.delivered, 10);
+    assert!(ended - started >= Duration::from_secs(11), "the run polled until it stopped invoking, not until idle: {:?}", ended - started);
+    let successor_at = successor_at.lock().unwrap().ok_or("no successor")?;
+    let lead = ended - successor_at;
+    assert!(lead >= Duration::from_secs(4), "the successor started {lead:?} before the run left");
+    let successors = h.lambda.event_invocations("relay");
+    assert_eq!(successors.len(), 1, "one successor");
+    let (rest, hand_over) = split_hand_over(&serde_json::from_slice(&successors[0].payload)?);
+    assert!(hand_over);
+    assert_eq!(rest, payload, "the successor runs the same configuration");
+
+    // Whether a tick sees a running chain needs DescribeGroups, which the mock cluster lacks: tested on
+    // tansu (e2e_scale.rs).
+    Ok(())
+}

@@ -236,15 +236,14 @@ pub fn hand_over_at(now: std::time::Instant, cutoff: std::time::Instant) -> std:
     cutoff.max(now) - HAND_OVER_LEAD.min(left / 2)
 }
 
-/// Whether a consumer group of the configuration has members now: a continuous chain (or its workers) is
-/// running, so a scheduled tick must not start a second chain. Errors count as "running": a tick that
-/// cannot tell does nothing, and the next tick looks again.
+/// Whether a consumer group of the configuration has live members now (`DescribeGroups`): a continuous
+/// chain (or its workers) is running, so a scheduled tick must not start a second chain. When the brokers
+/// cannot tell (no `DescribeGroups`, as in librdkafka's mock cluster and tansu 0.6, or an error), the answer
+/// is false: a second chain is then possible, which the group protocol keeps safe (a partition is never in
+/// two invocations at once) but which costs a second run; a chain must never fail to start.
 pub async fn chain_running(config: &RelayConfig, secrets: &dyn SecretSource) -> bool {
     for mapping in config.mappings.iter().filter(|m| m.enabled) {
-        let security = match crate::auth::resolve(mapping, secrets).await {
-            Ok(security) => security,
-            Err(_) => return true,
-        };
+        let Ok(security) = crate::auth::resolve(mapping, secrets).await else { continue };
         let (bootstrap, group) = (mapping.bootstrap_servers().join(","), mapping.consumer_group_id());
         let members = tokio::task::spawn_blocking(move || -> Result<usize, String> {
             use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -252,26 +251,18 @@ pub async fn chain_running(config: &RelayConfig, secrets: &dyn SecretSource) -> 
             settings.set("bootstrap.servers", &bootstrap).set("group.id", &group).set("client.id", "kafka-lambda-relay-chain");
             security.apply(&mut settings);
             let consumer: BaseConsumer = settings.create().map_err(|e| e.to_string())?;
-            match consumer.fetch_group_list(Some(&group), Duration::from_secs(10)) {
-                Ok(groups) => Ok(groups.groups().iter().map(|g| g.members().len()).sum()),
-                // A broker without DescribeGroups (librdkafka's mock cluster): nothing to tell by. Starting
-                // a chain is then safe, if not thrifty: the group never lets two members share a partition.
-                Err(rdkafka::error::KafkaError::GroupListFetch(rdkafka::types::RDKafkaErrorCode::UnsupportedFeature)) => {
-                    tracing::warn!(error_code = "CHAIN_CHECK_UNSUPPORTED", "the broker cannot list group members: a chain is started");
-                    Ok(0)
-                }
-                Err(error) => Err(error.to_string()),
-            }
+            let groups = consumer.fetch_group_list(Some(&group), Duration::from_secs(10)).map_err(|e| e.to_string())?;
+            // An "Empty" or "Dead" group has no live member, whatever members it still lists.
+            Ok(groups.groups().iter().filter(|g| !matches!(g.state(), "Empty" | "Dead")).map(|g| g.members().len()).sum())
         })
         .await;
         match members {
             Ok(Ok(0)) => {}
             Ok(Ok(_)) => return true,
             Ok(Err(error)) => {
-                tracing::warn!(error_code = "CHAIN_CHECK_FAILED", mapping = %mapping.uuid(), %error, "cannot tell whether a chain is running: this tick does nothing");
-                return true;
+                tracing::warn!(error_code = "CHAIN_CHECK_FAILED", mapping = %mapping.uuid(), %error, "cannot tell whether a chain is running: starting one");
             }
-            Err(_) => return true,
+            Err(_) => {}
         }
     }
     false

@@ -747,8 +747,9 @@ fn samconfig_example_overrides_name_template_parameters_and_valid_mappings() -> 
     Ok(())
 }
 
-/// Workers are asynchronous invocations of the relay itself: allowed on its own ARN only (no wildcard,
-/// no other function), only when workers are enabled, and its reserved concurrency is the workers' bound.
+/// Workers and a continuous run's successor are asynchronous invocations of the relay itself: allowed on
+/// its own ARN only (no wildcard, no other function), only when workers or continuous mode are enabled, and
+/// its reserved concurrency is the workers' bound.
 #[test]
 fn the_relay_may_invoke_only_itself_to_start_workers_and_its_concurrency_is_maximum_workers() -> TestResult {
     let template = template()?;
@@ -769,12 +770,19 @@ fn the_relay_may_invoke_only_itself_to_start_workers_and_its_concurrency_is_maxi
     };
     assert_eq!((name.as_str(), target.as_str()), ("GetAtt", format!("{function_name}.Arn").as_str()), "only the relay's own ARN");
     assert!(!statement.has_wildcard_resource());
-    let condition = statement.condition.clone().expect("only when workers are enabled");
-    assert!(condition_parameters(&template, &condition).contains("MaximumWorkers"), "{condition}");
+    let condition = statement.condition.clone().expect("only when workers or continuous mode are enabled");
+    let parameters = condition_parameters(&template, &condition);
+    assert!(parameters.contains("MaximumWorkers") && parameters.contains("ContinuousMode"), "{condition}: {parameters:?}");
+    assert_eq!(ref_name(&properties_of(function)["Environment"]["Variables"]["RELAY_CONTINUOUS"]), Some("ContinuousMode"));
+    assert_eq!(template["Parameters"]["ContinuousMode"]["Default"].as_str(), Some("false"), "off by default");
     let properties = &function["Properties"];
     assert_eq!(ref_name(&properties["ReservedConcurrentExecutions"]), Some("MaximumWorkers"));
     assert_eq!(ref_name(&properties["Environment"]["Variables"]["RELAY_MAXIMUM_WORKERS"]), Some("MaximumWorkers"));
     let parameter = &template["Parameters"]["MaximumWorkers"];
     assert_eq!((parameter["MinValue"].as_u64(), parameter["MaxValue"].as_u64()), (Some(1), Some(2000)), "AWS's MaximumPollers range");
     Ok(())
+}
+
+fn properties_of(function: &Value) -> &Value {
+    &function["Properties"]
 }

@@ -328,3 +328,66 @@ async fn a_continuous_run_polls_until_its_deadline_and_starts_its_successor_befo
     // 0.6 answers: `scale::chain_running` is untested here.
     Ok(())
 }
+
+/// Hand-over: a successor that joined the group before its predecessor's run ends takes every partition
+/// over within 2 s of the predecessor leaving (the group is never empty, so no initial rebalance delay and
+/// no session timeout), while records keep arriving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successor_already_in_the_group_consumes_every_partition_within_2_s_of_the_predecessor_leaving() -> TestResult {
+    let h = Arc::new(Harness::start().await?);
+    let (topic, group, function) = (unique("steady"), unique("group"), unique("fn"));
+    const PARTITIONS: i32 = 4;
+    h.kafka.create_topic(&topic, PARTITIONS)?;
+    let arrivals: Arc<Mutex<Vec<(Instant, i32)>>> = Arc::default();
+    let seen = arrivals.clone();
+    h.register(
+        &function,
+        handler(move |invocation| {
+            let now = Instant::now();
+            let mut seen = seen.lock().unwrap();
+            for (p, _) in event_records(&invocation.payload) {
+                seen.push((now, p));
+            }
+            async { Reply::success("{}") }
+        }),
+    );
+    // A steady producer: one record per partition every 50 ms until the test ends.
+    let producing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let producer = {
+        let (h, topic, producing) = (h.clone(), topic.clone(), producing.clone());
+        std::thread::spawn(move || {
+            let mut i = 0i64;
+            while producing.load(Ordering::SeqCst) {
+                h.produce(&topic, PARTITIONS, i, i + 1).expect("produce");
+                i += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let cfg = config(h.kafka.bootstrap_servers(), &topic, &function, &group, serde_json::json!({}));
+    // The mock coordinator ties its rebalance timers to the session timeout (it waits a session timeout
+    // less 1 s for members to rejoin), so the test keeps the fast tier's 1.5 s; the predecessor leaves the
+    // group cleanly, so no session timeout is waited for either way.
+    let predecessor_options = RunOptions { until_idle: false, ..bounded(6) };
+    let successor_options = RunOptions { until_idle: false, ..bounded(12) };
+    let predecessor = async {
+        let report = run_all(&cfg, &h.services, &predecessor_options).await;
+        (report, Instant::now())
+    };
+    let successor = async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        run_all(&cfg, &h.services, &successor_options).await
+    };
+    let ((first, left_at), second) = tokio::join!(predecessor, successor);
+    producing.store(false, Ordering::SeqCst);
+    producer.join().map_err(|_| "producer panicked")?;
+
+    assert!(first.mappings[0].counts.delivered > 0 && second.mappings[0].counts.delivered > 0, "{:?} / {:?}", first.mappings[0], second.mappings[0]);
+    let arrivals = arrivals.lock().unwrap();
+    for p in 0..PARTITIONS {
+        let next = arrivals.iter().filter(|(at, q)| *q == p && *at >= left_at).map(|(at, _)| *at - left_at).min();
+        let gap = next.ok_or(format!("partition {p} was never invoked after the predecessor left"))?;
+        assert!(gap <= Duration::from_secs(2), "partition {p}: first invocation {gap:?} after the predecessor left");
+    }
+    Ok(())
+}

@@ -48,18 +48,23 @@ fn sigkill_at_random_points_loses_nothing_and_redelivers_at_most_the_batches_in_
     std::fs::write(&file, serde_json::to_vec(&config)?)?;
 
     let mut kills = 0;
-    for _ in 0..KILLS {
+    for round in 0..KILLS {
+        let log = dir.path().join(format!("run-{round}.log"));
         let mut child = Command::new(relay_bin())
             .args(["run", "--until-idle", "--target-timeout", "30", "--max-seconds", "120", "--config"])
             .arg(&file)
             .envs(relay_env())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
             .spawn()?;
-        // A random point while records flow (a member killed while it joins would hold the group's next
-        // rebalance up; killed while delivering is the case that matters).
+        // A random point while this run delivers: after its group join (a member killed while it joins can
+        // hold the group's next rebalance up for its whole rebalance timeout), once more records arrive.
+        let joined_by = Instant::now() + Duration::from_secs(90);
+        while !std::fs::read_to_string(&log)?.contains("partitions assigned") && Instant::now() < joined_by && child.try_wait()?.is_none() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let before = received(&topic)?.len();
-        let flowing_by = Instant::now() + Duration::from_secs(60);
+        let flowing_by = Instant::now() + Duration::from_secs(30);
         while received(&topic)?.len() == before && Instant::now() < flowing_by && child.try_wait()?.is_none() {
             std::thread::sleep(Duration::from_millis(20));
         }

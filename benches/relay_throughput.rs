@@ -192,6 +192,10 @@ fn child_relay(bootstrap: &str, topic: &str, records: u64, batch_size: u32, endp
         let total = start.elapsed();
         let counts = report.mappings[0].counts;
         assert_eq!((counts.delivered, counts.committed), (records, records), "every record delivered and committed: {report:?}");
+        if std::env::var_os("BENCH_DEBUG").is_some() {
+            let calls = timing.calls.load(Ordering::SeqCst).max(1);
+            eprintln!("relay: {calls} invocations, mean latency {} us, mean in flight {:.1}", timing.busy_us.load(Ordering::SeqCst) / calls, timing.busy_us.load(Ordering::SeqCst) as f64 / timing.steady().as_micros().max(1) as f64);
+        }
         print_timings(total, timing.steady());
     });
 }
@@ -213,11 +217,13 @@ struct Timing {
     origin: Instant,
     first_sent_us: AtomicI64,
     last_done_us: AtomicI64,
+    busy_us: AtomicI64,
+    calls: AtomicI64,
 }
 
 impl Timing {
     fn new(inner: Arc<dyn Invoke>) -> Self {
-        Self { inner, origin: Instant::now(), first_sent_us: AtomicI64::new(i64::MAX), last_done_us: AtomicI64::new(0) }
+        Self { inner, origin: Instant::now(), first_sent_us: AtomicI64::new(i64::MAX), last_done_us: AtomicI64::new(0), busy_us: AtomicI64::new(0), calls: AtomicI64::new(0) }
     }
 
     fn steady(&self) -> Duration {
@@ -230,7 +236,10 @@ impl Timing {
 impl Invoke for Timing {
     async fn invoke(&self, function_name: &str, payload: Vec<u8>, timeout: Duration) -> InvokeResult {
         self.first_sent_us.fetch_min(self.origin.elapsed().as_micros() as i64, Ordering::SeqCst);
+        let sent = Instant::now();
         let result = self.inner.invoke(function_name, payload, timeout).await;
+        self.busy_us.fetch_add(sent.elapsed().as_micros() as i64, Ordering::SeqCst);
+        self.calls.fetch_add(1, Ordering::SeqCst);
         self.last_done_us.fetch_max(self.origin.elapsed().as_micros() as i64, Ordering::SeqCst);
         result
     }
@@ -257,7 +266,9 @@ fn noop_lambda() {
         let app = axum::Router::new().route(
             "/2015-03-31/functions/{name}/invocations",
             axum::routing::post(|_body: axum::body::Bytes| async { ([("X-Amz-Executed-Version", "$LATEST")], "null") }),
-        );
+        )
+        // Events up to Lambda's 6 MB (axum refuses bodies over 2 MB by default).
+        .layer(axum::extract::DefaultBodyLimit::max(8 << 20));
         use axum::serve::ListenerExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         println!("http://{}", listener.local_addr().expect("address"));

@@ -295,16 +295,23 @@ pub fn consumer_config(
         // Fetching never waits on the relay: librdkafka's defaults make a paused-then-resumed partition,
         // or a full prefetch queue, wait out `fetch.wait.max.ms` (500 ms) and `fetch.queue.backoff.ms`
         // (1 s), which measured as 60-80 % of a busy run's time. The relay's own flow control (by bytes,
-        // per process) decides what is buffered; librdkafka only keeps a small prefetch per consumer.
+        // per process) decides what is buffered; librdkafka keeps a bounded prefetch per consumer.
         .set("fetch.wait.max.ms", "100")
         .set("fetch.queue.backoff.ms", "5")
-        .set("queued.max.messages.kbytes", "8192")
+        .set("queued.max.messages.kbytes", "16384")
         .set("queued.min.messages", "10000")
-        // One fetch response is bounded too (the default is 50 MB), so memory follows the budget.
-        .set("fetch.max.bytes", "8388608")
+        // One fetch response is bounded too (the default is 50 MB), so memory follows the budget. Not
+        // lower: with 8 MB, tansu 0.6.0 stopped answering fetches once the prefetch queue had filled.
+        .set("fetch.max.bytes", "16777216")
         .set("socket.keepalive.enable", "true")
         .set("session.timeout.ms", session_timeout.as_millis().to_string())
         .set("heartbeat.interval.ms", (session_timeout.as_millis() / 3).max(100).to_string());
+    // For measurements: librdkafka settings to try instead (comma-separated key=value).
+    if let Ok(overrides) = std::env::var("RELAY_LIBRDKAFKA_OVERRIDES") {
+        for (key, value) in overrides.split(',').filter_map(|pair| pair.split_once('=')) {
+            config.set(key.trim(), value.trim());
+        }
+    }
     config
 }
 

@@ -79,6 +79,8 @@ struct Driver<'a> {
     last_progress: Instant,
     /// The key of the last record polled: consecutive records mostly share it.
     last_key: Option<PartitionKey>,
+    /// The start of the run, or the last assignment or revocation.
+    last_group_change: Instant,
 }
 
 impl<'a> Driver<'a> {
@@ -127,6 +129,7 @@ impl<'a> Driver<'a> {
             started: Instant::now(),
             last_progress: Instant::now(),
             last_key: None,
+            last_group_change: Instant::now(),
         }
     }
 
@@ -276,6 +279,7 @@ impl<'a> Driver<'a> {
     /// Assignments and revocations the last poll brought.
     fn apply_group_events(&mut self) {
         for event in self.consumer.context().take_events() {
+            self.last_group_change = Instant::now();
             match event {
                 GroupEvent::Assigned(partitions) => {
                     tracing::info!(mapping = %self.context.mapping_uuid, partitions = partitions.len(), "partitions assigned");
@@ -350,6 +354,9 @@ impl<'a> Driver<'a> {
             }
             self.diagnose_client_errors().await;
         }
+        if !self.stopping && !self.ledger.has_partitions() {
+            self.rejoin_if_left_out();
+        }
         if self.stopping || !self.options.until_idle || !self.jobs.is_empty() {
             return false;
         }
@@ -361,6 +368,22 @@ impl<'a> Driver<'a> {
             return false;
         }
         self.ledger.is_idle() && self.caught_up()
+    }
+
+    /// Joins the group anew when this consumer has held nothing for longer than a session: a member that
+    /// died mid-rebalance can leave a coordinator (tansu, seen here) with an assignment that gives this
+    /// consumer nothing and no later rebalance; a fresh join starts one.
+    fn rejoin_if_left_out(&mut self) {
+        if self.last_group_change.elapsed() < self.options.session_timeout + Duration::from_secs(2) {
+            return;
+        }
+        tracing::info!(mapping = %self.context.mapping_uuid, "no partitions for longer than a session: joining the group again");
+        self.last_group_change = Instant::now();
+        let topics: Vec<&str> = self.mapping.topics.iter().map(String::as_str).collect();
+        self.consumer.unsubscribe();
+        if let Err(error) = self.consumer.subscribe(&topics) {
+            tracing::warn!(error_code = "SUBSCRIBE_FAILED", mapping = %self.context.mapping_uuid, %error, "joining the group again failed");
+        }
     }
 
     /// Whether every assigned partition's position reached its high watermark (as of the last fetch).

@@ -347,7 +347,7 @@ pub fn relay_bin() -> PathBuf {
 /// A mapping from `topic` on tansu to `function`, consumer group `group`, TRIM_HORIZON.
 pub fn tansu_mapping(function: &str, topic: &str, group: &str) -> Value {
     json!({
-        "UUID": unique_name("mapping"),
+        "UUID": uuid::Uuid::new_v4().to_string(),
         "FunctionName": function,
         "Topics": [topic],
         "SelfManagedEventSource": {"Endpoints": {"KAFKA_BOOTSTRAP_SERVERS": [tansu()]}},

@@ -949,6 +949,36 @@ fn is_partition_letters(partition: &str) -> bool {
     partition.strip_prefix("aws").is_some_and(|rest| rest.chars().all(|c| c.is_ascii_alphabetic() || c == '-'))
 }
 
+/// Why a run of `run_length` cannot deliver anything to a target whose timeout is `target_timeout`, or `None`
+/// when it can.
+///
+/// An invocation starts only if it can finish before the run ends with `margin` left for the final commit
+/// (the engine's invoke cutoff is `deadline - (target timeout + margin)`); a run shorter than that starts no
+/// invocation at all, so records would wait while the report said nothing was there to do. The sentence
+/// names both lengths and what to change; the engine reports it as a `PROBLEM`, `validate` and
+/// `run --check` as a warning.
+pub fn run_length_problem(run_length: Duration, target_timeout: Duration, margin: Duration) -> Option<String> {
+    if run_length > target_timeout + margin {
+        return None;
+    }
+    Some(format!(
+        "the run lasts {} but the target function's timeout is {} (plus {} kept for the final commit): no invocation can finish within the run, so none is started; make the run longer (--max-seconds, RELAY_MAX_SECONDS or the relay's own Lambda timeout) or the target's timeout shorter",
+        seconds(run_length),
+        seconds(target_timeout),
+        seconds(margin)
+    ))
+}
+
+/// `15 s`, `2.5 s`.
+fn seconds(duration: Duration) -> String {
+    let millis = duration.as_millis();
+    if millis % 1000 == 0 {
+        format!("{} s", millis / 1000)
+    } else {
+        format!("{} s", duration.as_secs_f64())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1359,5 +1389,28 @@ mod tests {
             quote(&"é".repeat(QUOTED_CHARS + 1)),
             format!("{:?}... ({} characters)", "é".repeat(QUOTED_CHARS), QUOTED_CHARS + 1)
         );
+    }
+
+    #[test]
+    fn a_run_shorter_than_the_target_timeout_plus_margin_is_a_problem() {
+        let s = Duration::from_secs;
+        // (run length, target timeout, margin, fits)
+        let table = [
+            (s(900), s(840), s(5), true),
+            (s(15), s(3), s(3), true),
+            (s(15), s(12), s(3), false), // exactly the cutoff: the invoke cutoff is already reached at start
+            (s(15), s(30), s(3), false),
+            (s(15), s(15), s(0), false),
+            (Duration::from_millis(2500), s(1), s(1), true),
+            (s(0), s(1), s(0), false),
+        ];
+        for (run, timeout, margin, fits) in table {
+            assert_eq!(run_length_problem(run, timeout, margin).is_none(), fits, "{run:?} {timeout:?} {margin:?}");
+        }
+        assert_eq!(
+            run_length_problem(s(15), s(30), s(3)).as_deref(),
+            Some("the run lasts 15 s but the target function's timeout is 30 s (plus 3 s kept for the final commit): no invocation can finish within the run, so none is started; make the run longer (--max-seconds, RELAY_MAX_SECONDS or the relay's own Lambda timeout) or the target's timeout shorter")
+        );
+        assert!(run_length_problem(Duration::from_millis(2500), s(3), s(0)).unwrap().starts_with("the run lasts 2.5 s"));
     }
 }

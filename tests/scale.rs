@@ -1,0 +1,109 @@
+//! Where the time goes when one mapping reads thousands of topics (issue 13: 5,000 topics, 20,000
+//! partitions, `run --max-seconds 15` took 125 s). A measurement, not a timed test: run it with
+//! `cargo test --release --test scale -- --ignored --nocapture` (`RELAY_SCALE_TOPICS` sets the topic count,
+//! default 5000). It prints one line per phase of a consumer's life on the in-process mock cluster, using
+//! the relay's own consumer settings and rebalance callback.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kafka_lambda_relay::auth::{ConnectionDiagnostics, KafkaSecurity};
+use kafka_lambda_relay::config::{Mapping, StartingPosition};
+use kafka_lambda_relay::kafka::consumer::{commit, consumer_config, subscribe, GroupEvent, RelayContext};
+use kafka_lambda_relay::kafka::mock::MockKafka;
+use kafka_lambda_relay::kafka::PartitionKey;
+use rdkafka::consumer::Consumer;
+
+type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run with --ignored --nocapture"]
+async fn where_the_time_goes_with_thousands_of_topics() -> TestResult {
+    let topics: usize = std::env::var("RELAY_SCALE_TOPICS").ok().and_then(|v| v.parse().ok()).unwrap_or(5000);
+    let partitions = 4;
+    let clock = Instant::now();
+    let phase = |name: &str, since: Instant| println!("{name:<42} {:>8.2} s", since.elapsed().as_secs_f64());
+
+    let kafka = MockKafka::start(1)?;
+    let names: Vec<String> = (0..topics).map(|i| format!("scale-{i:05}")).collect();
+    for name in &names {
+        kafka.create_topic(name, partitions)?;
+    }
+    phase("create topics on the mock", clock);
+
+    let group = format!("scale-{}", uuid::Uuid::new_v4().simple());
+    let mapping: Mapping = serde_json::from_value(serde_json::json!({
+        "FunctionName": "target",
+        "Topics": names,
+        "StartingPosition": "LATEST",
+        "SelfManagedEventSource": {"Endpoints": {"KAFKA_BOOTSTRAP_SERVERS": [kafka.bootstrap_servers()]}},
+        "SelfManagedKafkaEventSourceConfig": {"ConsumerGroupId": group},
+    }))?;
+    let t = Instant::now();
+    mapping.validate_single()?;
+    phase("validate", t);
+
+    let t = Instant::now();
+    let diagnostics = Arc::new(ConnectionDiagnostics::new(&KafkaSecurity::plaintext(), &mapping));
+    let context = RelayContext::new(StartingPosition::Latest, None, diagnostics);
+    let config = consumer_config(kafka.bootstrap_servers(), &group, StartingPosition::Latest, Duration::from_secs(10));
+    let consumer = subscribe(&config, context, &mapping.topics)?;
+    phase("create consumer and subscribe", t);
+
+    // Poll until the rebalance callback has run (metadata for every topic, JoinGroup, SyncGroup, then the
+    // callback's OffsetFetch and ListOffsets for every partition).
+    let t = Instant::now();
+    let mut assigned = Vec::new();
+    while assigned.is_empty() && t.elapsed() < Duration::from_secs(300) {
+        let _ = tokio::time::timeout(Duration::from_millis(50), consumer.recv()).await;
+        for event in consumer.context().take_events() {
+            if let GroupEvent::Assigned(partitions) = event {
+                assigned.extend(partitions);
+            }
+        }
+    }
+    phase(&format!("join and assign {} partitions", assigned.len()), t);
+    let resolved = assigned.iter().filter(|a| a.start.is_some()).count();
+    println!("{:<42} {resolved} of {}", "starting offsets resolved", assigned.len());
+
+    let t = Instant::now();
+    let offsets = assigned
+        .iter()
+        .filter_map(|a| a.start.map(|s| (PartitionKey::new(a.key.topic.clone(), a.key.partition), (s, String::new()))))
+        .collect();
+    commit(&consumer, &offsets)?;
+    phase("commit every partition's start (one request)", t);
+
+    let t = Instant::now();
+    let mut paused = rdkafka::TopicPartitionList::new();
+    for a in &assigned {
+        paused.add_partition(&a.key.topic, a.key.partition);
+    }
+    consumer.pause(&paused)?;
+    consumer.resume(&paused)?;
+    phase("pause and resume every partition (one call each)", t);
+
+    let t = Instant::now();
+    for a in assigned.iter().take(200) {
+        let _ = kafka_lambda_relay::kafka::consumer::watermarks(&consumer, &a.key);
+    }
+    phase("watermarks of 200 partitions, one by one", t);
+
+    let t = Instant::now();
+    drop(consumer);
+    phase("close (revoke, leave the group)", t);
+    phase("total", clock);
+    assert_eq!(assigned.len(), topics * partitions as usize);
+    Ok(())
+}
+
+/// `validate` on a one-mapping configuration.
+trait ValidateSingle {
+    fn validate_single(&self) -> Result<(), kafka_lambda_relay::config::ConfigError>;
+}
+
+impl ValidateSingle for Mapping {
+    fn validate_single(&self) -> Result<(), kafka_lambda_relay::config::ConfigError> {
+        kafka_lambda_relay::config::RelayConfig { mappings: vec![self.clone()] }.validate()
+    }
+}

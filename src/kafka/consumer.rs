@@ -500,3 +500,64 @@ pub fn watermarks(consumer: &RelayConsumer, key: &PartitionKey) -> Option<(i64, 
     }
     consumer.fetch_watermarks(&key.topic, key.partition, GROUP_CALL_TIMEOUT).ok()
 }
+
+/// The error code the report gives a mapping with partitions whose starting position could not be resolved.
+pub const STARTING_POSITION_UNRESOLVED: &str = "STARTING_POSITION_UNRESOLVED";
+
+/// The `PROBLEM` sentence for assigned partitions whose starting position could not be resolved, or `None`
+/// when every start is known. Those partitions were not consumed: nothing of them was skipped, and the next
+/// run (or a rebalance) tries again.
+pub fn unresolved_start_problem(assigned: &[AssignedPartition]) -> Option<String> {
+    let unresolved: Vec<&AssignedPartition> = assigned.iter().filter(|a| a.unresolved_start.is_some()).collect();
+    let first = unresolved.first()?;
+    let mut names: Vec<String> = unresolved.iter().take(5).map(|a| a.key.to_string()).collect();
+    if unresolved.len() > names.len() {
+        names.push(format!("and {} more", unresolved.len() - names.len()));
+    }
+    Some(format!(
+        "the starting position of {} partition(s) ({}) could not be resolved ({}); they were not consumed, so nothing was skipped, and the next run tries again",
+        unresolved.len(),
+        names.join(", "),
+        first.unresolved_start.as_deref().unwrap_or_default()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn partition(p: i32, unresolved: Option<&str>) -> AssignedPartition {
+        AssignedPartition {
+            key: PartitionKey::new("orders", p),
+            committed: None,
+            retry: None,
+            start: unresolved.is_none().then_some(10),
+            unresolved_start: unresolved.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn unresolved_starts_make_one_problem_sentence_naming_the_partitions() {
+        assert_eq!(unresolved_start_problem(&[partition(0, None)]), None);
+        let reason = "LIST_OFFSETS_FAILED: the starting offset lookup failed 5 time(s): Broker: Unknown topic or partition";
+        let assigned: Vec<AssignedPartition> =
+            (0..8).map(|p| partition(p, (p != 1).then_some(reason))).collect();
+        assert_eq!(
+            unresolved_start_problem(&assigned).as_deref(),
+            Some(
+                "the starting position of 7 partition(s) (orders-0, orders-2, orders-3, orders-4, orders-5, and 2 more) could not be resolved (LIST_OFFSETS_FAILED: the starting offset lookup failed 5 time(s): Broker: Unknown topic or partition); they were not consumed, so nothing was skipped, and the next run tries again"
+            )
+        );
+    }
+
+    #[test]
+    fn start_lookup_backs_off_doubling_within_its_budget() {
+        let lookup = StartLookup { attempts: 4, initial_backoff: Duration::from_millis(100), budget: Duration::from_secs(60) };
+        let deadline = Instant::now() + lookup.budget;
+        let waits: Vec<Option<Duration>> = (0..5).map(|a| lookup.wait_before(a, deadline)).collect();
+        let ms = |n| Some(Duration::from_millis(n));
+        assert_eq!(waits, vec![ms(0), ms(100), ms(200), ms(400), None]);
+        // A wait that would end past the deadline is not taken.
+        assert_eq!(lookup.wait_before(3, Instant::now() + Duration::from_millis(300)), None);
+    }
+}

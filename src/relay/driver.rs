@@ -356,8 +356,9 @@ impl<'a> Driver<'a> {
             return false;
         }
         if !self.ledger.has_partitions() {
-            if self.started.elapsed() > self.options.assignment_wait {
-                self.problem = Some(Problem::NoPartitions);
+            // Partitions assigned but not consumable (their start is unknown) leave nothing to wait for.
+            if matches!(self.problem, Some(Problem::StartingPosition(_))) || self.started.elapsed() > self.options.assignment_wait {
+                self.problem.get_or_insert(Problem::NoPartitions);
                 return true;
             }
             return false;

@@ -972,7 +972,7 @@ pub fn run_length_problem(run_length: Duration, target_timeout: Duration, margin
 /// `15 s`, `2.5 s`.
 fn seconds(duration: Duration) -> String {
     let millis = duration.as_millis();
-    if millis % 1000 == 0 {
+    if millis.is_multiple_of(1000) {
         format!("{} s", millis / 1000)
     } else {
         format!("{} s", duration.as_secs_f64())

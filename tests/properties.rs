@@ -10,7 +10,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use kafka_lambda_relay::auth::{ConnectionDiagnostics, SecretError, SecretSource};
-use kafka_lambda_relay::config::{destination_kind, ConfigError, FilterCriteria, Mapping, RelayConfig, StartingPosition};
+use kafka_lambda_relay::config::{
+    destination_kind, ConfigError, FilterCriteria, Mapping, RelayConfig, StartingPosition,
+};
 use kafka_lambda_relay::filter::{Filters, Pattern};
 use kafka_lambda_relay::invoke::InvokeResult;
 use kafka_lambda_relay::kafka::consumer::{consumer_config, subscribe, RelayContext};
@@ -142,9 +144,18 @@ fn mapping_json() -> impl Strategy<Value = Value> {
         function_name(),
         vec(topic(), 0..4),
         vec(bootstrap_server(), 0..3),
-        prop_oneof![Just(json!("LATEST")), Just(json!("TRIM_HORIZON")), Just(json!("AT_TIMESTAMP")), Just(Value::Null), Just(json!("BOGUS"))],
+        prop_oneof![
+            Just(json!("LATEST")),
+            Just(json!("TRIM_HORIZON")),
+            Just(json!("AT_TIMESTAMP")),
+            Just(Value::Null),
+            Just(json!("BOGUS"))
+        ],
         proptest::option::of(prop_oneof![Just(json!(1_700_000_000)), Just(json!(-5)), Just(json!(1.5))]),
-        proptest::option::of(prop_oneof!["[a-zA-Z0-9._-]{1,30}".prop_map(Value::from), nasty_string().prop_map(Value::from)]),
+        proptest::option::of(prop_oneof![
+            "[a-zA-Z0-9._-]{1,30}".prop_map(Value::from),
+            nasty_string().prop_map(Value::from)
+        ]),
         proptest::option::of(prop_oneof![
             Just(Value::from(uuid::Uuid::new_v4().to_string())),
             nasty_string().prop_map(Value::from)
@@ -200,8 +211,17 @@ fn mapping_json() -> impl Strategy<Value = Value> {
 /// A valid mapping with one field set to any value.
 fn randomly_spoiled_mapping() -> impl Strategy<Value = Value> {
     let fields = proptest::sample::select(vec![
-        "UUID", "FunctionName", "Topics", "SelfManagedEventSource", "SelfManagedKafkaEventSourceConfig", "BatchSize",
-        "StartingPosition", "FilterCriteria", "DestinationConfig", "SourceAccessConfigurations", "EventSourceArn",
+        "UUID",
+        "FunctionName",
+        "Topics",
+        "SelfManagedEventSource",
+        "SelfManagedKafkaEventSourceConfig",
+        "BatchSize",
+        "StartingPosition",
+        "FilterCriteria",
+        "DestinationConfig",
+        "SourceAccessConfigurations",
+        "EventSourceArn",
     ]);
     let value = prop_oneof![
         nasty_string().prop_map(Value::from),
@@ -243,7 +263,9 @@ impl SecretSource for Credentials {
 
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RUNTIME.get_or_init(|| tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime"))
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime")
+    })
 }
 
 /// The checks `run` makes on a mapping after `validate` and before consuming (src/relay `run_mapping`):
@@ -258,7 +280,8 @@ fn run_accepts(mapping: &Mapping) -> Result<(), String> {
         destination_kind(arn).ok_or_else(|| format!("destination {arn:?}"))?;
     }
     runtime().block_on(async {
-        let security = kafka_lambda_relay::auth::resolve(mapping, &Credentials).await.map_err(|e| format!("auth: {e}"))?;
+        let security =
+            kafka_lambda_relay::auth::resolve(mapping, &Credentials).await.map_err(|e| format!("auth: {e}"))?;
         let position = mapping.starting_position.unwrap_or(StartingPosition::Latest);
         let mut config = consumer_config(
             &mapping.bootstrap_servers().join(","),
@@ -323,7 +346,8 @@ proptest! {
 fn validate_and_run_agree_on_a_corpus_of_generated_configurations() {
     use proptest::strategy::ValueTree;
     use proptest::test_runner::{RngAlgorithm, TestRng, TestRunner};
-    let mut runner = TestRunner::new_with_rng(ProptestConfig::default(), TestRng::from_seed(RngAlgorithm::ChaCha, &[13; 32]));
+    let mut runner =
+        TestRunner::new_with_rng(ProptestConfig::default(), TestRng::from_seed(RngAlgorithm::ChaCha, &[13; 32]));
     let (mut accepted, mut refused) = (0, 0);
     for i in 0..240 {
         let value = if i % 2 == 0 {
@@ -337,7 +361,10 @@ fn validate_and_run_agree_on_a_corpus_of_generated_configurations() {
             Err(error) => panic!("configuration {i}: {error}"),
         }
         if i % 2 == 0 {
-            assert!(RelayConfig::parse_valid(&value.to_string()).is_ok(), "configuration {i} uses only values AWS accepts: {value}");
+            assert!(
+                RelayConfig::parse_valid(&value.to_string()).is_ok(),
+                "configuration {i} uses only values AWS accepts: {value}"
+            );
         }
     }
     assert!(accepted >= 100 && refused >= 100, "accepted {accepted}, refused {refused}");
@@ -378,7 +405,8 @@ fn valid_mapping(seed: usize) -> impl Strategy<Value = Value> {
                 m["DestinationConfig"] = json!({"OnFailure": {"Destination": destination}});
             }
             if let Some(kind) = sasl {
-                m["SourceAccessConfigurations"] = json!([{"Type": kind, "URI": "arn:aws:secretsmanager:us-east-1:123456789012:secret:kafka-AbCdEf"}]);
+                m["SourceAccessConfigurations"] =
+                    json!([{"Type": kind, "URI": "arn:aws:secretsmanager:us-east-1:123456789012:secret:kafka-AbCdEf"}]);
             }
             m
         })
@@ -411,7 +439,15 @@ fn spoiled_mapping(seed: usize) -> impl Strategy<Value = Value> {
 // --- the function response and item identifiers ---------------------------------------------------------
 
 fn record(topic: &str, partition: i32, offset: i64) -> Record {
-    Record::new(PartitionKey::new(topic, partition), offset, 0, TimestampType::CreateTime, None, Some(b"v".to_vec()), vec![])
+    Record::new(
+        PartitionKey::new(topic, partition),
+        offset,
+        0,
+        TimestampType::CreateTime,
+        None,
+        Some(b"v".to_vec()),
+        vec![],
+    )
 }
 
 /// A batch: distinct (topic, partition, offset) records over two topics and three partitions.
@@ -513,7 +549,7 @@ fn six_megabyte_responses_are_parsed_and_refused_with_short_reasons() {
     let mut size = 0;
     while size < 6 * 1024 * 1024 - 1024 {
         let r = &records[8 + failures.len() % (records.len() - 8)];
-        let id = identifier(r, failures.len() % 2 == 0, true).to_string();
+        let id = identifier(r, failures.len().is_multiple_of(2), true).to_string();
         size += id.len() + 1;
         failures.push(id);
     }
@@ -540,7 +576,15 @@ fn six_megabyte_responses_are_parsed_and_refused_with_short_reasons() {
 // --- filter patterns --------------------------------------------------------------------------------------
 
 fn value_record(value: &Value) -> Record {
-    Record::new(PartitionKey::new("t", 0), 7, 1_700_000_000_000, TimestampType::CreateTime, Some(b"k".to_vec()), Some(value.to_string().into_bytes()), vec![])
+    Record::new(
+        PartitionKey::new("t", 0),
+        7,
+        1_700_000_000_000,
+        TimestampType::CreateTime,
+        Some(b"k".to_vec()),
+        Some(value.to_string().into_bytes()),
+        vec![],
+    )
 }
 
 fn matches(pattern: &Value, record: &Record) -> bool {

@@ -79,7 +79,8 @@ async fn where_the_time_goes_with_thousands_of_topics() -> TestResult {
     let t = Instant::now();
     let diagnostics = Arc::new(ConnectionDiagnostics::new(&KafkaSecurity::plaintext(), &mapping));
     let context = RelayContext::new(StartingPosition::Latest, None, diagnostics);
-    let mut config = consumer_config(kafka.bootstrap_servers(), &group, StartingPosition::Latest, Duration::from_secs(10));
+    let mut config =
+        consumer_config(kafka.bootstrap_servers(), &group, StartingPosition::Latest, Duration::from_secs(10));
     if auto_create {
         config.set("allow.auto.create.topics", "true");
     }

@@ -16,8 +16,8 @@ use kafka_lambda_relay::kafka::consumer::{
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
-use rdkafka::types::RDKafkaApiKey;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::types::RDKafkaApiKey;
 use rdkafka::types::RDKafkaRespErr;
 
 type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
@@ -32,8 +32,11 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> TestResult<Self> {
-        let producer: BaseProducer =
-            ClientConfig::new().set("test.mock.num.brokers", "1").set("linger.ms", "1").set("log_level", "3").create()?;
+        let producer: BaseProducer = ClientConfig::new()
+            .set("test.mock.num.brokers", "1")
+            .set("linger.ms", "1")
+            .set("log_level", "3")
+            .create()?;
         // SAFETY: the mock cluster belongs to `producer`, alive for this call. A group's first join would
         // otherwise wait 3 s for more members.
         unsafe {
@@ -66,7 +69,11 @@ impl Cluster {
     /// The next `count` ListOffsets requests fail with a non-retriable broker error.
     fn fail_list_offsets(&self, count: usize) -> TestResult {
         let errors = vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN; count];
-        self.producer.client().mock_cluster().ok_or("a mock cluster")?.request_errors(RDKafkaApiKey::ListOffsets, &errors);
+        self.producer
+            .client()
+            .mock_cluster()
+            .ok_or("a mock cluster")?
+            .request_errors(RDKafkaApiKey::ListOffsets, &errors);
         Ok(())
     }
 

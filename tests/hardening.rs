@@ -1,7 +1,7 @@
 //! The engine reports what it cannot do instead of looking idle (issue 13): a run too short for one
 //! invocation, and partitions whose starting position could not be resolved.
 
-mod support;
+mod common;
 
 use std::time::{Duration, Instant};
 
@@ -11,14 +11,14 @@ use kafka_lambda_relay::relay::RunOptions;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use support::{committed_offsets, config, unique, until_idle, Harness, TestResult};
+use common::{committed_offsets, config, unique_name, until_idle, Harness, TestResult};
 
 // Defect (issue 13): a run shorter than the target's timeout started no invocation and reported
 // "No records processed", state Enabled, exit 0, while records waited.
 #[tokio::test]
 async fn a_run_shorter_than_the_target_timeout_is_a_problem_naming_both() -> TestResult {
     let h = Harness::start().await?;
-    let (topic, function, group) = (unique("short"), unique("fn"), unique("group"));
+    let (topic, function, group) = (unique_name("short"), unique_name("fn"), unique_name("group"));
     h.seed(&topic, 1, 5)?;
     h.register(&function, echo_success());
     let config = config(h.kafka.bootstrap_servers(), &topic, &function, &group, serde_json::json!({}));
@@ -44,7 +44,7 @@ async fn a_run_shorter_than_the_target_timeout_is_a_problem_naming_both() -> Tes
 }
 
 /// A mock cluster of its own whose ListOffsets can be made to fail (the harness's cluster cannot).
-fn failing_cluster(topic: &str) -> Result<(BaseProducer, String), Box<dyn std::error::Error>> {
+fn failing_cluster(topic: &str) -> TestResult<(BaseProducer, String)> {
     let producer: BaseProducer = ClientConfig::new().set("test.mock.num.brokers", "1").set("log_level", "3").create()?;
     // SAFETY: the mock cluster belongs to `producer`, alive for this call; no 3 s first-join delay.
     unsafe {
@@ -73,7 +73,7 @@ fn produce(producer: &BaseProducer, topic: &str, count: usize) -> TestResult {
 #[tokio::test]
 async fn an_unresolved_starting_position_is_reported_and_no_record_after_the_start_is_skipped() -> TestResult {
     let h = Harness::start().await?;
-    let (topic, function, group) = (unique("start"), unique("fn"), unique("group"));
+    let (topic, function, group) = (unique_name("start"), unique_name("fn"), unique_name("group"));
     let (producer, bootstrap) = failing_cluster(&topic)?;
     h.register(&function, echo_success());
     produce(&producer, &topic, 3)?;
@@ -95,12 +95,12 @@ async fn an_unresolved_starting_position_is_reported_and_no_record_after_the_sta
     assert!(report.has_errors());
     assert!(started.elapsed() < Duration::from_secs(15), "the run ends instead of waiting for partitions it cannot read");
     producer.client().mock_cluster().ok_or("a mock cluster")?.clear_request_errors(RDKafkaApiKey::ListOffsets);
-    assert_eq!(committed_offsets(&bootstrap, &group, &topic, 2), vec![None, None], "no start was committed");
+    assert_eq!(committed_offsets(&bootstrap, &group, &topic, 2)?, vec![None, None], "no start was committed");
 
     // Run 2: the lookup works; the start (the log end, 3) is committed although nothing arrived.
     let report = run_all(&latest, &h.services, &until_idle()).await;
     assert_eq!(report.mappings[0].error_code, None, "{}", report.mappings[0].last_processing_result);
-    assert_eq!(committed_offsets(&bootstrap, &group, &topic, 2), vec![Some(3), Some(3)], "{}", serde_json::to_string(&report)?);
+    assert_eq!(committed_offsets(&bootstrap, &group, &topic, 2)?, vec![Some(3), Some(3)], "{}", serde_json::to_string(&report)?);
 
     // Run 3: everything produced after the start is delivered.
     produce(&producer, &topic, 2)?;
@@ -109,6 +109,6 @@ async fn an_unresolved_starting_position_is_reported_and_no_record_after_the_sta
     let mut delivered = h.delivered(&function);
     delivered.sort();
     assert_eq!(delivered, vec![(0, 3), (0, 4), (1, 3), (1, 4)]);
-    assert_eq!(committed_offsets(&bootstrap, &group, &topic, 2), vec![Some(5), Some(5)]);
+    assert_eq!(committed_offsets(&bootstrap, &group, &topic, 2)?, vec![Some(5), Some(5)]);
     Ok(())
 }

@@ -258,9 +258,13 @@ fn noop_lambda() {
             "/2015-03-31/functions/{name}/invocations",
             axum::routing::post(|_body: axum::body::Bytes| async { ([("X-Amz-Executed-Version", "$LATEST")], "null") }),
         );
+        use axum::serve::ListenerExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         println!("http://{}", listener.local_addr().expect("address"));
-        axum::serve(listener, app.into_make_service()).tcp_nodelay(true).await.expect("serve");
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        axum::serve(listener, app.into_make_service()).await.expect("serve");
     });
 }
 

@@ -278,6 +278,7 @@ impl<'a> Driver<'a> {
         for event in self.consumer.context().take_events() {
             match event {
                 GroupEvent::Assigned(partitions) => {
+                    tracing::info!(mapping = %self.context.mapping_uuid, partitions = partitions.len(), "partitions assigned");
                     // Partitions whose start is unknown are not in the consumer's assignment: reported, not
                     // waited for.
                     if let Some(sentence) = consumer::unresolved_start_problem(&partitions) {
@@ -286,10 +287,13 @@ impl<'a> Driver<'a> {
                     }
                     partitions.into_iter().filter(|p| p.unresolved_start.is_none()).for_each(|p| self.ledger.assigned(p));
                 }
-                GroupEvent::Revoked(keys) => keys.iter().for_each(|k| {
-                    self.ledger.revoked(k);
-                    self.consumer.context().forget(k);
-                }),
+                GroupEvent::Revoked(keys) => {
+                    tracing::info!(mapping = %self.context.mapping_uuid, partitions = keys.len(), "partitions revoked");
+                    keys.iter().for_each(|k| {
+                        self.ledger.revoked(k);
+                        self.consumer.context().forget(k);
+                    });
+                }
             }
         }
     }

@@ -87,6 +87,17 @@ fn load_config(path: Option<&PathBuf>) -> Result<RelayConfig, kafka_lambda_relay
     Ok(config)
 }
 
+/// `validate` and `run --check`: a run length and target timeout that are both known and leave no room for
+/// one invocation are worth a warning before any run reports it as a problem.
+fn warn_if_the_run_cannot_fit_an_invocation(run_length: Option<Duration>, target_timeout: Option<Duration>) {
+    let margin = kafka_lambda_relay::relay::RunOptions::default().margin;
+    if let (Some(run_length), Some(target_timeout)) = (run_length, target_timeout) {
+        if let Some(problem) = kafka_lambda_relay::config::run_length_problem(run_length, target_timeout, margin) {
+            eprintln!("warning: {problem}");
+        }
+    }
+}
+
 /// Flips to true on Ctrl-C or SIGTERM so runs finish in-flight work, commit and leave their groups.
 fn stop_signal() -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
@@ -120,6 +131,10 @@ async fn main() -> ExitCode {
             init_tracing(false);
             match load_config(config.as_ref()) {
                 Ok(config) => {
+                    warn_if_the_run_cannot_fit_an_invocation(
+                        app::env_seconds("RELAY_MAX_SECONDS"),
+                        app::env_seconds("RELAY_TARGET_TIMEOUT_SECONDS"),
+                    );
                     println!("valid: {} mapping(s)", config.mappings.len());
                     ExitCode::SUCCESS
                 }
@@ -141,6 +156,10 @@ async fn main() -> ExitCode {
             let sdk_config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
             let services = app::aws_services(&sdk_config);
             if check {
+                warn_if_the_run_cannot_fit_an_invocation(
+                    max_seconds.map(Duration::from_secs).or_else(|| app::env_seconds("RELAY_MAX_SECONDS")),
+                    target_timeout.map(Duration::from_secs).or_else(|| app::env_seconds("RELAY_TARGET_TIMEOUT_SECONDS")),
+                );
                 let (report, failed) = app::check_all(&config, &services).await;
                 println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));
                 return if failed { ExitCode::from(1) } else { ExitCode::SUCCESS };

@@ -136,7 +136,7 @@ fn assert_record(
     assert_eq!(info["payloadSize"], given_up.payload.len());
     match given_up.event_source_arn {
         Some(arn) => assert_eq!(info["eventSourceArn"], arn),
-        None => assert_eq!(info.get("eventSourceArn"), None),
+        None => assert_eq!(info.get("eventSourceArn"), Some(&serde_json::Value::Null)),
     }
     let first = &given_up.records[0];
     let last = given_up.records.iter().rfind(|r| r.key_partition == first.key_partition).ok_or("a last record")?;

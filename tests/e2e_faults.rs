@@ -188,7 +188,7 @@ fn a_broker_that_goes_away_ends_the_run_by_its_deadline_with_commit_failed_and_t
     let lambda = runtime.block_on(LocalLambda::start())?;
     lambda.register("slow", Duration::from_secs(3), handler(|_| async { Reply::success("{}").after(Duration::from_millis(20)) }));
     let mapping = json!({
-        "UUID": unique_name("mapping"), "FunctionName": "slow", "Topics": [topic], "StartingPosition": "TRIM_HORIZON",
+        "UUID": uuid::Uuid::new_v4().to_string(), "FunctionName": "slow", "Topics": [topic], "StartingPosition": "TRIM_HORIZON",
         "SelfManagedEventSource": {"Endpoints": {"KAFKA_BOOTSTRAP_SERVERS": [broker.bootstrap()]}},
         "SelfManagedKafkaEventSourceConfig": {"ConsumerGroupId": group}, "BatchSize": 10
     });

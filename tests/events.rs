@@ -40,7 +40,11 @@ fn several_mappings_event_is_a_valid_config_using_every_delivery_setting() -> Te
     let uuids: Vec<String> = config.mappings.iter().map(|m| m.uuid()).collect();
     assert_eq!(
         uuids,
-        vec!["orders-to-billing", "payments-audit", "clickstream-sampler"]
+        vec![
+            "6d2a0c1e-3f4b-4a5c-9d8e-7f6a5b4c3d21",
+            "0b9c8d7e-6f5a-4b3c-8d2e-1f0a9b8c7d62",
+            "f1e2d3c4-b5a6-4978-8a9b-0c1d2e3f4a53"
+        ]
     );
 
     let billing = &config.mappings[0];

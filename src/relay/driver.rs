@@ -285,7 +285,13 @@ impl<'a> Driver<'a> {
             match event {
                 GroupEvent::Assigned(partitions) => {
                     tracing::info!(mapping = %self.context.mapping_uuid, partitions = partitions.len(), "partitions assigned");
-                    partitions.into_iter().for_each(|p| self.ledger.assigned(p));
+                    // Partitions whose start is unknown are not in the consumer's assignment: reported, not
+                    // waited for.
+                    if let Some(sentence) = consumer::unresolved_start_problem(&partitions) {
+                        tracing::error!(error_code = "STARTING_POSITION_UNRESOLVED", mapping = %self.context.mapping_uuid, %sentence, "partitions not consumed");
+                        self.problem.get_or_insert(Problem::StartingPosition(sentence));
+                    }
+                    partitions.into_iter().filter(|p| p.unresolved_start.is_none()).for_each(|p| self.ledger.assigned(p));
                 }
                 GroupEvent::Revoked(keys) => {
                     tracing::info!(mapping = %self.context.mapping_uuid, partitions = keys.len(), "partitions revoked");
@@ -363,8 +369,9 @@ impl<'a> Driver<'a> {
             return false;
         }
         if !self.ledger.has_partitions() {
-            if self.started.elapsed() > self.options.assignment_wait {
-                self.problem = Some(Problem::NoPartitions);
+            // Partitions assigned but not consumable (their start is unknown) leave nothing to wait for.
+            if matches!(self.problem, Some(Problem::StartingPosition(_))) || self.started.elapsed() > self.options.assignment_wait {
+                self.problem.get_or_insert(Problem::NoPartitions);
                 return true;
             }
             return false;

@@ -529,7 +529,7 @@ mod tests {
     }
 
     fn assign(l: &mut Ledger, p: i32, committed: Option<i64>) {
-        l.assigned(AssignedPartition { key: key(p), committed, retry: None, start: None });
+        l.assigned(AssignedPartition { key: key(p), committed, retry: None, start: None, unresolved_start: None });
     }
 
     fn record(p: i32, offset: i64) -> Record {

@@ -160,6 +160,10 @@ pub enum Problem {
     /// The group assigned this consumer nothing while the run waited.
     #[error("no partitions were assigned to this consumer; another consumer of the group may hold them")]
     NoPartitions,
+    /// Assigned partitions whose starting position could not be resolved were not consumed (the sentence of
+    /// [`consumer::unresolved_start_problem`]).
+    #[error("{0}")]
+    StartingPosition(String),
     /// The group did not take the final commit before the deadline.
     #[error("the final commit failed ({reason}); the group keeps its older offsets and the next run delivers those records again")]
     FinalCommit {
@@ -174,6 +178,9 @@ impl Problem {
         match self {
             Problem::Cannot { code, .. } => ("Failed", Some(*code), format!("PROBLEM: {self}")),
             Problem::NoPartitions => ("Enabled", None, format!("PROBLEM: {self}")),
+            Problem::StartingPosition(_) => {
+                ("Enabled", Some(ErrorCode::StartingPositionUnresolved), format!("PROBLEM: {self}"))
+            }
             Problem::FinalCommit { .. } => ("Enabled", Some(ErrorCode::CommitFailed), format!("PROBLEM: {self}")),
         }
     }
@@ -226,6 +233,13 @@ async fn prepare(mapping: &Mapping, services: &Services, options: &RunOptions) -
                 function.timeout.as_secs()
             ),
         ));
+    }
+    if let Some(deadline) = options.deadline {
+        // A run that cannot fit one invocation would start none and report nothing to do while records wait.
+        let run_length = deadline.saturating_duration_since(Instant::now());
+        if let Some(sentence) = crate::config::run_length_problem(run_length, function.timeout, options.margin) {
+            return Err(Problem::cannot(ErrorCode::RunShorterThanTargetTimeout, sentence));
+        }
     }
     let sink = match mapping.destination() {
         Some(arn) => Some((services.sinks)(arn).map_err(|error| {

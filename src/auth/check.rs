@@ -125,7 +125,7 @@ pub async fn check_with_timeout(
 }
 
 fn check_blocking(mapping: &Mapping, security: &KafkaSecurity, timeout: Duration) -> Result<CheckReport, CheckError> {
-    let bootstrap_servers = mapping.bootstrap_servers().join(",");
+    let bootstrap_servers = security.bootstrap_servers_for(mapping);
     let group = mapping.consumer_group_id();
     let diagnostics = Arc::new(ConnectionDiagnostics::new(security, mapping));
     let timeout_ms = timeout.as_millis().max(1000).to_string();
@@ -141,6 +141,8 @@ fn check_blocking(mapping: &Mapping, security: &KafkaSecurity, timeout: Duration
     let consumer: BaseConsumer<DiagnosingContext> = config
         .create_with_context(DiagnosingContext::new(diagnostics.clone()))
         .map_err(|error| diagnostics.creation_error(&error))?;
+    // Before the first metadata request: nothing polls this consumer until then.
+    super::msk::set_initial_token(consumer.client(), diagnostics.msk_iam())?;
 
     let deadline = Instant::now() + timeout;
     let waiter = Waiter {

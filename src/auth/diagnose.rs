@@ -85,6 +85,8 @@ pub struct ConnectionDiagnostics {
     /// Secret values to strip from librdkafka text (kept only for redaction).
     redactions: Vec<String>,
     observed: Mutex<Observed>,
+    /// The OAUTHBEARER token source of an MSK mapping using IAM, for the client context's token refresh.
+    msk_iam: Option<Arc<super::msk::MskIamAuth>>,
 }
 
 impl std::fmt::Debug for ConnectionDiagnostics {
@@ -108,6 +110,22 @@ impl ConnectionDiagnostics {
             redactions: security.secret_fragments(),
             security: security.clone(),
             observed: Mutex::new(Observed::default()),
+            msk_iam: security.msk_iam().cloned(),
+        }
+    }
+
+    /// The MSK IAM token source when the mapping authenticates with IAM: a client context's
+    /// `generate_oauth_token` answers from it (as [`DiagnosingContext`] does), and
+    /// [`super::msk::set_initial_token`] sets the first token right after the client is created.
+    pub fn msk_iam(&self) -> Option<&super::msk::MskIamAuth> {
+        self.msk_iam.as_deref()
+    }
+
+    /// An OAUTHBEARER token for librdkafka's refresh (synchronous, never blocks; see [`super::msk`]).
+    pub fn oauth_token(&self) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        match &self.msk_iam {
+            Some(auth) => auth.oauth_token(),
+            None => Err("no OAUTHBEARER token source: only MSK mappings authenticating with IAM use OAUTHBEARER".into()),
         }
     }
 
@@ -252,6 +270,22 @@ fn classify(subject: &Subject, code: Option<RDKafkaErrorCode>, text: &str) -> Op
         _ if has("cluster authorization failed") || has("cluster_authorization_failed") => Some("cluster"),
         _ => None,
     };
+    if let (Some(resource), Some(iam)) = (authz, &security.msk_iam) {
+        let actions = match resource {
+            "topic" => "kafka-cluster:DescribeTopic and kafka-cluster:ReadData on the topic ARN(s)",
+            "group" => "kafka-cluster:DescribeGroup and kafka-cluster:AlterGroup on the group ARN",
+            _ => "kafka-cluster:Connect and kafka-cluster:DescribeClusterDynamicConfiguration on the cluster ARN",
+        };
+        return Some(Finding::settled(
+            Rank::Specific,
+            AuthError::authz(format!(
+                "Cluster failed to authorize Lambda: {resource} authorization failed for the function's IAM role on MSK cluster {:?}; allow {actions} in the role's policy (topics {}, consumer group {:?}; template parameter MskClusterArns) ({detail})",
+                iam.cluster_arn,
+                subject.topics.join(", "),
+                subject.group
+            )),
+        ));
+    }
     if let Some(resource) = authz {
         let principal = match (&security.sasl, &security.client_certificate_arn) {
             (Some(sasl), _) => format!("user {:?}", sasl.username),
@@ -283,6 +317,24 @@ fn classify(subject: &Subject, code: Option<RDKafkaErrorCode>, text: &str) -> Op
             || has("sasl authentication error")
             || has("sasl authentication failed")
             || has("invalid credentials");
+    if let (true, Some(iam)) = (sasl_failed, &security.msk_iam) {
+        if has("access denied") || has("not authorized") || has("accessdenied") {
+            return Some(Finding::settled(
+                Rank::Specific,
+                AuthError::authz(format!(
+                    "Cluster failed to authorize Lambda: {broker} accepted the IAM signature but the function's role may not connect to MSK cluster {:?}; allow kafka-cluster:Connect on the cluster ARN in the role's policy ({detail})",
+                    iam.cluster_arn
+                )),
+            ));
+        }
+        return Some(Finding::settled(
+            Rank::Specific,
+            AuthError::authn(format!(
+                "SASL authentication failed: {broker} rejected the MSK IAM token (SASL/OAUTHBEARER, signed for region {:?}); check that IAM access control is on for cluster {:?}, that the function's role credentials are valid and the clock is right ({detail})",
+                iam.region, iam.cluster_arn
+            )),
+        ));
+    }
     if sasl_failed {
         let fix = match &security.sasl {
             Some(sasl) => format!(
@@ -496,6 +548,16 @@ impl DiagnosingContext {
 }
 
 impl ClientContext for DiagnosingContext {
+    /// MSK IAM mappings authenticate with SASL/OAUTHBEARER; for every other client librdkafka never asks.
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        _oauthbearer_config: Option<&str>,
+    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        self.diagnostics.oauth_token()
+    }
+
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         self.diagnostics.record_log(level, facility, message);
         let message = redact_with(&self.diagnostics.redactions, message);

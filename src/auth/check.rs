@@ -117,6 +117,16 @@ pub async fn check_with_timeout(
     timeout: Duration,
 ) -> Result<CheckReport, CheckError> {
     let security = resolve(mapping, secrets).await?;
+    check_resolved(mapping, security, timeout).await
+}
+
+/// [`check_with_timeout`] with security settings already resolved (e.g. by
+/// [`super::resolve_with_msk`] with an explicit MSK environment).
+pub async fn check_resolved(
+    mapping: &Mapping,
+    security: KafkaSecurity,
+    timeout: Duration,
+) -> Result<CheckReport, CheckError> {
     let mapping = mapping.clone();
     // librdkafka's calls block; keep them off the async workers.
     tokio::task::spawn_blocking(move || check_blocking(&mapping, &security, timeout))

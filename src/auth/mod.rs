@@ -35,7 +35,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-pub use check::{check, check_with_timeout, CheckError, CheckReport, PartitionReport, TopicReport, CHECK_TIMEOUT};
+pub use check::{check, check_resolved, check_with_timeout, CheckError, CheckReport, PartitionReport, TopicReport, CHECK_TIMEOUT};
 pub use diagnose::{ConnectionDiagnostics, DiagnosingContext, PROBE_TIMEOUT};
 pub use secrets::{SecretError, SecretSource, SecretsManagerSource};
 pub use security::{resolve, resolve_with_msk, validate, KafkaSecurity};

@@ -543,6 +543,7 @@ fn every_vpc_endpoint_is_behind_a_condition_that_tests_the_endpoint_switch() -> 
         ("secretsmanager", "Interface"),
         ("sqs", "Interface"),
         ("sns", "Interface"),
+        ("kafka", "Interface"),
         ("s3", "Gateway"),
     ]
     .into_iter()

@@ -27,7 +27,9 @@ use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_credential_types::Credentials;
 use kafka_lambda_relay::app::run_all;
 use kafka_lambda_relay::auth::msk::{set_initial_token, MskEnvironment, MskIamAuth};
-use kafka_lambda_relay::auth::{check_resolved, resolve, resolve_with_msk, CheckError, ErrorCode, SecretError, SecretSource};
+use kafka_lambda_relay::auth::{
+    check_resolved, resolve, resolve_with_msk, CheckError, ErrorCode, SecretError, SecretSource,
+};
 use kafka_lambda_relay::config::RelayConfig;
 use kafka_lambda_relay::invoke::lambda::LambdaInvoker;
 use kafka_lambda_relay::invoke::server::{echo_success, local_sdk_config, LocalLambda};
@@ -82,7 +84,9 @@ fn python() -> PathBuf {
 }
 
 fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run through scripts/test.sh, which exports dummy AWS credentials"))
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run through scripts/test.sh, which exports dummy AWS credentials")
+    })
 }
 
 /// PKI, tansu and the IAM broker double; returns (processes, work dir, broker address).
@@ -176,10 +180,7 @@ async fn seed(broker: &str, topic: &str, count: usize) -> TestResult {
     let credentials = Credentials::new(env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY"), None, None, "test");
     let auth = Arc::new(MskIamAuth::start(SharedCredentialsProvider::new(credentials), REGION).await?);
     let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", broker)
-        .set("security.protocol", "sasl_ssl")
-        .set("sasl.mechanism", "OAUTHBEARER");
+    config.set("bootstrap.servers", broker).set("security.protocol", "sasl_ssl").set("sasl.mechanism", "OAUTHBEARER");
     let admin: AdminClient<TokenContext> = config.create_with_context(TokenContext(auth.clone()))?;
     set_initial_token(admin.inner(), Some(&auth))?;
     for result in admin
@@ -252,7 +253,11 @@ async fn msk_iam_tokens_reach_the_broker_and_bad_ones_are_named() -> TestResult 
     seed(&broker, &topic, 5).await?;
     let second = run_all(&config, &services, &options()).await;
     let report = &second.mappings[0];
-    assert_eq!((report.state.as_str(), report.counts.delivered, report.error_code.as_deref()), ("Enabled", 5, None), "{report:?}");
+    assert_eq!(
+        (report.state.as_str(), report.counts.delivered, report.error_code.as_deref()),
+        ("Enabled", 5, None),
+        "{report:?}"
+    );
     let invocations = lambda.invocations("my-kafka-function");
     let mut values = Vec::new();
     for invocation in &invocations {
@@ -271,10 +276,8 @@ async fn msk_iam_tokens_reach_the_broker_and_bad_ones_are_named() -> TestResult 
     assert_eq!(values, (0..5).map(|i| format!("msk-{i}")).collect::<Vec<_>>());
 
     // The relay's tokens reached the broker and were accepted there.
-    let relay_auths: Vec<serde_json::Value> = auth_log(&dir)
-        .into_iter()
-        .filter(|e| e["user_agent"] == kafka_lambda_relay::auth::msk::USER_AGENT)
-        .collect();
+    let relay_auths: Vec<serde_json::Value> =
+        auth_log(&dir).into_iter().filter(|e| e["user_agent"] == kafka_lambda_relay::auth::msk::USER_AGENT).collect();
     assert!(!relay_auths.is_empty(), "no authentication logged by the broker double");
     for entry in &relay_auths {
         assert_eq!(entry["accepted"], true, "{entry}");
@@ -288,7 +291,11 @@ async fn msk_iam_tokens_reach_the_broker_and_bad_ones_are_named() -> TestResult 
     // A wrong secret: the broker rejects the signature → EVENT_SOURCE_AUTHN_ERROR, without the token.
     let mapping = &config.mappings[0];
     let wrong_secret = format!("wrong-{}", uuid::Uuid::new_v4().simple());
-    let wrong = environment(&control_plane.url, Credentials::new(env("AWS_ACCESS_KEY_ID"), wrong_secret.clone(), None, None, "t")).await;
+    let wrong = environment(
+        &control_plane.url,
+        Credentials::new(env("AWS_ACCESS_KEY_ID"), wrong_secret.clone(), None, None, "t"),
+    )
+    .await;
     let security = resolve_with_msk(mapping, &NoSecrets, &wrong).await?;
     let error = match check_resolved(mapping, security, Duration::from_secs(20)).await {
         Err(CheckError::Auth(error)) => error,
@@ -329,10 +336,9 @@ async fn msk_iam_tokens_reach_the_broker_and_bad_ones_are_named() -> TestResult 
     assert_eq!(error.code, ErrorCode::EventSourceAuthzError, "{error}");
     assert!(error.sentence.contains("kafka-cluster:Connect"), "{error}");
 
-    // The shared path (resolve) was the one the runs used: one bootstrap lookup per run.
+    // The runs went through auth::resolve (the process-wide environment): one bootstrap lookup per run.
     let lookups = control_plane.calls().iter().filter(|c| c.starts_with("GetBootstrapBrokers")).count();
     assert_eq!(lookups, 2 + 3, "two runs and three explicit resolves");
-    let _ = resolve; // the runs above went through auth::resolve inside run_all
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -11,11 +11,15 @@ use kafka_lambda_relay::config::RelayConfig;
 use msk_double::{Cluster, MskControlPlane};
 
 const ARN: &str = "arn:aws:kafka:us-east-1:123456789012:cluster/demo/751d2973-a626-431c-9d4e-d7975eb44dd7-2";
-const SERVERLESS_ARN: &str = "arn:aws:kafka:us-east-1:123456789012:cluster/serverless/0a1b2c3d-4e5f-6789-abcd-ef0123456789-s1";
-const CREATING_ARN: &str = "arn:aws:kafka:us-east-1:123456789012:cluster/creating/11111111-2222-3333-4444-555555555555-1";
-const SCRAM_ONLY_ARN: &str = "arn:aws:kafka:us-east-1:123456789012:cluster/scram/22222222-2222-3333-4444-555555555555-1";
+const SERVERLESS_ARN: &str =
+    "arn:aws:kafka:us-east-1:123456789012:cluster/serverless/0a1b2c3d-4e5f-6789-abcd-ef0123456789-s1";
+const CREATING_ARN: &str =
+    "arn:aws:kafka:us-east-1:123456789012:cluster/creating/11111111-2222-3333-4444-555555555555-1";
+const SCRAM_ONLY_ARN: &str =
+    "arn:aws:kafka:us-east-1:123456789012:cluster/scram/22222222-2222-3333-4444-555555555555-1";
 const DENIED_ARN: &str = "arn:aws:kafka:us-east-1:123456789012:cluster/denied/33333333-2222-3333-4444-555555555555-1";
-const UNAUTHORIZED_ARN: &str = "arn:aws:kafka:us-east-1:123456789012:cluster/unauth/44444444-2222-3333-4444-555555555555-1";
+const UNAUTHORIZED_ARN: &str =
+    "arn:aws:kafka:us-east-1:123456789012:cluster/unauth/44444444-2222-3333-4444-555555555555-1";
 const BROKEN_ARN: &str = "arn:aws:kafka:us-east-1:123456789012:cluster/broken/55555555-2222-3333-4444-555555555555-1";
 const MISSING_ARN: &str = "arn:aws:kafka:us-east-1:123456789012:cluster/missing/66666666-2222-3333-4444-555555555555-1";
 const SECRET_KEY: &str = "msk-bootstrap-test-secret-never-printed";
@@ -73,9 +77,17 @@ async fn every_authentication_and_connectivity_picks_its_broker_string() {
     let double = control_plane().await;
     let client = environment(&double.url).await.kafka_client("us-east-1");
     let expected = [
-        (MskAuth::Iam, Connectivity::Private, "b-1.demo.kafka.us-east-1.amazonaws.com:9098,b-2.demo.kafka.us-east-1.amazonaws.com:9098"),
+        (
+            MskAuth::Iam,
+            Connectivity::Private,
+            "b-1.demo.kafka.us-east-1.amazonaws.com:9098,b-2.demo.kafka.us-east-1.amazonaws.com:9098",
+        ),
         (MskAuth::SaslScram, Connectivity::Private, "b-1.demo.kafka.us-east-1.amazonaws.com:9096"),
-        (MskAuth::Tls, Connectivity::Private, "b-1.demo.kafka.us-east-1.amazonaws.com:9094,b-2.demo.kafka.us-east-1.amazonaws.com:9094"),
+        (
+            MskAuth::Tls,
+            Connectivity::Private,
+            "b-1.demo.kafka.us-east-1.amazonaws.com:9094,b-2.demo.kafka.us-east-1.amazonaws.com:9094",
+        ),
         (MskAuth::Iam, Connectivity::Public, "b-1-public.demo.kafka.us-east-1.amazonaws.com:9198"),
         (MskAuth::SaslScram, Connectivity::Public, "b-1-public.demo.kafka.us-east-1.amazonaws.com:9196"),
         (MskAuth::Tls, Connectivity::Public, "b-1-public.demo.kafka.us-east-1.amazonaws.com:9194"),
@@ -99,7 +111,8 @@ async fn msk_serverless_works_with_iam_and_refuses_scram_naming_iam_only() {
         bootstrap_brokers(&client, SERVERLESS_ARN, MskAuth::Iam, Connectivity::Private).await.as_deref(),
         Ok("boot-abc.c1.kafka-serverless.us-east-1.amazonaws.com:9098")
     );
-    let error = bootstrap_brokers(&client, SERVERLESS_ARN, MskAuth::SaslScram, Connectivity::Private).await.unwrap_err();
+    let error =
+        bootstrap_brokers(&client, SERVERLESS_ARN, MskAuth::SaslScram, Connectivity::Private).await.unwrap_err();
     assert_eq!(error.code, ErrorCode::EsmConfigNotValid);
     assert!(error.sentence.contains("is MSK Serverless, which supports IAM authentication only"), "{error}");
     assert!(double.calls().contains(&format!("DescribeClusterV2 {SERVERLESS_ARN}")));
@@ -110,23 +123,49 @@ async fn each_failure_gives_its_code_and_the_msk_error() {
     let double = control_plane().await;
     let client = environment(&double.url).await.kafka_client("us-east-1");
     let cases: [(&str, MskAuth, Connectivity, ErrorCode, &[&str]); 6] = [
-        (MISSING_ARN, MskAuth::Iam, Connectivity::Private, ErrorCode::EsmConfigNotValid, &["does not exist", "NotFoundException"]),
+        (
+            MISSING_ARN,
+            MskAuth::Iam,
+            Connectivity::Private,
+            ErrorCode::EsmConfigNotValid,
+            &["does not exist", "NotFoundException"],
+        ),
         (
             CREATING_ARN,
             MskAuth::Iam,
             Connectivity::Private,
             ErrorCode::EsmConfigNotValid,
-            &["is CREATING, not ACTIVE", "BadRequestException", "You can't get bootstrap broker nodes for a cluster in CREATING state."],
+            &[
+                "is CREATING, not ACTIVE",
+                "BadRequestException",
+                "You can't get bootstrap broker nodes for a cluster in CREATING state.",
+            ],
         ),
         (
             DENIED_ARN,
             MskAuth::Iam,
             Connectivity::Private,
             ErrorCode::EsmConfigNotValid,
-            &["may not read MSK cluster", "ForbiddenException", "allow kafka:GetBootstrapBrokers and kafka:DescribeClusterV2"],
+            &[
+                "may not read MSK cluster",
+                "ForbiddenException",
+                "allow kafka:GetBootstrapBrokers and kafka:DescribeClusterV2",
+            ],
         ),
-        (UNAUTHORIZED_ARN, MskAuth::Iam, Connectivity::Private, ErrorCode::EsmConfigNotValid, &["UnauthorizedException", "may not read"]),
-        (BROKEN_ARN, MskAuth::Iam, Connectivity::Private, ErrorCode::EsmConfigNotValid, &["InternalServerErrorException"]),
+        (
+            UNAUTHORIZED_ARN,
+            MskAuth::Iam,
+            Connectivity::Private,
+            ErrorCode::EsmConfigNotValid,
+            &["UnauthorizedException", "may not read"],
+        ),
+        (
+            BROKEN_ARN,
+            MskAuth::Iam,
+            Connectivity::Private,
+            ErrorCode::EsmConfigNotValid,
+            &["InternalServerErrorException"],
+        ),
         (
             SCRAM_ONLY_ARN,
             MskAuth::Iam,

@@ -625,6 +625,66 @@ mod tests {
         ConnectionDiagnostics::new(&security, &m)
     }
 
+    fn msk_iam_diagnostics() -> ConnectionDiagnostics {
+        let m: Mapping = serde_json::from_value(serde_json::json!({
+            "FunctionName": "target",
+            "Topics": ["orders"],
+            "StartingPosition": "LATEST",
+            "EventSourceArn": MSK_ARN,
+            "AmazonManagedKafkaEventSourceConfig": {"ConsumerGroupId": "orders-relay"}
+        }))
+        .expect("mapping");
+        ConnectionDiagnostics::new(&KafkaSecurity::msk_iam_for_tests(MSK_ARN, "us-east-1"), &m)
+    }
+
+    const MSK_ARN: &str = "arn:aws:kafka:us-east-1:123456789012:cluster/orders/751d2973-a626-431c-9d4e-d7975eb44dd7-2";
+    const TOKEN: &str = "aHR0cHM6Ly9rYWZrYS51cy1lYXN0LTEuYW1hem9uYXdzLmNvbS8_QWN0aW9uPWthZmthLWNsdXN0ZXIlM0FDb25uZWN0";
+
+    #[test]
+    fn rejected_msk_iam_token_is_authn_naming_cluster_and_region_without_the_token() {
+        let d = msk_iam_diagnostics();
+        d.record(
+            &KafkaError::Global(RDKafkaErrorCode::Authentication),
+            &format!("sasl_ssl://b-1.orders.kafka.us-east-1.amazonaws.com:9098/bootstrap: SASL authentication error: [f00] Invalid authentication payload {TOKEN} (after 3ms in state AUTH_REQ)"),
+        );
+        let error = d.diagnose().expect("diagnosed");
+        assert_eq!(error.code, ErrorCode::EventSourceAuthnError);
+        assert!(
+            error.sentence.starts_with("SASL authentication failed: broker b-1.orders.kafka.us-east-1.amazonaws.com:9098 rejected the MSK IAM token (SASL/OAUTHBEARER, signed for region \"us-east-1\")"),
+            "{error}"
+        );
+        assert!(error.sentence.contains(MSK_ARN), "{error}");
+        assert!(!error.sentence.contains(TOKEN), "{error}");
+    }
+
+    #[test]
+    fn msk_access_denied_is_authz_naming_kafka_cluster_connect() {
+        let d = msk_iam_diagnostics();
+        d.record(
+            &KafkaError::Global(RDKafkaErrorCode::Authentication),
+            "sasl_ssl://b-1:9098/bootstrap: SASL authentication error: [1a2b] Access denied (after 5ms in state AUTH_REQ)",
+        );
+        let error = d.diagnose().expect("diagnosed");
+        assert_eq!(error.code, ErrorCode::EventSourceAuthzError);
+        assert!(error.sentence.contains("allow kafka-cluster:Connect on the cluster ARN"), "{error}");
+    }
+
+    #[test]
+    fn msk_topic_and_group_refusals_name_the_kafka_cluster_actions() {
+        for (code, actions) in [
+            (RDKafkaErrorCode::TopicAuthorizationFailed, "kafka-cluster:DescribeTopic and kafka-cluster:ReadData"),
+            (RDKafkaErrorCode::GroupAuthorizationFailed, "kafka-cluster:DescribeGroup and kafka-cluster:AlterGroup"),
+        ] {
+            let d = msk_iam_diagnostics();
+            d.record(&KafkaError::Global(code), "");
+            let error = d.diagnose().expect("diagnosed");
+            assert_eq!(error.code, ErrorCode::EventSourceAuthzError);
+            assert!(error.sentence.contains(actions), "{error}");
+            assert!(error.sentence.contains("function's IAM role") && error.sentence.contains(MSK_ARN), "{error}");
+            assert!(error.sentence.contains("\"orders-relay\""), "{error}");
+        }
+    }
+
     #[tokio::test]
     async fn rejected_scram_password_is_authn_naming_user_mechanism_and_secret() {
         let d = scram_diagnostics().await;

@@ -589,11 +589,18 @@ mod tests {
     use super::*;
 
     fn credentials(expiry: Option<SystemTime>) -> Credentials {
-        Credentials::new("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", Some("session/token+=".into()), expiry, "test")
+        Credentials::new(
+            "AKIDEXAMPLE",
+            "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+            Some("session/token+=".into()),
+            expiry,
+            "test",
+        )
     }
 
     fn decode(token: &str) -> String {
-        String::from_utf8(base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).expect("base64url")).expect("utf-8")
+        String::from_utf8(base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).expect("base64url"))
+            .expect("utf-8")
     }
 
     #[test]
@@ -683,7 +690,11 @@ mod tests {
             (MskAuth::Tls, Connectivity::MultiVpc, "v:14001"),
         ];
         for (auth, connectivity, brokers) in expected {
-            assert_eq!(pick_broker_string(&output, auth, connectivity).as_deref(), Some(brokers), "{auth:?} {connectivity:?}");
+            assert_eq!(
+                pick_broker_string(&output, auth, connectivity).as_deref(),
+                Some(brokers),
+                "{auth:?} {connectivity:?}"
+            );
         }
         // The plaintext string is never picked, and an absent string is absent (no fallback to another auth).
         let only_plaintext = GetBootstrapBrokersOutput::builder().bootstrap_broker_string("b:9092").build();
@@ -709,7 +720,8 @@ mod tests {
             }
         }
         let calls = Arc::new(AtomicUsize::new(0));
-        let auth = MskIamAuth::start(SharedCredentialsProvider::new(Counting(calls.clone())), "us-east-1").await.unwrap();
+        let auth =
+            MskIamAuth::start(SharedCredentialsProvider::new(Counting(calls.clone())), "us-east-1").await.unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 1, "loaded once at start");
         let first = auth.token().unwrap();
         assert!(first.expires_at <= SystemTime::now() + Duration::from_secs(120), "bounded by the credentials");

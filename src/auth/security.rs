@@ -209,6 +209,18 @@ impl KafkaSecurity {
     }
 }
 
+impl KafkaSecurity {
+    /// An MSK IAM mapping's settings without a token source, for diagnosis tests.
+    #[cfg(test)]
+    pub(crate) fn msk_iam_for_tests(cluster_arn: &str, region: &str) -> Self {
+        let mut security = Self { protocol: "sasl_ssl", ..Self::plaintext() };
+        security.settings.push(("sasl.mechanism", Value::Text("OAUTHBEARER".into())));
+        security.context.msk_iam =
+            Some(MskIamContext { cluster_arn: cluster_arn.to_string(), region: region.to_string() });
+        security
+    }
+}
+
 pub(crate) fn redact_with(fragments: &[String], text: &str) -> String {
     // MSK IAM tokens are made while the client runs, so they are recognized by shape, not listed.
     let mut out = super::msk::redact_tokens(text);

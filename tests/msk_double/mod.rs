@@ -144,7 +144,8 @@ fn answer(clusters: &BTreeMap<String, Cluster>, calls: &Mutex<Vec<String>>, uri:
                 "currentVersion": "K3AEGXETSR30VB",
             });
             if cluster.cluster_type == "SERVERLESS" {
-                info["serverless"] = serde_json::json!({"vpcConfigs": [], "clientAuthentication": {"sasl": {"iam": {"enabled": true}}}});
+                info["serverless"] =
+                    serde_json::json!({"vpcConfigs": [], "clientAuthentication": {"sasl": {"iam": {"enabled": true}}}});
             }
             json(serde_json::json!({"clusterInfo": info}))
         }

@@ -28,7 +28,7 @@ use aws_credential_types::Credentials;
 use kafka_lambda_relay::app::run_all;
 use kafka_lambda_relay::auth::msk::{set_initial_token, MskEnvironment, MskIamAuth};
 use kafka_lambda_relay::auth::{
-    check_resolved, resolve, resolve_with_msk, CheckError, ErrorCode, SecretError, SecretSource,
+    check_resolved, resolve_with_msk, CheckError, ErrorCode, SecretError, SecretSource,
 };
 use kafka_lambda_relay::config::RelayConfig;
 use kafka_lambda_relay::invoke::lambda::LambdaInvoker;

@@ -526,6 +526,8 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+static SHARED: tokio::sync::OnceCell<MskEnvironment> = tokio::sync::OnceCell::const_new();
+
 /// What MSK mappings need from AWS: the MSK control-plane client and the one credentials provider, from an
 /// SDK configuration. Production loads one per process from the environment ([`MskEnvironment::shared`]),
 /// which honours `AWS_ENDPOINT_URL_KAFKA` (tests point it at a local double).
@@ -546,9 +548,15 @@ impl MskEnvironment {
         Self { sdk_config }
     }
 
-    /// The process-wide environment, loaded from the environment on first use.
+    /// Makes `sdk_config` the process-wide environment (so MSK uses the same credentials provider as the
+    /// relay's other clients), unless one is already in use. Returns whether it was taken.
+    pub fn use_for_process(sdk_config: &aws_config::SdkConfig) -> bool {
+        SHARED.set(MskEnvironment::new(sdk_config.clone())).is_ok()
+    }
+
+    /// The process-wide environment: the one given to [`Self::use_for_process`], else loaded from the
+    /// environment on first use.
     pub async fn shared() -> &'static MskEnvironment {
-        static SHARED: tokio::sync::OnceCell<MskEnvironment> = tokio::sync::OnceCell::const_new();
         SHARED
             .get_or_init(|| async {
                 MskEnvironment::new(aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await)

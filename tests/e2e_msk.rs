@@ -190,7 +190,10 @@ async fn seed(broker: &str, topic: &str, count: usize) -> TestResult {
         )
         .await?
     {
-        result.map_err(|(topic, code)| format!("creating {topic}: {code}"))?;
+        match result {
+            Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(format!("creating {topic}: {code}").into()),
+        }
     }
     let producer: BaseProducer<TokenContext> = config.create_with_context(TokenContext(auth.clone()))?;
     set_initial_token(producer.client(), Some(&auth))?;

@@ -28,7 +28,8 @@ use aws_credential_types::Credentials;
 use kafka_lambda_relay::app::run_all;
 use kafka_lambda_relay::auth::msk::{set_initial_token, MskEnvironment, MskIamAuth};
 use kafka_lambda_relay::auth::{
-    check_resolved, resolve_with_msk, CheckError, ErrorCode, SecretError, SecretSource,
+    check_resolved, resolve_with_msk, CheckError, ConnectionDiagnostics, DiagnosingContext, ErrorCode, SecretError,
+    SecretSource,
 };
 use kafka_lambda_relay::config::RelayConfig;
 use kafka_lambda_relay::invoke::lambda::LambdaInvoker;
@@ -37,6 +38,7 @@ use kafka_lambda_relay::relay::{RunOptions, Services};
 use msk_double::{Cluster, MskControlPlane};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, OAuthToken};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::ClientConfig;
 
@@ -153,6 +155,14 @@ impl ProducerContext for TokenContext {
     type DeliveryOpaque = ();
 
     fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: Self::DeliveryOpaque) {}
+}
+
+fn mapping_of(config: &RelayConfig) -> &kafka_lambda_relay::config::Mapping {
+    &config.mappings[0]
+}
+
+fn good_credentials() -> Credentials {
+    Credentials::new(env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY"), None, None, "test")
 }
 
 struct NoSecrets;
@@ -291,8 +301,28 @@ async fn msk_iam_tokens_reach_the_broker_and_bad_ones_are_named() -> TestResult 
     let report_text = serde_json::to_string(&second)?;
     assert!(!report_text.contains(&env("AWS_SECRET_ACCESS_KEY")) || env("AWS_SECRET_ACCESS_KEY").len() < 8);
     assert!(!report_text.contains("aHR0cHM6Ly9rYWZrYS"), "no token in the report");
+    // The first token exists before the first metadata request: a client that asks for metadata before
+    // anything polls it (as `run --check` and the rebalance callback's offset lookups do) gets an answer only
+    // because the token was set at creation; without it librdkafka waits for a poll that never comes.
+    let security =
+        resolve_with_msk(mapping_of(&config), &NoSecrets, &environment(&control_plane.url, good_credentials()).await)
+            .await?;
+    for with_initial_token in [true, false] {
+        let diagnostics = Arc::new(ConnectionDiagnostics::new(&security, mapping_of(&config)));
+        let mut client = ClientConfig::new();
+        security.apply(&mut client);
+        let consumer: BaseConsumer<DiagnosingContext> =
+            client.create_with_context(DiagnosingContext::new(diagnostics.clone()))?;
+        if with_initial_token {
+            set_initial_token(consumer.client(), diagnostics.msk_iam())?;
+        }
+        let metadata =
+            consumer.fetch_metadata(Some(&topic), Duration::from_secs(if with_initial_token { 20 } else { 3 }));
+        assert_eq!(metadata.is_ok(), with_initial_token, "metadata without a poll, initial token {with_initial_token}");
+    }
+
     // A wrong secret: the broker rejects the signature → EVENT_SOURCE_AUTHN_ERROR, without the token.
-    let mapping = &config.mappings[0];
+    let mapping = mapping_of(&config);
     let wrong_secret = format!("wrong-{}", uuid::Uuid::new_v4().simple());
     let wrong = environment(
         &control_plane.url,
@@ -341,7 +371,7 @@ async fn msk_iam_tokens_reach_the_broker_and_bad_ones_are_named() -> TestResult 
 
     // The runs went through auth::resolve (the process-wide environment): one bootstrap lookup per run.
     let lookups = control_plane.calls().iter().filter(|c| c.starts_with("GetBootstrapBrokers")).count();
-    assert_eq!(lookups, 2 + 3, "two runs and three explicit resolves");
+    assert_eq!(lookups, 2 + 4, "two runs and four explicit resolves");
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

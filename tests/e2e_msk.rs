@@ -20,7 +20,7 @@ mod msk_double;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use aws_credential_types::provider::SharedCredentialsProvider;
@@ -165,6 +165,46 @@ fn good_credentials() -> Credentials {
     Credentials::new(env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY"), None, None, "test")
 }
 
+/// Everything `tracing` printed in this test binary (the relay's logs and librdkafka's, redacted or not).
+fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = Capture(buffer.clone());
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .init();
+        buffer
+    })
+    .clone()
+}
+
+#[derive(Clone)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// No secret key, session token or MSK token (every token starts with base64url of "https://kafka") in the
+/// captured logs or in `outputs`.
+fn assert_no_secret(outputs: &[String], secrets: &[&str]) {
+    let logs = String::from_utf8_lossy(&captured_logs().lock().unwrap()).to_string();
+    for value in secrets.iter().copied().chain(["aHR0cHM6Ly9rYWZrYS", "X-Amz-Signature="]) {
+        for output in outputs.iter().chain(std::iter::once(&logs)) {
+            assert!(!output.contains(value), "{value:?} appears in output: {output}");
+        }
+    }
+}
+
 struct NoSecrets;
 
 #[async_trait::async_trait]
@@ -217,6 +257,14 @@ async fn seed(broker: &str, topic: &str, count: usize) -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn msk_iam_tokens_reach_the_broker_and_bad_ones_are_named() -> TestResult {
+    let _ = captured_logs();
+    // Distinctive credentials (with a session token, as in Lambda) so the leak checks mean something; the
+    // process-wide MSK environment and the broker double read them.
+    let secret_key = format!("msk-e2e-secret-{}", uuid::Uuid::new_v4().simple());
+    let session_token = format!("msk-e2e-session-{}", uuid::Uuid::new_v4().simple());
+    std::env::set_var("AWS_ACCESS_KEY_ID", "ASIAMSKE2ERELAYTEST");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", &secret_key);
+    std::env::set_var("AWS_SESSION_TOKEN", &session_token);
     let (_started, dir, broker) = start_broker()?;
     // OpenSSL's default trust store (librdkafka's, without ssl.ca.*) is the test CA.
     std::env::set_var("SSL_CERT_FILE", dir.join("ca.pem"));
@@ -299,17 +347,19 @@ async fn msk_iam_tokens_reach_the_broker_and_bad_ones_are_named() -> TestResult 
         assert_eq!(entry["action"], "kafka-cluster:Connect");
     }
     let report_text = serde_json::to_string(&second)?;
-    assert!(!report_text.contains(&env("AWS_SECRET_ACCESS_KEY")) || env("AWS_SECRET_ACCESS_KEY").len() < 8);
-    assert!(!report_text.contains("aHR0cHM6Ly9rYWZrYS"), "no token in the report");
+    let mut outputs = vec![serde_json::to_string(&first)?];
     // The first token exists before the first metadata request: a client that asks for metadata before
     // anything polls it (as `run --check` and the rebalance callback's offset lookups do) gets an answer only
     // because the token was set at creation; without it librdkafka waits for a poll that never comes.
     let security =
         resolve_with_msk(mapping_of(&config), &NoSecrets, &environment(&control_plane.url, good_credentials()).await)
             .await?;
+    outputs.push(format!("{security:?}"));
     for with_initial_token in [true, false] {
         let diagnostics = Arc::new(ConnectionDiagnostics::new(&security, mapping_of(&config)));
         let mut client = ClientConfig::new();
+        // librdkafka's SASL and protocol debug lines go through the diagnosing context into the captured logs.
+        client.set("debug", "security,broker,protocol").set_log_level(rdkafka::config::RDKafkaLogLevel::Debug);
         security.apply(&mut client);
         let consumer: BaseConsumer<DiagnosingContext> =
             client.create_with_context(DiagnosingContext::new(diagnostics.clone()))?;
@@ -330,11 +380,13 @@ async fn msk_iam_tokens_reach_the_broker_and_bad_ones_are_named() -> TestResult 
     )
     .await;
     let security = resolve_with_msk(mapping, &NoSecrets, &wrong).await?;
+    outputs.push(format!("{security:?}"));
     let error = match check_resolved(mapping, security, Duration::from_secs(20)).await {
         Err(CheckError::Auth(error)) => error,
         other => panic!("expected an authentication error, got {other:?}"),
     };
     assert_eq!(error.code, ErrorCode::EventSourceAuthnError, "{error}");
+    outputs.push(format!("{error} {error:?}"));
     assert!(error.sentence.contains("rejected the MSK IAM token"), "{error}");
     assert!(error.sentence.contains("signature does not match"), "{error}");
     assert!(!error.sentence.contains(&wrong_secret) && !error.sentence.contains("aHR0cHM6Ly9rYWZrYS"), "{error}");
@@ -349,11 +401,13 @@ async fn msk_iam_tokens_reach_the_broker_and_bad_ones_are_named() -> TestResult 
         "t",
     );
     let security = resolve_with_msk(mapping, &NoSecrets, &environment(&control_plane.url, expired).await).await?;
+    outputs.push(format!("{security:?}"));
     let error = match check_resolved(mapping, security, Duration::from_secs(10)).await {
         Err(CheckError::Auth(error)) => error,
         other => panic!("expected an authentication error, got {other:?}"),
     };
     assert_eq!(error.code, ErrorCode::EventSourceAuthnError, "{error}");
+    outputs.push(format!("{error} {error:?}"));
 
     // A role without kafka-cluster:Connect: MSK's "Access denied" → EVENT_SOURCE_AUTHZ_ERROR naming the action.
     let denied = environment(
@@ -362,12 +416,19 @@ async fn msk_iam_tokens_reach_the_broker_and_bad_ones_are_named() -> TestResult 
     )
     .await;
     let security = resolve_with_msk(mapping, &NoSecrets, &denied).await?;
+    outputs.push(format!("{security:?}"));
     let error = match check_resolved(mapping, security, Duration::from_secs(20)).await {
         Err(CheckError::Auth(error)) => error,
         other => panic!("expected an authorization error, got {other:?}"),
     };
     assert_eq!(error.code, ErrorCode::EventSourceAuthzError, "{error}");
+    outputs.push(format!("{error} {error:?}"));
     assert!(error.sentence.contains("kafka-cluster:Connect"), "{error}");
+
+    let logs = String::from_utf8_lossy(&captured_logs().lock().unwrap()).to_string();
+    assert!(logs.contains("OAUTHBEARER"), "librdkafka's SASL debug lines were captured");
+    outputs.push(report_text);
+    assert_no_secret(&outputs, &[&secret_key, &session_token, &wrong_secret]);
 
     // The runs went through auth::resolve (the process-wide environment): one bootstrap lookup per run.
     let lookups = control_plane.calls().iter().filter(|c| c.starts_with("GetBootstrapBrokers")).count();

@@ -8,16 +8,19 @@ use serde_json::Value;
 
 use crate::config::{ConfigError, RelayConfig};
 use crate::metrics::{MappingReport, RunReport};
-use crate::relay::{run_mapping, RunOptions, Services};
+use crate::relay::{run_mapping, RunOptions, Services, Shared};
 
 /// Runs every mapping concurrently; one mapping's failure never stops another.
 pub async fn run_all(config: &RelayConfig, services: &Services, options: &RunOptions) -> RunReport {
+    // Invocation slots and the buffer budget are the process's, shared by every mapping.
+    let shared = Shared::new(options);
     let mut tasks = tokio::task::JoinSet::new();
     for (index, mapping) in config.mappings.iter().enumerate() {
         let mapping = mapping.clone();
         let services = services.clone();
         let options = options.clone();
-        tasks.spawn(async move { (index, run_mapping(&mapping, &services, &options).await) });
+        let shared = shared.clone();
+        tasks.spawn(async move { (index, run_mapping(&mapping, &services, &options, &shared).await) });
     }
     let mut reports: Vec<Option<MappingReport>> = vec![None; config.mappings.len()];
     while let Some(joined) = tasks.join_next().await {
@@ -107,7 +110,11 @@ pub fn lambda_options(deadline_ms: u64) -> RunOptions {
     let remaining = deadline_ms as i128 - now_ms;
     let cap = env_seconds("RELAY_MAX_SECONDS");
     let deadline = if remaining > 0 {
-        let lambda = Instant::now() + Duration::from_millis(remaining as u64);
+        // A run may take up to CLOSE_GRACE past its deadline to leave the group, and the handler then returns
+        // the report: both must happen before Lambda's own deadline.
+        let lambda = (Instant::now() + Duration::from_millis(remaining as u64))
+            .checked_sub(crate::relay::CLOSE_GRACE + Duration::from_secs(1))
+            .unwrap_or_else(Instant::now);
         Some(cap.map_or(lambda, |cap| lambda.min(Instant::now() + cap)))
     } else {
         tracing::warn!(error_code = "DEADLINE_IN_THE_PAST", deadline_ms, "the invocation's deadline has passed (an emulator?): the run is bounded by RELAY_MAX_SECONDS and idleness only");
@@ -120,8 +127,15 @@ pub fn lambda_options(deadline_ms: u64) -> RunOptions {
         until_idle: std::env::var("RELAY_STOP_WHEN_IDLE").map(|v| v != "false").unwrap_or(true),
         margin: Duration::from_secs(5),
         target_timeout: env_seconds("RELAY_TARGET_TIMEOUT_SECONDS"),
+        max_in_flight: env_number("RELAY_MAX_IN_FLIGHT").unwrap_or(crate::relay::DEFAULT_MAX_IN_FLIGHT),
+        buffer_bytes: env_number("RELAY_BUFFER_MIB").map_or(crate::relay::DEFAULT_BUFFER_BYTES, |mib| mib << 20),
         ..RunOptions::default()
     }
+}
+
+/// A positive whole number from an environment variable.
+pub fn env_number(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse::<usize>().ok()).filter(|n| *n > 0)
 }
 
 /// A duration in whole seconds from an environment variable.
@@ -141,10 +155,11 @@ pub fn aws_services(sdk_config: &aws_config::SdkConfig) -> Services {
 }
 
 /// The on-failure destination of `arn` on the AWS SDK.
-fn destination_sink(arn: &str, sdk: &aws_config::SdkConfig) -> Result<Arc<dyn crate::relay::FailureSink>, String> {
-    crate::destination::OnFailureDestination::new(arn, sdk)
-        .map(|d| Arc::new(d) as Arc<dyn crate::relay::FailureSink>)
-        .map_err(|e| e.to_string())
+fn destination_sink(
+    arn: &str,
+    sdk: &aws_config::SdkConfig,
+) -> Result<Arc<dyn crate::relay::FailureSink>, crate::destination::DestinationError> {
+    crate::destination::OnFailureDestination::new(arn, sdk).map(|d| Arc::new(d) as Arc<dyn crate::relay::FailureSink>)
 }
 
 #[cfg(test)]

@@ -298,7 +298,9 @@ async fn msk_iam_tokens_reach_the_broker_and_bad_ones_are_named() -> TestResult 
     lambda.register("my-kafka-function", Duration::from_secs(5), echo_success());
     let services = Services {
         invoker: Arc::new(LambdaInvoker::new(&local_sdk_config(&lambda.endpoint()).await)),
-        sinks: Arc::new(|arn: &str| Err(format!("no destination {arn}"))),
+        sinks: Arc::new(|arn: &str| {
+            Err(kafka_lambda_relay::destination::DestinationError::InvalidArn { arn: arn.to_string() })
+        }),
         secrets: Arc::new(NoSecrets),
     };
     let options = || RunOptions {
@@ -325,6 +327,7 @@ async fn msk_iam_tokens_reach_the_broker_and_bad_ones_are_named() -> TestResult 
         let event: serde_json::Value = serde_json::from_slice(&invocation.payload)?;
         assert_eq!(event["eventSource"], "aws:kafka");
         assert_eq!(event["eventSourceArn"], ARN);
+        assert_eq!(event["bootstrapServers"], broker.as_str(), "the looked-up brokers");
         for records in event["records"].as_object().expect("records").values() {
             for record in records.as_array().expect("array") {
                 use base64::Engine as _;
@@ -369,6 +372,10 @@ async fn msk_iam_tokens_reach_the_broker_and_bad_ones_are_named() -> TestResult 
         let metadata =
             consumer.fetch_metadata(Some(&topic), Duration::from_secs(if with_initial_token { 20 } else { 3 }));
         assert_eq!(metadata.is_ok(), with_initial_token, "metadata without a poll, initial token {with_initial_token}");
+        // Serve the queued log events (librdkafka's debug lines arrive through polls) into the captured logs.
+        for _ in 0..10 {
+            let _ = consumer.poll(Duration::from_millis(50));
+        }
     }
 
     // A wrong secret: the broker rejects the signature → EVENT_SOURCE_AUTHN_ERROR, without the token.
@@ -426,7 +433,11 @@ async fn msk_iam_tokens_reach_the_broker_and_bad_ones_are_named() -> TestResult 
     assert!(error.sentence.contains("kafka-cluster:Connect"), "{error}");
 
     let logs = String::from_utf8_lossy(&captured_logs().lock().unwrap()).to_string();
-    assert!(logs.contains("OAUTHBEARER"), "librdkafka's SASL debug lines were captured");
+    assert!(
+        logs.contains("OAUTHBEARER"),
+        "librdkafka's SASL debug lines were captured: {}",
+        logs.lines().filter(|l| l.contains("librdkafka")).take(20).collect::<Vec<_>>().join("\n")
+    );
     outputs.push(report_text);
     assert_no_secret(&outputs, &[&secret_key, &session_token, &wrong_secret]);
 

@@ -21,18 +21,24 @@
 //!
 //! [`MskIamAuth`] serves tokens to librdkafka's OAUTHBEARER refresh, which rdkafka calls **synchronously from
 //! the consumer's poll**, on whatever thread polls (a tokio worker for the relay's stream). Rules enforced
-//! here, each with a test naming it:
+//! here, and the tests that name them:
 //! - The callback never blocks on the async runtime: it signs with credentials already in memory. When they
 //!   are within [`CREDENTIALS_REFRESH_BEFORE`] of their expiry, it *spawns* one refresh on the runtime
-//!   captured when the run started and signs with the current ones meanwhile.
-//! - One credentials provider per process (the SDK's chain, loaded once), credentials loaded once per run
-//!   and then only refreshed before they expire.
+//!   captured when the run started and signs with the current ones meanwhile
+//!   (`near_expiry_credentials_are_refreshed_in_the_background_without_blocking`).
+//! - One credentials provider per process (the SDK's chain: [`MskEnvironment::shared`], or the relay's own
+//!   configuration through [`MskEnvironment::use_for_process`]); credentials are loaded once per run and then
+//!   only refreshed before they expire (the same test counts the loads).
 //! - A token never outlives the credentials that signed it: its lifetime is the earlier of 15 minutes and
-//!   the credentials' expiry, and librdkafka asks for a new one at 80% of that. Credentials that expire within
-//!   [`MIN_CREDENTIALS_VALIDITY`] are not used at all.
+//!   the credentials' expiry, and librdkafka asks for a new one at 80% of that
+//!   (`token_lifetime_never_exceeds_the_credentials_expiry`). Credentials that expire within
+//!   [`MIN_CREDENTIALS_VALIDITY`] are not signed with (`expired_credentials_give_an_error_not_a_token`).
 //! - The first token is set on the client right after it is created ([`set_initial_token`]), before the
-//!   first metadata request, since nothing polls a consumer before it is subscribed.
-//! - Neither credentials nor tokens reach a `Debug` output, a log or an error.
+//!   first metadata request: a client that asks for metadata before anything polls it would otherwise wait
+//!   for a refresh that never comes (tests/e2e_msk.rs shows both).
+//! - Neither credentials nor tokens reach a `Debug` output, a log or an error: tokens are recognized by shape
+//!   wherever librdkafka text is redacted ([`redact_tokens`], `tokens_and_presigned_parameters_are_redacted`;
+//!   tests/e2e_msk.rs scans the captured logs, librdkafka's debug lines included).
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};

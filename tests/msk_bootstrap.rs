@@ -260,3 +260,65 @@ async fn aws_cli_example_resolves_to_iam_on_the_looked_up_brokers() {
     assert_eq!(security.sasl_mechanism(), Some("OAUTHBEARER"));
     assert_eq!(double.calls().len(), 1);
 }
+
+/// Secrets by ARN.
+struct Secrets(Vec<(&'static str, serde_json::Value)>);
+
+#[async_trait::async_trait]
+impl SecretSource for Secrets {
+    async fn secret_string(&self, arn: &str) -> Result<String, SecretError> {
+        self.0
+            .iter()
+            .find(|(a, _)| *a == arn)
+            .map(|(_, v)| v.to_string())
+            .ok_or_else(|| SecretError::NotFound { arn: arn.into(), code: "ResourceNotFoundException".into() })
+    }
+}
+
+/// SASL/SCRAM and mTLS MSK mappings get their own broker strings and no IAM token source.
+#[tokio::test]
+async fn scram_and_mtls_msk_mappings_use_their_strings_and_no_iam() {
+    const SCRAM: &str = "arn:aws:secretsmanager:us-east-1:123456789012:secret:AmazonMSK_relay-AbCdEf";
+    const CERT: &str = "arn:aws:secretsmanager:us-east-1:123456789012:secret:relay-client-AbCdEf";
+    let certificate = "-----BEGIN CERTIFICATE-----\nMIIBdummy\n-----END CERTIFICATE-----\n";
+    let key = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----\n";
+    let secrets = Secrets(vec![
+        (SCRAM, serde_json::json!({"username": "relay", "password": "scram-password-never-printed"})),
+        (CERT, serde_json::json!({"certificate": certificate, "privateKey": key})),
+    ]);
+    let double = control_plane().await;
+    let environment = environment(&double.url).await;
+    for (kind, uri, protocol, mechanism, brokers) in [
+        (
+            "SASL_SCRAM_512_AUTH",
+            SCRAM,
+            "sasl_ssl",
+            Some("SCRAM-SHA-512"),
+            "b-1.demo.kafka.us-east-1.amazonaws.com:9096",
+        ),
+        (
+            "CLIENT_CERTIFICATE_TLS_AUTH",
+            CERT,
+            "ssl",
+            None,
+            "b-1.demo.kafka.us-east-1.amazonaws.com:9094,b-2.demo.kafka.us-east-1.amazonaws.com:9094",
+        ),
+    ] {
+        let config = RelayConfig::parse_valid(
+            &serde_json::json!({"Mappings": [{
+                "EventSourceArn": ARN,
+                "Topics": ["orders"],
+                "StartingPosition": "TRIM_HORIZON",
+                "FunctionName": "f",
+                "SourceAccessConfigurations": [{"Type": kind, "URI": uri}]
+            }]})
+            .to_string(),
+        )
+        .expect("validates");
+        let security = resolve_with_msk(&config.mappings[0], &secrets, &environment).await.expect("resolves");
+        assert_eq!(security.security_protocol(), protocol, "{kind}");
+        assert_eq!(security.sasl_mechanism(), mechanism, "{kind}");
+        assert_eq!(security.bootstrap_servers(), Some(brokers), "{kind}");
+        assert!(security.msk_iam().is_none(), "{kind}: no IAM tokens");
+    }
+}

@@ -318,6 +318,16 @@ fn classify(subject: &Subject, code: Option<RDKafkaErrorCode>, text: &str) -> Op
             || has("sasl authentication failed")
             || has("invalid credentials");
     if let (true, Some(iam)) = (sasl_failed, &security.msk_iam) {
+        // librdkafka's text when generate_oauth_token failed: no token was sent, nothing was rejected.
+        if has("failed to acquire sasl oauthbearer token") {
+            return Some(Finding::settled(
+                Rank::Specific,
+                AuthError::authn(format!(
+                    "SASL authentication failed: the relay could not sign an MSK IAM token for cluster {:?}; check that the function's execution role credentials can be loaded and are not expired ({detail})",
+                    iam.cluster_arn
+                )),
+            ));
+        }
         if has("access denied") || has("not authorized") || has("accessdenied") {
             return Some(Finding::settled(
                 Rank::Specific,
@@ -655,6 +665,19 @@ mod tests {
         );
         assert!(error.sentence.contains(MSK_ARN), "{error}");
         assert!(!error.sentence.contains(TOKEN), "{error}");
+    }
+
+    #[test]
+    fn unsigned_msk_iam_token_is_authn_about_the_roles_credentials() {
+        let d = msk_iam_diagnostics();
+        d.record(
+            &KafkaError::Global(RDKafkaErrorCode::Authentication),
+            "Failed to acquire SASL OAUTHBEARER token: the function's AWS credentials expire at Unix time 1700000000; a refresh has been started",
+        );
+        let error = d.diagnose().expect("diagnosed");
+        assert_eq!(error.code, ErrorCode::EventSourceAuthnError);
+        assert!(error.sentence.contains("could not sign an MSK IAM token"), "{error}");
+        assert!(error.sentence.contains("execution role credentials"), "{error}");
     }
 
     #[test]

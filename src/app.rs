@@ -147,6 +147,8 @@ pub fn env_seconds(name: &str) -> Option<Duration> {
 pub fn aws_services(sdk_config: &aws_config::SdkConfig) -> Services {
     let invoker = Arc::new(crate::invoke::lambda::LambdaInvoker::new(sdk_config));
     let sdk = sdk_config.clone();
+    // MSK mappings (bootstrap lookup, IAM tokens) use this configuration's one credentials provider too.
+    crate::auth::msk::MskEnvironment::use_for_process(sdk_config);
     Services {
         invoker,
         sinks: Arc::new(move |arn: &str| destination_sink(arn, &sdk)),

@@ -86,6 +86,11 @@ pub struct Mapping {
     /// A disabled mapping is skipped and reported as such.
     #[serde(rename = "Enabled", default = "default_enabled")]
     pub enabled: bool,
+    /// Relay field, MSK mappings without endpoints only: which of the cluster's broker strings to use,
+    /// `PRIVATE` (default), `PUBLIC` (public access) or `MULTI_VPC` (multi-VPC private connectivity, e.g. a
+    /// cluster in another account).
+    #[serde(rename = "MskConnectivity", default, skip_serializing_if = "Option::is_none")]
+    pub msk_connectivity: Option<crate::auth::msk::Connectivity>,
 }
 
 /// `SelfManagedEventSource`.
@@ -487,17 +492,20 @@ impl Mapping {
             _ => {}
         }
         let servers = self.bootstrap_servers();
-        if servers.is_empty() {
-            if self.is_msk() {
-                // The relay does not call kafka:GetBootstrapBrokers; the brokers must be listed.
+        if servers.is_empty() && !self.is_msk() {
+            // An MSK mapping without endpoints gets its brokers from kafka:GetBootstrapBrokers (auth::msk).
+            bad(
+                "SelfManagedEventSource.Endpoints.KAFKA_BOOTSTRAP_SERVERS",
+                "is required: one or more host:port (or an MSK cluster ARN in EventSourceArn)".into(),
+            );
+        }
+        if let Some(connectivity) = self.msk_connectivity {
+            if !self.is_msk() || !servers.is_empty() {
                 bad(
-                    "SelfManagedEventSource.Endpoints.KAFKA_BOOTSTRAP_SERVERS",
-                    "is required: list the MSK cluster's bootstrap brokers (host:port); the relay does not look them up".into(),
-                );
-            } else {
-                bad(
-                    "SelfManagedEventSource.Endpoints.KAFKA_BOOTSTRAP_SERVERS",
-                    "is required: one or more host:port".into(),
+                    "MskConnectivity",
+                    format!(
+                        "{connectivity:?} is only used for an MSK mapping (EventSourceArn) without SelfManagedEventSource endpoints; remove it"
+                    ),
                 );
             }
         }
@@ -1107,6 +1115,41 @@ mod tests {
         let config = config_with(m);
         config.validate().unwrap();
         assert_eq!(config.mappings[0].event_source(), "aws:kafka");
+    }
+
+    /// AWS's MSK example: `aws lambda create-event-source-mapping --event-source-arn <cluster ARN> --topics
+    /// AWSKafkaTopic --starting-position LATEST --function-name my-kafka-function`, no access configuration.
+    #[test]
+    fn aws_msk_cli_example_validates_without_endpoints() {
+        let config = config_with(serde_json::json!({
+            "EventSourceArn": "arn:aws:kafka:us-east-1:123456789012:cluster/vpc-2priv-2pub/751d2973-a626-431c-9d4e-d7975eb44dd7-2",
+            "Topics": ["AWSKafkaTopic"],
+            "StartingPosition": "LATEST",
+            "FunctionName": "my-kafka-function"
+        }));
+        config.validate().unwrap();
+        let m = &config.mappings[0];
+        assert!(m.is_msk());
+        assert!(m.bootstrap_servers().is_empty());
+        assert_eq!(m.msk_connectivity, None);
+    }
+
+    #[test]
+    fn msk_connectivity_is_parsed_and_only_allowed_for_msk_without_endpoints() {
+        let arn = "arn:aws:kafka:us-east-1:123456789012:cluster/demo/abc-1";
+        let mut m = serde_json::json!({"EventSourceArn": arn, "Topics": ["t"], "StartingPosition": "LATEST", "FunctionName": "f", "MskConnectivity": "MULTI_VPC"});
+        assert_eq!(config_with(m.clone()).mappings[0].msk_connectivity, Some(crate::auth::msk::Connectivity::MultiVpc));
+        assert!(violations(m.clone()).is_empty());
+        m["SelfManagedEventSource"] = serde_json::json!({"Endpoints": {"KAFKA_BOOTSTRAP_SERVERS": ["b:9098"]}});
+        let v = violations(m);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].field, "MskConnectivity");
+        let mut self_managed = minimal();
+        self_managed["MskConnectivity"] = serde_json::json!("PUBLIC");
+        assert_eq!(violations(self_managed)[0].field, "MskConnectivity");
+        let mut wrong = minimal();
+        wrong["MskConnectivity"] = serde_json::json!("INTERNET");
+        assert!(RelayConfig::from_json(&serde_json::json!({"Mappings": [wrong]}).to_string()).is_err());
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //!
 //! - [`error`]: the error codes a mapping's run reports (AWS's, and the relay's own in the same style).
 //! - [`config`]: the mappings (Lambda `CreateEventSourceMapping` field names), defaults, `validate()`.
-//! - [`auth`]: `SourceAccessConfigurations` and Secrets Manager → librdkafka TLS/SASL settings.
+//! - [`auth`]: `SourceAccessConfigurations` and Secrets Manager → librdkafka TLS/SASL settings; Amazon MSK
+//!   bootstrap brokers from the cluster ARN and IAM (OAUTHBEARER) tokens in [`auth::msk`].
 //! - [`kafka`]: records, the consumer joining a mapping's group (starting positions, commits), and an
 //!   in-process mock cluster.
 //! - [`filter`]: `FilterCriteria` patterns; records matching none are skipped and committed.

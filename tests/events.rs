@@ -138,3 +138,18 @@ fn scheduled_event_is_what_eventbridge_sends_and_not_a_config() -> TestResult {
     ));
     Ok(())
 }
+
+/// AWS's MSK CLI example (cluster ARN, topic, LATEST, nothing else) and a multi-VPC (cross-account) cluster.
+#[test]
+fn msk_iam_event_is_a_valid_config_without_endpoints() -> TestResult {
+    use kafka_lambda_relay::auth::msk::Connectivity;
+    let config = valid_config("msk-iam.json")?;
+    assert_eq!(config.mappings.len(), 2);
+    for mapping in &config.mappings {
+        assert!(mapping.is_msk() && mapping.bootstrap_servers().is_empty() && mapping.source_access_configurations.is_empty());
+        assert_eq!(mapping.event_source(), "aws:kafka");
+    }
+    assert_eq!(config.mappings[0].msk_connectivity, None);
+    assert_eq!(config.mappings[1].msk_connectivity, Some(Connectivity::MultiVpc));
+    Ok(())
+}

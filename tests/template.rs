@@ -370,6 +370,7 @@ fn statements_on_optional_arn_lists_exist_only_when_the_list_is_not_empty() -> T
         "DestinationBucketArns",
         "SecretArns",
         "KmsKeyArns",
+        "MskClusterArns",
     ]
     .into_iter()
     .map(String::from)
@@ -393,7 +394,8 @@ fn each_service_gets_exactly_the_actions_the_relay_calls() -> TestResult {
         .filter_map(|statement| {
             let mut referenced = BTreeSet::new();
             references(&statement.body["Resource"], &mut referenced);
-            let parameter = referenced.into_iter().find(|name| name.ends_with("Arns"))?;
+            // MSK has four statements on its one list: checked by msk_statements_name_the_clusters_topics_and_groups.
+            let parameter = referenced.into_iter().find(|name| name.ends_with("Arns") && name != "MskClusterArns")?;
             Some((
                 parameter,
                 statement.actions().into_iter().map(String::from).collect(),
@@ -541,6 +543,7 @@ fn every_vpc_endpoint_is_behind_a_condition_that_tests_the_endpoint_switch() -> 
         ("secretsmanager", "Interface"),
         ("sqs", "Interface"),
         ("sns", "Interface"),
+        ("kafka", "Interface"),
         ("s3", "Gateway"),
     ]
     .into_iter()
@@ -738,5 +741,107 @@ fn samconfig_example_overrides_name_template_parameters_and_valid_mappings() -> 
     let deploy = samconfig_table("[default.deploy.parameters]")?;
     assert_eq!(deploy["capabilities"], "\"CAPABILITY_IAM\"");
     assert_eq!(deploy["confirm_changeset"], "true");
+    Ok(())
+}
+
+/// What an intrinsic expression evaluates to, for the few functions the policy uses on ARN lists.
+#[derive(Debug, Clone, PartialEq)]
+enum Evaluated {
+    Text(String),
+    List(Vec<String>),
+}
+
+/// Evaluates `Ref` (to `parameters`), `Join`, `Split`, `Sub` (with a variable map) and literals.
+fn evaluate(value: &Value, parameters: &BTreeMap<&str, Vec<String>>) -> Result<Evaluated, Box<dyn Error>> {
+    let text = |v: &Value| -> Result<String, Box<dyn Error>> {
+        match evaluate(v, parameters)? {
+            Evaluated::Text(t) => Ok(t),
+            other => Err(format!("expected text, got {other:?}").into()),
+        }
+    };
+    let list = |v: &Value| -> Result<Vec<String>, Box<dyn Error>> {
+        match evaluate(v, parameters)? {
+            Evaluated::List(items) => Ok(items),
+            Evaluated::Text(t) => Err(format!("expected a list, got {t:?}").into()),
+        }
+    };
+    // Intrinsics first: serde_yaml's `as_str` looks through tags (`!Ref X` would read as "X").
+    let Some((name, argument)) = intrinsic(value) else {
+        return match value {
+            Value::String(s) => Ok(Evaluated::Text(s.clone())),
+            Value::Sequence(items) => Ok(Evaluated::List(items.iter().map(text).collect::<Result<_, _>>()?)),
+            other => Err(format!("cannot evaluate {other:?}").into()),
+        };
+    };
+    let arguments = argument.as_sequence();
+    Ok(match (name.as_str(), arguments.map(Vec::as_slice)) {
+        ("Ref", _) => {
+            let parameter = argument.as_str().ok_or("Ref of a non-name")?;
+            Evaluated::List(parameters.get(parameter).cloned().ok_or_else(|| format!("unknown parameter {parameter}"))?)
+        }
+        ("Join", Some([separator, items])) => Evaluated::Text(list(items)?.join(&text(separator)?)),
+        ("Split", Some([separator, whole])) => {
+            Evaluated::List(text(whole)?.split(text(separator)?.as_str()).map(String::from).collect())
+        }
+        ("Sub", Some([template, variables])) => {
+            let mut out = template.as_str().ok_or("Sub template is not text")?.to_string();
+            for (key, variable) in variables.as_mapping().ok_or("Sub variables are not a map")? {
+                let key = key.as_str().ok_or("Sub variable name")?;
+                out = out.replace(&format!("${{{key}}}"), &text(variable)?);
+            }
+            Evaluated::Text(out)
+        }
+        (other, _) => return Err(format!("cannot evaluate {other}").into()),
+    })
+}
+
+/// MSK: the control-plane and data-plane statements exist only with clusters listed, and name the listed
+/// clusters, their topics (`topic/NAME/UUID/*`) and their groups (`group/NAME/UUID/*`): never `*` or another
+/// cluster's resources.
+#[test]
+fn msk_statements_name_the_clusters_topics_and_groups() -> TestResult {
+    let template = template()?;
+    let clusters = vec![
+        "arn:aws:kafka:us-east-1:123456789012:cluster/orders/751d2973-a626-431c-9d4e-d7975eb44dd7-2".to_string(),
+        "arn:aws:kafka:eu-west-1:210987654321:cluster/serverless-x/0a1b2c3d-4e5f-6789-abcd-ef0123456789-s3".to_string(),
+    ];
+    let parameters: BTreeMap<&str, Vec<String>> = [("MskClusterArns", clusters.clone())].into_iter().collect();
+    let mut found: BTreeMap<BTreeSet<String>, Vec<String>> = BTreeMap::new();
+    for statement in policy_statements(&template) {
+        let mut referenced = BTreeSet::new();
+        references(&statement.body["Resource"], &mut referenced);
+        if !referenced.contains("MskClusterArns") {
+            assert!(
+                !statement.actions().iter().any(|a| a.starts_with("kafka:") || a.starts_with("kafka-cluster:")),
+                "{}: MSK actions on resources other than the listed clusters",
+                statement.origin
+            );
+            continue;
+        }
+        let condition = statement.condition.as_deref().ok_or("MSK statement without a condition")?;
+        assert!(condition_parameters(&template, condition).contains("MskClusterArns"), "{condition}");
+        let resources = match evaluate(&statement.body["Resource"], &parameters)? {
+            Evaluated::List(items) => items,
+            Evaluated::Text(one) => vec![one],
+        };
+        found.insert(statement.actions().into_iter().map(String::from).collect(), resources);
+    }
+    let actions = |list: &[&str]| list.iter().map(|a| a.to_string()).collect::<BTreeSet<_>>();
+    let with = |kind: &str| -> Vec<String> {
+        clusters.iter().map(|arn| format!("{}/*", arn.replace(":cluster/", &format!(":{kind}/")))).collect()
+    };
+    let expected: BTreeMap<BTreeSet<String>, Vec<String>> = [
+        (actions(&["kafka:GetBootstrapBrokers", "kafka:DescribeClusterV2"]), clusters.clone()),
+        (actions(&["kafka-cluster:Connect", "kafka-cluster:DescribeClusterDynamicConfiguration"]), clusters.clone()),
+        (actions(&["kafka-cluster:DescribeTopic", "kafka-cluster:ReadData"]), with("topic")),
+        (actions(&["kafka-cluster:DescribeGroup", "kafka-cluster:AlterGroup"]), with("group")),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(found, expected);
+    assert_eq!(
+        with("topic")[0],
+        "arn:aws:kafka:us-east-1:123456789012:topic/orders/751d2973-a626-431c-9d4e-d7975eb44dd7-2/*"
+    );
     Ok(())
 }

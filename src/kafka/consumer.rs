@@ -453,6 +453,16 @@ impl RelayContext {
 }
 
 impl ClientContext for RelayContext {
+    /// MSK IAM mappings authenticate with SASL/OAUTHBEARER (tokens from [`crate::auth::msk`]).
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        oauthbearer_config: Option<&str>,
+    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        self.diagnosing.generate_oauth_token(oauthbearer_config)
+    }
+
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         self.diagnosing.log(level, fac, log_message);
     }
@@ -534,8 +544,15 @@ pub fn consumer_config(
 }
 
 /// Creates the consumer and subscribes to `topics`.
+///
+/// An MSK IAM mapping's first OAUTHBEARER token is set before subscribing, so the first connection can
+/// authenticate before anything polls the consumer.
 pub fn subscribe(config: &ClientConfig, context: RelayContext, topics: &[String]) -> KafkaResult<RelayConsumer> {
     let consumer: RelayConsumer = config.create_with_context(context)?;
+    if let Err(error) = crate::auth::msk::set_initial_token(consumer.client(), consumer.context().diagnostics().msk_iam()) {
+        // librdkafka asks again through generate_oauth_token; the diagnostics name a lasting failure.
+        tracing::warn!(error_code = error.code.as_str(), sentence = %error.sentence, "first MSK IAM token not set");
+    }
     let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     Ok(consumer)

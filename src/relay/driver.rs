@@ -87,7 +87,7 @@ struct Driver<'a> {
 
 impl<'a> Driver<'a> {
     fn new(mapping: &'a Mapping, services: &Services, options: &'a RunOptions, shared: &Shared, prepared: Prepared) -> Self {
-        let Prepared { function, sink, filters, consumer } = prepared;
+        let Prepared { function, sink, filters, consumer, source } = prepared;
         let (stop_tx, stop_rx) = watch::channel(false);
         let (commit_tx, commits) = mpsc::unbounded_channel();
         let invoke_cutoff = options.deadline.map(|d| d.checked_sub(function.timeout + options.margin).unwrap_or_else(Instant::now));
@@ -102,7 +102,7 @@ impl<'a> Driver<'a> {
             mapping_uuid: mapping.uuid(),
             function_name: mapping.function_name.clone(),
             function,
-            source: crate::event::EventSource::for_mapping(mapping),
+            source: source.clone(),
             sink,
             invoker: services.invoker.clone(),
             invoke_cutoff,
@@ -115,7 +115,7 @@ impl<'a> Driver<'a> {
             shared: shared.clone(),
             consumer: Arc::new(consumer),
             filters,
-            ledger: Ledger::new(crate::batch::Batcher::for_mapping(mapping), shared.budget.clone()),
+            ledger: Ledger::new(crate::batch::Batcher { source, ..crate::batch::Batcher::for_mapping(mapping) }, shared.budget.clone()),
             context,
             policy,
             jobs: JoinSet::new(),

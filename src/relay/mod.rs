@@ -210,6 +210,9 @@ struct Prepared {
     sink: Option<Arc<dyn FailureSink>>,
     filters: Filters,
     consumer: consumer::RelayConsumer,
+    /// The events' header; its `bootstrapServers` are the brokers the consumer uses (looked up for an MSK
+    /// cluster ARN without endpoints).
+    source: crate::event::EventSource,
 }
 
 async fn prepare(mapping: &Mapping, services: &Services, options: &RunOptions) -> Result<Prepared, Problem> {
@@ -268,7 +271,11 @@ async fn prepare(mapping: &Mapping, services: &Services, options: &RunOptions) -
         let error = diagnostics.creation_error(&error);
         Problem::Cannot { code: error.code, sentence: error.sentence }
     })?;
-    Ok(Prepared { function, sink, filters, consumer })
+    let source = crate::event::EventSource {
+        bootstrap_servers: security.bootstrap_servers_for(mapping),
+        ..crate::event::EventSource::for_mapping(mapping)
+    };
+    Ok(Prepared { function, sink, filters, consumer, source })
 }
 
 /// A target given by name gets a placeholder ARN in failure records when its configuration is not read.

@@ -17,7 +17,12 @@ pub async fn run_all(config: &RelayConfig, services: &Services, options: &RunOpt
         let mapping = mapping.clone();
         let services = services.clone();
         let options = options.clone();
-        tasks.spawn(async move { (index, run_mapping(&mapping, &services, &options).await) });
+        // Every line the mapping logs carries its UUID (and honours its SystemLogLevel) through this span.
+        let span = crate::logging::mapping_span(&mapping);
+        tasks.spawn(tracing::Instrument::instrument(
+            async move { (index, run_mapping(&mapping, &services, &options).await) },
+            span,
+        ));
     }
     let mut reports: Vec<Option<MappingReport>> = vec![None; config.mappings.len()];
     while let Some(joined) = tasks.join_next().await {

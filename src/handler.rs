@@ -26,7 +26,7 @@ pub async fn handle(event: LambdaEvent<Value>, services: &crate::relay::Services
     let report = app::run_all(&config, services, &options).await;
     let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
     // Embedded Metric Format: CloudWatch turns these stdout lines into metrics without API calls.
-    for line in report.emf_lines(now_ms) {
+    for line in report.emf_lines(&config, now_ms) {
         println!("{line}");
     }
     Ok(report)

@@ -17,9 +17,12 @@
 //!   decided**.
 //! - [`destination`]: invocation records for given-up batches, written to SQS, SNS or S3.
 //! - [`commit`]: which offset may be committed per partition, and retry state kept in commit metadata.
-//! - [`metrics`]: the run report and CloudWatch Embedded Metric Format lines.
+//! - [`metrics`]: the run report and CloudWatch Embedded Metric Format lines (AWS's metric names, per
+//!   minute, as deltas).
 //! - [`relay`]: the per-mapping loop and delivery jobs that carry the decisions out.
 //! - [`app`], [`handler`], [`demo`]: running all mappings, the Lambda entry point, the embedded demo.
+//! - [`logging`], [`status`]: log format, levels and the span per mapping; `status`, the groups' state read
+//!   without consuming.
 pub mod config;
 pub mod auth;
 pub mod kafka;
@@ -35,3 +38,5 @@ pub mod relay;
 pub mod app;
 pub mod handler;
 pub mod demo;
+pub mod logging;
+pub mod status;

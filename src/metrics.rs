@@ -201,6 +201,31 @@ impl RunReport {
 /// The CloudWatch namespace of every metric the relay emits.
 pub const NAMESPACE: &str = "KafkaLambdaRelay";
 
+/// Every metric the relay emits, with its unit (the table in the module documentation).
+pub const METRIC_UNITS: &[(&str, &str)] = &[
+    ("OffsetLag", "Count"),
+    ("TimeLag", "Seconds"),
+    ("PolledEventCount", "Count"),
+    ("FilteredOutEventCount", "Count"),
+    ("InvokedEventCount", "Count"),
+    ("FailedInvokeEventCount", "Count"),
+    ("DroppedEventCount", "Count"),
+    ("OnFailureDestinationDeliveredEventCount", "Count"),
+    ("CommittedEventCount", "Count"),
+    ("InvocationDuration", "Milliseconds"),
+    ("BatchRecordCount", "Count"),
+    ("BatchSizeBytes", "Bytes"),
+    ("PollingErrorCount", "Count"),
+    ("InvokeErrorCount", "Count"),
+    ("OnFailureDestinationDeliveryErrorCount", "Count"),
+    ("SchemaRegistryErrorCount", "Count"),
+    ("CommitErrorCount", "Count"),
+    ("MaxOffsetLag", "Count"),
+    ("SumOffsetLag", "Count"),
+    ("PartitionOffsetLag", "Count"),
+    ("PartitionTimeLag", "Seconds"),
+];
+
 /// A run emits its metrics at least this often (AWS's event source mapping metrics are per minute).
 pub const EMIT_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -485,6 +510,7 @@ impl EmfLine {
     }
 
     fn put(&mut self, name: &str, unit: &str, value: serde_json::Value) {
+        debug_assert!(METRIC_UNITS.contains(&(name, unit)), "{name} ({unit}) is not in METRIC_UNITS");
         self.metrics.push(serde_json::json!({"Name": name, "Unit": unit}));
         self.root.insert(name.to_string(), value);
     }

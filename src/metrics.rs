@@ -229,6 +229,58 @@ pub const METRIC_UNITS: &[(&str, &str)] = &[
 /// A run emits its metrics at least this often (AWS's event source mapping metrics are per minute).
 pub const EMIT_INTERVAL: Duration = Duration::from_secs(60);
 
+/// The emission interval: [`EMIT_INTERVAL`], or `RELAY_METRICS_INTERVAL_SECONDS` (for tests).
+pub fn emit_interval() -> Duration {
+    std::env::var("RELAY_METRICS_INTERVAL_SECONDS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|s| *s > 0)
+        .map(Duration::from_secs)
+        .unwrap_or(EMIT_INTERVAL)
+}
+
+/// Where a run writes its EMF lines.
+#[derive(Debug, Clone, Default)]
+pub enum EmfSink {
+    /// Not written (the default: `run` without `--metrics`).
+    #[default]
+    Off,
+    /// Standard output: Lambda's log, where CloudWatch extracts them.
+    Stdout,
+    /// Standard error (`run --metrics`: stdout carries the report).
+    Stderr,
+    /// Kept in memory (tests).
+    Collect(std::sync::Arc<std::sync::Mutex<Vec<String>>>),
+}
+
+impl EmfSink {
+    /// Writes `lines`, one per line.
+    pub fn write(&self, lines: &[String]) {
+        use std::io::Write;
+        match self {
+            EmfSink::Off => {}
+            EmfSink::Stdout => {
+                let mut out = std::io::stdout().lock();
+                for line in lines {
+                    let _ = writeln!(out, "{line}");
+                }
+            }
+            EmfSink::Stderr => {
+                let mut out = std::io::stderr().lock();
+                for line in lines {
+                    let _ = writeln!(out, "{line}");
+                }
+            }
+            EmfSink::Collect(kept) => kept.lock().expect("EMF lines lock").extend(lines.iter().cloned()),
+        }
+    }
+
+    /// Whether lines are written at all.
+    pub fn is_on(&self) -> bool {
+        !matches!(self, EmfSink::Off)
+    }
+}
+
 /// EMF allows at most 100 values per metric in one line.
 const MAX_VALUES_PER_METRIC: usize = 100;
 
@@ -304,6 +356,7 @@ pub struct MinuteMetrics {
     emitted: Counts,
     invocations: Vec<Invocation>,
     last_flush_ms: i64,
+    interval_ms: i64,
 }
 
 impl MinuteMetrics {
@@ -321,7 +374,14 @@ impl MinuteMetrics {
             emitted: Counts::default(),
             invocations: Vec::new(),
             last_flush_ms: now_ms,
+            interval_ms: EMIT_INTERVAL.as_millis() as i64,
         }
+    }
+
+    /// The same, flushing every `interval` instead of [`EMIT_INTERVAL`] (tests: short runs, many intervals).
+    pub fn with_interval(mut self, interval: Duration) -> Self {
+        self.interval_ms = (interval.as_millis() as i64).max(1);
+        self
     }
 
     /// Records one invocation that reached the target: how long it took and how full its batch was.
@@ -333,9 +393,9 @@ impl MinuteMetrics {
         });
     }
 
-    /// Whether [`EMIT_INTERVAL`] has passed since the last flush.
+    /// Whether the interval ([`EMIT_INTERVAL`] unless set otherwise) has passed since the last flush.
     pub fn due(&self, now_ms: i64) -> bool {
-        now_ms - self.last_flush_ms >= EMIT_INTERVAL.as_millis() as i64
+        now_ms - self.last_flush_ms >= self.interval_ms
     }
 
     /// The EMF lines for the interval ending at `now_ms`, given the run's counts so far and the lags now;
@@ -739,6 +799,7 @@ mod tests {
         let mut counts = Counts::default();
         assert!(!metrics.due(59_999));
         assert!(metrics.due(60_000));
+        assert!(MinuteMetrics::new("u", "f", groups, 0).with_interval(Duration::from_secs(1)).due(1_000));
         let mut polled = Vec::new();
         let mut polling_errors = Vec::new();
         for (minute, (new_records, errors)) in [(100u64, 0u64), (0, 2), (40, 1)].into_iter().enumerate() {

@@ -605,6 +605,57 @@ impl EmfLine {
     }
 }
 
+/// Where each partition's records were written in time, sampled, so the age of the first unprocessed
+/// record (the time lag) is known without keeping every record's timestamp.
+///
+/// The engine calls [`TimeLagTracker::fetched`] for each polled record; it keeps one (offset, timestamp)
+/// sample per [`TimeLagTracker::GAP_MS`] of record time per partition, and forgets samples below the
+/// committed offset. The time lag of a partition whose next unprocessed record is at offset `c` is taken
+/// from the last sample at or before `c`: never younger than the truth, at most `GAP_MS` older.
+#[derive(Debug, Clone, Default)]
+pub struct TimeLagTracker {
+    samples: std::collections::BTreeMap<(String, i32), std::collections::VecDeque<(i64, i64)>>,
+}
+
+impl TimeLagTracker {
+    /// Record time between two samples of a partition.
+    pub const GAP_MS: i64 = 1_000;
+    /// Samples kept per partition (about an hour of records at one sample a second).
+    pub const MAX_SAMPLES: usize = 4_096;
+
+    /// Notes a polled record.
+    pub fn fetched(&mut self, topic: &str, partition: i32, offset: i64, timestamp_ms: i64) {
+        let samples = match self.samples.get_mut(&(topic.to_string(), partition)) {
+            Some(samples) => samples,
+            None => self.samples.entry((topic.to_string(), partition)).or_default(),
+        };
+        match samples.back() {
+            Some(&(last_offset, last_ts)) if offset <= last_offset || timestamp_ms - last_ts < Self::GAP_MS => {}
+            _ => {
+                if samples.len() == Self::MAX_SAMPLES {
+                    samples.pop_front();
+                }
+                samples.push_back((offset, timestamp_ms));
+            }
+        }
+    }
+
+    /// The timestamp to measure the time lag from, for a partition whose first unprocessed record is at
+    /// `next_offset`; forgets older samples. `None` when no sample is at or before it.
+    pub fn next_record_timestamp(&mut self, topic: &str, partition: i32, next_offset: i64) -> Option<i64> {
+        let samples = self.samples.get_mut(&(topic.to_string(), partition))?;
+        while samples.len() > 1 && samples[1].0 <= next_offset {
+            samples.pop_front();
+        }
+        samples.front().filter(|(offset, _)| *offset <= next_offset).map(|(_, ts)| *ts)
+    }
+
+    /// Forgets a partition (revoked).
+    pub fn forget(&mut self, topic: &str, partition: i32) {
+        self.samples.remove(&(topic.to_string(), partition));
+    }
+}
+
 /// A progress line for a terminal: records per second since the last line, and what is left.
 #[derive(Debug, Clone, Default)]
 pub struct ProgressMeter {
@@ -829,6 +880,24 @@ mod tests {
         assert_eq!(sizes, vec![100, 100, 50]);
         assert!(lines[1].get("PolledEventCount").is_none(), "counts appear once per interval");
         assert!(parse(metrics.flush(120_000, &Counts::default(), &[]))[0].get("BatchRecordCount").is_none());
+    }
+
+    #[test]
+    fn time_lag_is_measured_from_the_last_sample_at_or_before_the_next_unprocessed_record() {
+        let mut tracker = TimeLagTracker::default();
+        // Records 0..100 written 100 ms apart: samples at offsets 0, 10, 20, ... (one per second).
+        for offset in 0..100 {
+            tracker.fetched("t", 0, offset, 1_000_000 + offset * 100);
+        }
+        assert_eq!(tracker.next_record_timestamp("t", 0, 0), Some(1_000_000));
+        assert_eq!(tracker.next_record_timestamp("t", 0, 35), Some(1_003_000), "sample at 30: at most 1 s older than record 35");
+        assert_eq!(tracker.next_record_timestamp("t", 0, 0), None, "samples before the committed offset are forgotten");
+        assert_eq!(tracker.next_record_timestamp("t", 0, 99), Some(1_009_000));
+        assert_eq!(tracker.next_record_timestamp("t", 1, 5), None, "a partition never polled has no time lag");
+        tracker.forget("t", 0);
+        assert_eq!(tracker.next_record_timestamp("t", 0, 99), None);
+        let lag = PartitionLag { topic: "t".into(), partition: 0, offset_lag: 3, next_record_timestamp_ms: Some(1_003_000) };
+        assert_eq!(lag.time_lag_seconds(1_010_500), Some(7.5));
     }
 
     #[test]

@@ -35,7 +35,8 @@ enum Command {
         /// such as `cargo lambda watch`. Also RELAY_TARGET_TIMEOUT_SECONDS.
         #[arg(long)]
         target_timeout: Option<u64>,
-        /// Also print CloudWatch Embedded Metric Format lines on stderr.
+        /// Also print CloudWatch Embedded Metric Format lines on stderr, every minute and at the end (every
+        /// RELAY_METRICS_INTERVAL_SECONDS instead, when set).
         #[arg(long)]
         metrics: bool,
         /// Connect, read secrets, list each topic's partitions, watermarks and the group's offsets, and
@@ -164,15 +165,12 @@ async fn main() -> ExitCode {
                 target_timeout: target_timeout.map(Duration::from_secs).or_else(|| app::env_seconds("RELAY_TARGET_TIMEOUT_SECONDS")),
                 stop: Some(stop_signal()),
                 progress: terminal_progress(),
+                // EMF lines on stderr every minute and at the end of each mapping's run (stdout has the report).
+                metrics: if metrics { kafka_lambda_relay::metrics::EmfSink::Stderr } else { kafka_lambda_relay::metrics::EmfSink::Off },
+                metrics_interval: kafka_lambda_relay::metrics::emit_interval(),
                 ..Default::default()
             };
             let report = app::run_all(&config, &services, &options).await;
-            if metrics {
-                let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
-                for line in report.emf_lines(&config, now_ms) {
-                    eprintln!("{line}");
-                }
-            }
             println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));
             if report.has_errors() {
                 ExitCode::from(1)

@@ -614,7 +614,7 @@ impl EmfLine {
 /// from the last sample at or before `c`: never younger than the truth, at most `GAP_MS` older.
 #[derive(Debug, Clone, Default)]
 pub struct TimeLagTracker {
-    samples: std::collections::BTreeMap<(String, i32), std::collections::VecDeque<(i64, i64)>>,
+    samples: std::collections::BTreeMap<crate::kafka::PartitionKey, std::collections::VecDeque<(i64, i64)>>,
 }
 
 impl TimeLagTracker {
@@ -624,10 +624,10 @@ impl TimeLagTracker {
     pub const MAX_SAMPLES: usize = 4_096;
 
     /// Notes a polled record.
-    pub fn fetched(&mut self, topic: &str, partition: i32, offset: i64, timestamp_ms: i64) {
-        let samples = match self.samples.get_mut(&(topic.to_string(), partition)) {
+    pub fn fetched(&mut self, key: &crate::kafka::PartitionKey, offset: i64, timestamp_ms: i64) {
+        let samples = match self.samples.get_mut(key) {
             Some(samples) => samples,
-            None => self.samples.entry((topic.to_string(), partition)).or_default(),
+            None => self.samples.entry(key.clone()).or_default(),
         };
         match samples.back() {
             Some(&(last_offset, last_ts)) if offset <= last_offset || timestamp_ms - last_ts < Self::GAP_MS => {}
@@ -642,8 +642,8 @@ impl TimeLagTracker {
 
     /// The timestamp to measure the time lag from, for a partition whose first unprocessed record is at
     /// `next_offset`; forgets older samples. `None` when no sample is at or before it.
-    pub fn next_record_timestamp(&mut self, topic: &str, partition: i32, next_offset: i64) -> Option<i64> {
-        let samples = self.samples.get_mut(&(topic.to_string(), partition))?;
+    pub fn next_record_timestamp(&mut self, key: &crate::kafka::PartitionKey, next_offset: i64) -> Option<i64> {
+        let samples = self.samples.get_mut(key)?;
         while samples.len() > 1 && samples[1].0 <= next_offset {
             samples.pop_front();
         }
@@ -651,8 +651,8 @@ impl TimeLagTracker {
     }
 
     /// Forgets a partition (revoked).
-    pub fn forget(&mut self, topic: &str, partition: i32) {
-        self.samples.remove(&(topic.to_string(), partition));
+    pub fn forget(&mut self, key: &crate::kafka::PartitionKey) {
+        self.samples.remove(key);
     }
 }
 
@@ -885,17 +885,18 @@ mod tests {
     #[test]
     fn time_lag_is_measured_from_the_last_sample_at_or_before_the_next_unprocessed_record() {
         let mut tracker = TimeLagTracker::default();
+        let (p0, p1) = (crate::kafka::PartitionKey::new("t", 0), crate::kafka::PartitionKey::new("t", 1));
         // Records 0..100 written 100 ms apart: samples at offsets 0, 10, 20, ... (one per second).
         for offset in 0..100 {
-            tracker.fetched("t", 0, offset, 1_000_000 + offset * 100);
+            tracker.fetched(&p0, offset, 1_000_000 + offset * 100);
         }
-        assert_eq!(tracker.next_record_timestamp("t", 0, 0), Some(1_000_000));
-        assert_eq!(tracker.next_record_timestamp("t", 0, 35), Some(1_003_000), "sample at 30: at most 1 s older than record 35");
-        assert_eq!(tracker.next_record_timestamp("t", 0, 0), None, "samples before the committed offset are forgotten");
-        assert_eq!(tracker.next_record_timestamp("t", 0, 99), Some(1_009_000));
-        assert_eq!(tracker.next_record_timestamp("t", 1, 5), None, "a partition never polled has no time lag");
-        tracker.forget("t", 0);
-        assert_eq!(tracker.next_record_timestamp("t", 0, 99), None);
+        assert_eq!(tracker.next_record_timestamp(&p0, 0), Some(1_000_000));
+        assert_eq!(tracker.next_record_timestamp(&p0, 35), Some(1_003_000), "sample at 30: at most 1 s older than record 35");
+        assert_eq!(tracker.next_record_timestamp(&p0, 0), None, "samples before the committed offset are forgotten");
+        assert_eq!(tracker.next_record_timestamp(&p0, 99), Some(1_009_000));
+        assert_eq!(tracker.next_record_timestamp(&p1, 5), None, "a partition never polled has no time lag");
+        tracker.forget(&p0);
+        assert_eq!(tracker.next_record_timestamp(&p0, 99), None);
         let lag = PartitionLag { topic: "t".into(), partition: 0, offset_lag: 3, next_record_timestamp_ms: Some(1_003_000) };
         assert_eq!(lag.time_lag_seconds(1_010_500), Some(7.5));
     }

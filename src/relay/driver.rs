@@ -23,7 +23,7 @@ use crate::config::Mapping;
 use crate::filter::Filters;
 use crate::kafka::consumer::{self, CommitOutcome, GroupEvent, RelayConsumer};
 use crate::kafka::{PartitionKey, Record, TimestampType};
-use crate::metrics::{MappingReport, OffsetLag};
+use crate::metrics::{MappingReport, MinuteMetrics, OffsetLag, PartitionLag, TimeLagTracker};
 
 use super::delivery::{Delivery, Notice, Policy};
 use super::job::{self, JobContext, JobEvent};
@@ -73,6 +73,12 @@ struct Driver<'a> {
     last_progress: Instant,
     /// The key of the last record polled: consecutive records mostly share it.
     last_key: Option<PartitionKey>,
+    /// This interval's metrics, written every `options.metrics_interval` and at the end.
+    metrics: MinuteMetrics,
+    /// Sampled record timestamps, for the time lag.
+    time_lags: TimeLagTracker,
+    /// The invoke call each job made last, until the machine says how it went.
+    invocations: std::collections::HashMap<JobId, (Duration, usize, usize)>,
 }
 
 impl<'a> Driver<'a> {
@@ -121,6 +127,9 @@ impl<'a> Driver<'a> {
             started: Instant::now(),
             last_progress: Instant::now(),
             last_key: None,
+            metrics: MinuteMetrics::for_mapping(mapping, unix_ms()).with_interval(options.metrics_interval),
+            time_lags: TimeLagTracker::default(),
+            invocations: std::collections::HashMap::new(),
         }
     }
 
@@ -175,7 +184,8 @@ impl<'a> Driver<'a> {
                 crate::batch::Formed::Oversized(record) => Delivery::oversized(record, self.policy),
             };
             let task = job::run(job, delivery, self.context.clone(), self.events.0.clone(), Some(permit), charge);
-            self.jobs.spawn(task);
+            // Jobs log inside the mapping's span too.
+            self.jobs.spawn(tracing::Instrument::in_current_span(task));
         }
     }
 
@@ -186,15 +196,77 @@ impl<'a> Driver<'a> {
                 let Some(next) = self.ledger.continued(job, &key) else { return };
                 let charge = self.shared.budget.charge(records.iter().map(|r| r.memory_len() + r.encoded_len()).sum());
                 let delivery = Delivery::continuation(records, attempts, response, delay, self.policy);
-                self.jobs.spawn(job::run(next, delivery, self.context.clone(), self.events.0.clone(), None, charge));
+                let task = job::run(next, delivery, self.context.clone(), self.events.0.clone(), None, charge);
+                self.jobs.spawn(tracing::Instrument::in_current_span(task));
             }
-            JobEvent::Notice(notice) => self.ledger.apply(job, &notice),
-            JobEvent::Finished(held) => self.ledger.finished(job, &held),
+            JobEvent::Notice(notice) => {
+                self.count_invocation(job, &notice);
+                self.ledger.apply(job, &notice)
+            }
+            JobEvent::Finished(held) => {
+                self.invocations.remove(&job);
+                self.ledger.finished(job, &held)
+            }
+            JobEvent::Invocation { duration, records, bytes } => {
+                self.invocations.insert(job, (duration, records, bytes));
+                return;
+            }
+            JobEvent::DestinationFailed => {
+                self.ledger.counts.on_failure_destination_delivery_errors += 1;
+                return;
+            }
         }
         // Keep the consumer's copy current, so a revocation commits this progress.
         for (key, (offset, metadata)) in self.ledger.committable() {
             self.consumer.context().set_committable(&key, offset, metadata);
         }
+    }
+
+    /// The metrics of the invoke call `job` made, now that the machine says how it went: records invoked
+    /// (`InvokedEventCount`), failed (`FailedInvokeEventCount`), calls that never reached the function
+    /// (`InvokeErrorCount`), and the call's duration and batch fill.
+    fn count_invocation(&mut self, job: JobId, notice: &Notice) {
+        let counts = &mut self.ledger.counts;
+        match notice {
+            Notice::Invoked { failed, .. } => {
+                let Some((duration, records, bytes)) = self.invocations.remove(&job) else { return };
+                self.metrics.observe_invocation(duration, records, bytes);
+                counts.invoked_events += records as u64;
+                if *failed {
+                    counts.failed_invoke_events += records as u64;
+                }
+            }
+            Notice::NotAttempted { .. } => {
+                counts.invoke_errors += 1;
+                if let Some((_, records, _)) = self.invocations.remove(&job) {
+                    counts.failed_invoke_events += records as u64;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Writes this interval's metrics when it is over, or always with `last` (the end of the run).
+    fn emit_metrics(&mut self, last: bool) {
+        if !self.options.metrics.is_on() {
+            return;
+        }
+        let now = unix_ms();
+        if !last && !self.metrics.due(now) {
+            return;
+        }
+        let mut counts = self.ledger.counts;
+        counts.committed = self.ledger.committed_records();
+        let partitions = self.ledger.partition_reports(|key| consumer::watermarks(&self.consumer, key).map(|(_, high)| high));
+        let lags: Vec<PartitionLag> = partitions
+            .into_iter()
+            .filter_map(|p| {
+                let key = PartitionKey::new(p.topic.as_str(), p.partition);
+                let next = p.committed_offset.and_then(|c| self.time_lags.next_record_timestamp(&key, c));
+                p.lag.map(|offset_lag| PartitionLag { topic: p.topic, partition: p.partition, offset_lag, next_record_timestamp_ms: next })
+            })
+            .collect();
+        self.options.metrics.write(&self.metrics.flush(now, &counts, &lags));
     }
 
     fn on_job_end(&mut self, joined: Result<(), tokio::task::JoinError>) {
@@ -251,6 +323,7 @@ impl<'a> Driver<'a> {
             return;
         }
         let keep = self.filters.matches(&record);
+        self.time_lags.fetched(&record.key_partition, record.offset, record.timestamp_ms);
         self.ledger.accept(record, keep, Instant::now());
     }
 
@@ -261,6 +334,7 @@ impl<'a> Driver<'a> {
                 GroupEvent::Assigned(partitions) => partitions.into_iter().for_each(|p| self.ledger.assigned(p)),
                 GroupEvent::Revoked(keys) => keys.iter().for_each(|k| {
                     self.ledger.revoked(k);
+                    self.time_lags.forget(k);
                     self.consumer.context().forget(k);
                 }),
             }
@@ -268,6 +342,7 @@ impl<'a> Driver<'a> {
     }
 
     fn poll_error(&mut self, error: KafkaError) {
+        self.ledger.counts.polling_errors += 1;
         tracing::warn!(error_code = "KAFKA_POLL_ERROR", mapping = %self.context.mapping_uuid, %error, "poll failed");
     }
 
@@ -279,6 +354,7 @@ impl<'a> Driver<'a> {
                 self.last_commit_error = None;
             }
             Err(error) => {
+                self.ledger.counts.commit_errors += 1;
                 // Nothing lost: the group keeps its older offsets; the next commit offers them again.
                 tracing::warn!(error_code = "COMMIT_FAILED", mapping = %self.context.mapping_uuid, %error, "commit failed");
                 self.ledger.commit_failed(outcome.offsets.into_keys());
@@ -318,6 +394,8 @@ impl<'a> Driver<'a> {
     /// Returns true when the run is over (caught up).
     async fn on_tick(&mut self) -> bool {
         self.ledger.resume_where_room();
+        self.ledger.counts.polling_errors += self.consumer.context().take_client_errors();
+        self.emit_metrics(false);
         if self.last_progress.elapsed() >= Duration::from_millis(500) {
             self.last_progress = Instant::now();
             if let Some(progress) = &self.options.progress {
@@ -401,7 +479,10 @@ impl<'a> Driver<'a> {
                 self.problem = Some(Problem::FinalCommit { reason });
             }
         }
+        self.ledger.counts.polling_errors += self.consumer.context().take_client_errors();
         let report = self.report();
+        // The run's last metrics: what happened since the last interval, and the lags now.
+        self.emit_metrics(true);
         let close_by = self.options.deadline.map_or(Instant::now() + FINAL_COMMIT_WAIT, |d| d.max(Instant::now())) + CLOSE_GRACE;
         close(self.consumer, close_by).await;
         report
@@ -519,4 +600,8 @@ async fn wait_stop(stop: &mut Option<watch::Receiver<bool>>) {
         }
         None => std::future::pending().await,
     }
+}
+
+fn unix_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }

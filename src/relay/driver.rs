@@ -257,7 +257,12 @@ impl<'a> Driver<'a> {
         }
         let mut counts = self.ledger.counts;
         counts.committed = self.ledger.committed_records();
-        let partitions = self.ledger.partition_reports(|key| consumer::watermarks(&self.consumer, key).map(|(_, high)| high));
+        // During the run only what the last fetch said (no broker round trip in the loop); at the end the
+        // same watermarks as the report.
+        let partitions = self.ledger.partition_reports(|key| {
+            let marks = if last { consumer::watermarks(&self.consumer, key) } else { consumer::cached_watermarks(&self.consumer, key) };
+            marks.map(|(_, high)| high)
+        });
         let lags: Vec<PartitionLag> = partitions
             .into_iter()
             .filter_map(|p| {

@@ -189,3 +189,93 @@ async fn a_broker_that_goes_away_counts_polling_errors() -> TestResult {
     assert_eq!(counts.delivered, 10);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_interval_deltas_add_up_to_the_report_and_groups_follow_metrics_config() -> TestResult {
+    let h = Harness::start().await?;
+    let (topic, function) = (unique("t"), unique("fn"));
+    h.seed(&topic, 2, 40)?;
+    // Slow enough that the run spans several 1 s intervals.
+    h.register(
+        &function,
+        always(Reply::success("{}").after(Duration::from_millis(400))),
+    );
+    let mut cfg = config(
+        h.kafka.bootstrap_servers(),
+        &topic,
+        &function,
+        &unique("g"),
+        serde_json::json!({"UUID": "all-groups", "BatchSize": 5, "MetricsConfig": all_groups()}),
+    );
+    let mut plain = cfg.mappings[0].clone();
+    plain.uuid = Some("no-metrics-config".into());
+    plain.metrics_config = None;
+    plain.self_managed_kafka_event_source_config = Some(kafka_lambda_relay::config::KafkaEventSourceConfig {
+        consumer_group_id: Some(unique("g")),
+    });
+    cfg.mappings.push(plain);
+    let (options, lines) = collecting(until_idle());
+    let report = run_all(&cfg, &h.services, &options).await;
+
+    let parsed: Vec<serde_json::Value> = lines
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|l| serde_json::from_str(l))
+        .collect::<Result<_, _>>()?;
+    let of = |uuid: &str| {
+        parsed
+            .iter()
+            .filter(|l| l["EventSourceMappingUUID"] == uuid)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let all = of("all-groups");
+    let intervals = all.iter().filter(|l| l.get("PolledEventCount").is_some()).count();
+    assert!(
+        intervals >= 3,
+        "a run of several seconds writes several intervals ({intervals})"
+    );
+    let counts = report.mappings[0].counts;
+    let sum = |name: &str| {
+        all.iter()
+            .filter_map(|l| l.get(name).and_then(serde_json::Value::as_u64))
+            .sum::<u64>()
+    };
+    assert_eq!(
+        [
+            sum("PolledEventCount"),
+            sum("InvokedEventCount"),
+            sum("CommittedEventCount"),
+            sum("DroppedEventCount")
+        ],
+        [counts.polled, counts.invoked_events, counts.committed, counts.dropped]
+    );
+    assert_eq!([counts.polled, counts.invoked_events, counts.committed], [80, 80, 80]);
+    let batches: usize = all
+        .iter()
+        .filter_map(|l| l["BatchRecordCount"].as_array())
+        .map(Vec::len)
+        .sum();
+    assert_eq!(
+        batches as u64, counts.invocations,
+        "one BatchRecordCount value per invocation"
+    );
+
+    let names: std::collections::BTreeSet<String> = of("no-metrics-config")
+        .iter()
+        .flat_map(|l| {
+            l["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|m| m["Name"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        names,
+        ["OffsetLag", "TimeLag"].map(String::from).into(),
+        "without MetricsConfig: what AWS emits, and the time lag"
+    );
+    Ok(())
+}

@@ -39,6 +39,12 @@ pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Records taken from librdkafka's queue without waiting, after each one the loop waited for.
 const DRAIN_AT_ONCE: usize = 2000;
 
+/// How long one watermark query may take (only partitions without a fetch answer need one).
+const WATERMARK_QUERY: Duration = Duration::from_millis(500);
+
+/// How long the report may spend querying watermarks.
+const REPORT_QUERIES: Duration = Duration::from_secs(2);
+
 /// A final commit without a deadline waits at most this long for the group's answer.
 const FINAL_COMMIT_WAIT: Duration = Duration::from_secs(10);
 
@@ -201,7 +207,22 @@ impl<'a> Driver<'a> {
             }
             JobEvent::Notice(notice) => {
                 self.count_invocation(job, &notice);
-                self.ledger.apply(job, &notice)
+                self.ledger.apply(job, &notice);
+                // Keep the consumer's copy current, so a revocation commits this progress.
+                let moved: Vec<&PartitionKey> = match &notice {
+                    Notice::Delivered(records) | Notice::GivenUp { records, .. } => records.iter().map(|(k, _)| k).collect(),
+                    Notice::Unfinished { first, .. } => first.iter().map(|(k, _, _)| k).collect(),
+                    _ => Vec::new(),
+                };
+                let mut last = None;
+                for key in moved {
+                    if last != Some(key) {
+                        last = Some(key);
+                        if let Some((offset, metadata)) = self.ledger.committable_of(key) {
+                            self.consumer.context().set_committable(key, offset, metadata);
+                        }
+                    }
+                }
             }
             JobEvent::Finished(held) => {
                 self.invocations.remove(&job);
@@ -209,16 +230,8 @@ impl<'a> Driver<'a> {
             }
             JobEvent::Invocation { duration, records, bytes } => {
                 self.invocations.insert(job, (duration, records, bytes));
-                return;
             }
-            JobEvent::DestinationFailed => {
-                self.ledger.counts.on_failure_destination_delivery_errors += 1;
-                return;
-            }
-        }
-        // Keep the consumer's copy current, so a revocation commits this progress.
-        for (key, (offset, metadata)) in self.ledger.committable() {
-            self.consumer.context().set_committable(&key, offset, metadata);
+            JobEvent::DestinationFailed => self.ledger.counts.on_failure_destination_delivery_errors += 1,
         }
     }
 
@@ -246,23 +259,26 @@ impl<'a> Driver<'a> {
         }
     }
 
-    /// Writes this interval's metrics when it is over, or always with `last` (the end of the run).
-    fn emit_metrics(&mut self, last: bool) {
+    /// Writes this interval's metrics when it is over; at the end of the run (`report`), always, with the
+    /// report's counts and lags.
+    fn emit_metrics(&mut self, report: Option<&MappingReport>) {
         if !self.options.metrics.is_on() {
             return;
         }
         let now = unix_ms();
-        if !last && !self.metrics.due(now) {
-            return;
-        }
-        let mut counts = self.ledger.counts;
-        counts.committed = self.ledger.committed_records();
-        // During the run only what the last fetch said (no broker round trip in the loop); at the end the
-        // same watermarks as the report.
-        let partitions = self.ledger.partition_reports(|key| {
-            let marks = if last { consumer::watermarks(&self.consumer, key) } else { consumer::cached_watermarks(&self.consumer, key) };
-            marks.map(|(_, high)| high)
-        });
+        let (counts, partitions) = match report {
+            Some(report) => (report.counts, report.partitions.clone()),
+            None if !self.metrics.due(now) => return,
+            None => {
+                let mut counts = self.ledger.counts;
+                counts.committed = self.ledger.committed_records();
+                // Watermarks of the last fetch only: no broker round trip inside the loop.
+                let partitions = self
+                    .ledger
+                    .partition_reports(|key| consumer::watermarks(&self.consumer, key, Duration::ZERO).map(|(_, high)| high));
+                (counts, partitions)
+            }
+        };
         let lags: Vec<PartitionLag> = partitions
             .into_iter()
             .filter_map(|p| {
@@ -400,7 +416,7 @@ impl<'a> Driver<'a> {
     async fn on_tick(&mut self) -> bool {
         self.ledger.resume_where_room();
         self.ledger.counts.polling_errors += self.consumer.context().take_client_errors();
-        self.emit_metrics(false);
+        self.emit_metrics(None);
         if self.last_progress.elapsed() >= Duration::from_millis(500) {
             self.last_progress = Instant::now();
             if let Some(progress) = &self.options.progress {
@@ -431,7 +447,8 @@ impl<'a> Driver<'a> {
             .collect();
         drop(position);
         self.ledger.positions().into_iter().all(|(key, at)| {
-            let Some((low, high)) = consumer::watermarks(&self.consumer, &key) else { return false };
+            // Before the first fetch answer, one short query; the driver is idle meanwhile anyway.
+            let Some((low, high)) = consumer::watermarks(&self.consumer, &key, WATERMARK_QUERY) else { return false };
             // A partition with nothing fetched and nothing committed is caught up only when it is empty.
             positions.get(&key).copied().or(at).map_or(low >= high, |at| at >= high)
         })
@@ -478,47 +495,57 @@ impl<'a> Driver<'a> {
             self.on_job_event(job, event);
         }
         let commit_by = self.options.deadline.map_or(Instant::now() + FINAL_COMMIT_WAIT, |d| d.max(Instant::now()));
-        if let Err(reason) = self.final_commit(commit_by).await {
-            tracing::error!(error_code = "COMMIT_FAILED", mapping = %self.context.mapping_uuid, reason = %reason, "final commit failed");
-            if self.problem.is_none() {
-                self.problem = Some(Problem::FinalCommit { reason });
-            }
+        if let Err(problem) = self.final_commit(commit_by).await {
+            tracing::error!(error_code = "COMMIT_FAILED", mapping = %self.context.mapping_uuid, %problem, "final commit failed");
+            self.problem.get_or_insert(problem);
         }
         self.ledger.counts.polling_errors += self.consumer.context().take_client_errors();
         let report = self.report();
         // The run's last metrics: what happened since the last interval, and the lags now.
-        self.emit_metrics(true);
+        self.emit_metrics(Some(&report));
         let close_by = self.options.deadline.map_or(Instant::now() + FINAL_COMMIT_WAIT, |d| d.max(Instant::now())) + CLOSE_GRACE;
         close(self.consumer, close_by).await;
         report
     }
 
-    /// Waits for the commit in flight, then commits what is left; Err says why the group has not got it.
-    async fn final_commit(&mut self, by: Instant) -> Result<(), String> {
+    /// Waits for the commit in flight, then commits what is left, retrying a refused commit until `by`;
+    /// Err says why the group has not got it.
+    async fn final_commit(&mut self, by: Instant) -> Result<(), Problem> {
         let by = tokio::time::Instant::from_std(by);
         let consumer = self.consumer.clone();
+        self.last_commit_error = None;
         loop {
             if self.commit_in_flight.is_none() {
                 self.send_commit();
                 if self.commit_in_flight.is_none() {
-                    // Nothing was due: the group has everything (or the last failure says why not).
-                    return self.last_commit_error.take().map_or(Ok(()), Err);
+                    // Nothing is due: the group has everything.
+                    return Ok(());
                 }
             }
             tokio::select! {
                 Some(outcome) = self.commits.recv() => self.on_commit(outcome),
-                // Polling serves the commit's answer (and a rebalance); records are not taken any more.
+                // Polling serves a rebalance meanwhile; records are not taken any more.
                 _ = consumer.recv() => {}
-                _ = tokio::time::sleep_until(by) => return Err("the group did not answer before the run's deadline".into()),
+                _ = tokio::time::sleep_until(by) => {
+                    let reason = self.last_commit_error.take().unwrap_or_else(|| "the group did not answer before the run's deadline".into());
+                    return Err(Problem::FinalCommit { reason });
+                }
             }
-            if let Some(error) = self.last_commit_error.take() {
-                return Err(error);
+            if self.last_commit_error.is_some() {
+                // Refused (a rebalance, a coordinator moving): offered again after a short pause.
+                tokio::time::sleep(COMMIT_INTERVAL.min(by.saturating_duration_since(tokio::time::Instant::now()))).await;
             }
         }
     }
 
     fn report(&self) -> MappingReport {
-        let partitions = self.ledger.partition_reports(|key| consumer::watermarks(&self.consumer, key).map(|(_, high)| high));
+        // Watermarks of the last fetch; a partition never fetched gets one short query while the run's
+        // time allows (a cluster that went away must not hold the report up).
+        let queries_until = Instant::now() + REPORT_QUERIES;
+        let partitions = self.ledger.partition_reports(|key| {
+            let query = if Instant::now() < queries_until { WATERMARK_QUERY } else { Duration::ZERO };
+            consumer::watermarks(&self.consumer, key, query).map(|(_, high)| high)
+        });
         let mut lag = OffsetLag::default();
         for l in partitions.iter().filter_map(|p| p.lag) {
             lag.sum += l;

@@ -1,6 +1,11 @@
 #![cfg(feature = "e2e")]
-//! `kafka-lambda-relay status` against tansu: a partition blocked by an earlier run's retry state and a
-//! lagging one are reported with their lag in records and seconds, and nothing in the cluster changes.
+//! `kafka-lambda-relay status` against tansu: a partition with an earlier run's retry state and a lagging
+//! one are reported with their lag in records and seconds, and nothing in the cluster changes.
+//!
+//! tansu 0.6.0 does not keep the metadata of a committed offset (it answers an empty string), so on it the
+//! retry state, and with it the `Blocked` column, is lost; the test asserts that, so a tansu that starts
+//! keeping metadata shows up here. `tests/status_mock.rs` covers the blocked partition on a broker that
+//! keeps metadata (librdkafka's mock cluster).
 
 mod common;
 
@@ -103,7 +108,8 @@ fn status_shows_a_blocked_and_a_lagging_partition_and_changes_no_offset() -> Tes
         &[(0, 3, retry.clone()), (1, 6, String::new()), (2, 10, String::new())],
     )?;
     let before = committed_with_metadata(&group, &topic, 3)?;
-    assert_eq!(before[0], (Some(3), retry));
+    let keeps_metadata = before[0].1 == retry;
+    assert_eq!(before[0], (Some(3), String::new()), "tansu 0.6.0 drops commit metadata (if this fails, it keeps it now)");
 
     let mapping = tansu_mapping("recording-target", &topic, &group);
     let config = json!({"Mappings": [mapping]});
@@ -133,16 +139,12 @@ fn status_shows_a_blocked_and_a_lagging_partition_and_changes_no_offset() -> Tes
         rows,
         vec![(0, Some(3), 10, 7), (1, Some(6), 10, 4), (2, Some(10), 10, 0)]
     );
-    assert_eq!(p[0]["Blocked"]["Offset"], 3);
-    assert_eq!(p[0]["Blocked"]["Attempts"], 2);
-    assert!(
-        p[0]["Blocked"]["Reason"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("failed 2 attempt(s)"),
-        "{}",
-        p[0]
-    );
+    if keeps_metadata {
+        assert_eq!(p[0]["Blocked"]["Offset"], 3);
+        assert_eq!(p[0]["Blocked"]["Attempts"], 2);
+    } else {
+        assert!(p[0]["Blocked"].is_null(), "no metadata, no retry state: {}", p[0]);
+    }
     assert!(p[1]["Blocked"].is_null());
     for lagging in [p[0], p[1]] {
         assert_eq!(
@@ -160,11 +162,8 @@ fn status_shows_a_blocked_and_a_lagging_partition_and_changes_no_offset() -> Tes
     // The table for a person, then: still the same offsets and metadata, nothing consumed or committed.
     let table = status(&config, false)?.stdout;
     assert!(table.contains(&format!("group {group}")), "{table}");
-    assert!(
-        table.contains("at 3: the batch starting at offset 3 failed 2 attempt(s)"),
-        "{table}"
-    );
     assert!(table.contains("lag 11 record(s)"), "{table}");
+    eprintln!("{table}");
     assert_eq!(
         committed_with_metadata(&group, &topic, 3)?,
         before,

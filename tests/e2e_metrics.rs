@@ -66,10 +66,14 @@ fn emf_lines_carry_aws_names_units_dimensions_and_deltas_that_add_up_to_the_repo
     populate_topic(&tansu(), &topic, PARTITIONS, COUNT, |i| format!("m{i}"))?;
 
     let mut all = tansu_mapping("recording-target", &topic, &unique_name("group"));
-    all["BatchSize"] = json!(50);
+    // One record per invocation, no batching window: several hundred invocations per partition, one after
+    // the other, so the run spans several 1 s intervals.
+    all["BatchSize"] = json!(1);
+    all["MaximumBatchingWindowInSeconds"] = json!(0);
     all["MetricsConfig"] = json!({"Metrics": ["EventCount", "ErrorCount", "KafkaMetrics"]});
     let mut events_only = tansu_mapping("recording-target", &topic, &unique_name("group"));
-    events_only["BatchSize"] = json!(50);
+    events_only["BatchSize"] = json!(1);
+    events_only["MaximumBatchingWindowInSeconds"] = json!(0);
     events_only["MetricsConfig"] = json!({"Metrics": ["EventCount"]});
     let default = tansu_mapping("recording-target", &topic, &unique_name("group"));
     let uuids: Vec<String> = [&all, &events_only, &default]

@@ -89,6 +89,8 @@ async fn status_reads_lag_time_lag_and_blocked_state_without_moving_the_group() 
     let report = status(&cfg.mappings[0], &NoSecrets, now_ms).await;
 
     assert_eq!(report.state, "Enabled", "{report:?}");
+    // What a person sees (the README's example comes from here).
+    eprintln!("{}", kafka_lambda_relay::status::StatusReport { mappings: vec![report.clone()] }.table());
     let rows: Vec<(i32, Option<i64>, i64, i64)> = report
         .partitions
         .iter()

@@ -344,7 +344,9 @@ impl<'a> Driver<'a> {
             return;
         }
         let keep = self.filters.matches(&record);
-        self.time_lags.fetched(&record.key_partition, record.offset, record.timestamp_ms);
+        if self.options.metrics.is_on() {
+            self.time_lags.fetched(&record.key_partition, record.offset, record.timestamp_ms);
+        }
         self.ledger.accept(record, keep, Instant::now());
     }
 

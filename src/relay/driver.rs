@@ -354,12 +354,18 @@ impl<'a> Driver<'a> {
     fn apply_group_events(&mut self) {
         for event in self.consumer.context().take_events() {
             match event {
-                GroupEvent::Assigned(partitions) => partitions.into_iter().for_each(|p| self.ledger.assigned(p)),
-                GroupEvent::Revoked(keys) => keys.iter().for_each(|k| {
-                    self.ledger.revoked(k);
-                    self.time_lags.forget(k);
-                    self.consumer.context().forget(k);
-                }),
+                GroupEvent::Assigned(partitions) => {
+                    tracing::info!(mapping = %self.context.mapping_uuid, partitions = partitions.len(), "partitions assigned");
+                    partitions.into_iter().for_each(|p| self.ledger.assigned(p));
+                }
+                GroupEvent::Revoked(keys) => {
+                    tracing::info!(mapping = %self.context.mapping_uuid, partitions = keys.len(), "partitions revoked");
+                    keys.iter().for_each(|k| {
+                        self.ledger.revoked(k);
+                        self.time_lags.forget(k);
+                        self.consumer.context().forget(k);
+                    });
+                }
             }
         }
     }

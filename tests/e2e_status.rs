@@ -92,7 +92,7 @@ fn status(config: &Value, json: bool) -> TestResult<Finished> {
 }
 
 #[test]
-fn status_shows_a_blocked_and_a_lagging_partition_and_changes_no_offset() -> TestResult {
+fn status_on_tansu_shows_lag_and_time_lag_per_partition_and_changes_no_offset() -> TestResult {
     let topic = unique_name("status");
     let group = unique_name("group");
     create_topic(&tansu(), &topic, 3)?;

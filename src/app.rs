@@ -20,7 +20,12 @@ pub async fn run_all(config: &RelayConfig, services: &Services, options: &RunOpt
         let services = services.clone();
         let options = options.clone();
         let shared = shared.clone();
-        tasks.spawn(async move { (index, run_mapping(&mapping, &services, &options, &shared).await) });
+        // Every line the mapping logs carries its UUID (and honours its SystemLogLevel) through this span.
+        let span = crate::logging::mapping_span(&mapping);
+        tasks.spawn(tracing::Instrument::instrument(
+            async move { (index, run_mapping(&mapping, &services, &options, &shared).await) },
+            span,
+        ));
     }
     let mut reports: Vec<Option<MappingReport>> = vec![None; config.mappings.len()];
     while let Some(joined) = tasks.join_next().await {

@@ -68,6 +68,14 @@ pub struct Mapping {
     /// Where records the relay gives up on are written.
     #[serde(rename = "DestinationConfig", default, skip_serializing_if = "Option::is_none")]
     pub destination_config: Option<DestinationConfig>,
+    /// Which of AWS's metric groups to emit (`EventCount`, `ErrorCount`, `KafkaMetrics`); without it only
+    /// `OffsetLag` and the relay's `TimeLag` are emitted, as AWS emits only `OffsetLag` (see [`crate::metrics`]).
+    #[serde(rename = "MetricsConfig", default, skip_serializing_if = "Option::is_none")]
+    pub metrics_config: Option<MetricsConfig>,
+    /// The mapping's log level (`SystemLogLevel`: `DEBUG`, `INFO` or `WARN`); without it the process's level
+    /// applies.
+    #[serde(rename = "LoggingConfig", default, skip_serializing_if = "Option::is_none")]
+    pub logging_config: Option<LoggingConfig>,
     /// `["ReportBatchItemFailures"]` to honour partial batch responses.
     #[serde(rename = "FunctionResponseTypes", default, skip_serializing_if = "Vec::is_empty")]
     pub function_response_types: Vec<String>,
@@ -172,6 +180,30 @@ pub struct OnFailure {
     #[serde(rename = "Destination", default)]
     pub destination: String,
 }
+
+/// `MetricsConfig` (AWS's `EventSourceMappingMetricsConfig`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Metric groups to emit: any of [`METRIC_GROUPS`], at most 3 (AWS's limits).
+    #[serde(rename = "Metrics", default)]
+    pub metrics: Vec<String>,
+}
+
+/// The values AWS allows in `MetricsConfig.Metrics`.
+pub const METRIC_GROUPS: &[&str] = &["EventCount", "ErrorCount", "KafkaMetrics"];
+
+/// `LoggingConfig` (AWS's `EventSourceMappingLoggingConfig`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// `DEBUG`, `INFO` or `WARN` ([`SYSTEM_LOG_LEVELS`]): the most detailed level the mapping logs.
+    #[serde(rename = "SystemLogLevel", default, skip_serializing_if = "Option::is_none")]
+    pub system_log_level: Option<String>,
+}
+
+/// The values AWS allows in `LoggingConfig.SystemLogLevel`, most detailed first.
+pub const SYSTEM_LOG_LEVELS: &[&str] = &["DEBUG", "INFO", "WARN"];
 
 /// `FilterCriteria`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -444,6 +476,50 @@ impl Mapping {
             .then(|| Duration::from_secs(self.maximum_record_age_in_seconds as u64))
     }
 
+    /// The metric groups `MetricsConfig` selects (valid names only, each once, in [`METRIC_GROUPS`] order).
+    pub fn metric_groups(&self) -> Vec<&'static str> {
+        let chosen = self.metrics_config.as_ref().map(|c| c.metrics.as_slice()).unwrap_or_default();
+        METRIC_GROUPS.iter().copied().filter(|group| chosen.iter().any(|c| c == group)).collect()
+    }
+
+    /// `LoggingConfig.SystemLogLevel`, when set to one of [`SYSTEM_LOG_LEVELS`].
+    pub fn system_log_level(&self) -> Option<&'static str> {
+        let level = self.logging_config.as_ref()?.system_log_level.as_deref()?;
+        SYSTEM_LOG_LEVELS.iter().copied().find(|l| *l == level)
+    }
+
+    /// Violations of `MetricsConfig` and `LoggingConfig`, with AWS's allowed values and limits.
+    fn operations_violations(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if let Some(config) = &self.metrics_config {
+            if config.metrics.len() > METRIC_GROUPS.len() {
+                out.push((
+                    "MetricsConfig.Metrics".to_string(),
+                    format!("has {} entries; allowed at most {}", config.metrics.len(), METRIC_GROUPS.len()),
+                ));
+            }
+            for (index, metric) in config.metrics.iter().enumerate() {
+                if !METRIC_GROUPS.contains(&metric.as_str()) {
+                    out.push((
+                        "MetricsConfig.Metrics".to_string(),
+                        format!("{metric:?} is not a metric group; allowed {}", METRIC_GROUPS.join(", ")),
+                    ));
+                } else if config.metrics[..index].contains(metric) {
+                    out.push(("MetricsConfig.Metrics".to_string(), format!("{metric:?} is listed twice")));
+                }
+            }
+        }
+        if let Some(level) = self.logging_config.as_ref().and_then(|c| c.system_log_level.as_ref()) {
+            if !SYSTEM_LOG_LEVELS.contains(&level.as_str()) {
+                out.push((
+                    "LoggingConfig.SystemLogLevel".to_string(),
+                    format!("{level:?} is not a log level; allowed {}", SYSTEM_LOG_LEVELS.join(", ")),
+                ));
+            }
+        }
+        out
+    }
+
     /// Every violation in this mapping, as (field, message).
     fn violations(&self) -> Vec<(String, String)> {
         let mut out: Vec<(String, String)> = Vec::new();
@@ -685,6 +761,7 @@ impl Mapping {
                 }
             }
         }
+        out.extend(self.operations_violations());
         out
     }
 }
@@ -1106,6 +1183,35 @@ mod tests {
         assert_eq!(destination_kind("arn:aws:s3:::my-bucket/prefix"), None);
         assert_eq!(destination_kind("arn:aws:sqs:us-east-1::dlq"), None);
         assert_eq!(destination_kind("dlq"), None);
+    }
+
+    #[test]
+    fn metrics_and_logging_config_take_aws_values_only() {
+        let mut m = minimal();
+        assert!(config_with(m.clone()).mappings[0].metric_groups().is_empty(), "no MetricsConfig: no group");
+        assert_eq!(config_with(m.clone()).mappings[0].system_log_level(), None);
+        m["MetricsConfig"] = serde_json::json!({"Metrics": ["KafkaMetrics", "EventCount"]});
+        m["LoggingConfig"] = serde_json::json!({"SystemLogLevel": "DEBUG"});
+        assert!(violations(m.clone()).is_empty());
+        let mapping = config_with(m.clone()).mappings[0].clone();
+        assert_eq!(mapping.metric_groups(), vec!["EventCount", "KafkaMetrics"]);
+        assert_eq!(mapping.system_log_level(), Some("DEBUG"));
+
+        m["MetricsConfig"] = serde_json::json!({"Metrics": ["EventCount", "Throughput", "EventCount", "ErrorCount"]});
+        m["LoggingConfig"] = serde_json::json!({"SystemLogLevel": "TRACE"});
+        let messages: Vec<String> = violations(m.clone()).into_iter().map(|v| format!("{}: {}", v.field, v.message)).collect();
+        assert_eq!(
+            messages,
+            vec![
+                "MetricsConfig.Metrics: has 4 entries; allowed at most 3",
+                "MetricsConfig.Metrics: \"Throughput\" is not a metric group; allowed EventCount, ErrorCount, KafkaMetrics",
+                "MetricsConfig.Metrics: \"EventCount\" is listed twice",
+                "LoggingConfig.SystemLogLevel: \"TRACE\" is not a log level; allowed DEBUG, INFO, WARN",
+            ]
+        );
+        m["LoggingConfig"] = serde_json::json!({"SystemLogLevel": "INFO", "ApplicationLogLevel": "INFO"});
+        let err = RelayConfig::parse_valid(&serde_json::json!({"Mappings": [m]}).to_string()).unwrap_err();
+        assert!(err.to_string().contains("ApplicationLogLevel"), "{err}");
     }
 
     #[test]

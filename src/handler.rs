@@ -22,12 +22,10 @@ pub async fn serve() -> Result<(), Error> {
 /// Handles one invocation.
 pub async fn handle(event: LambdaEvent<Value>, services: &crate::relay::Services) -> Result<RunReport, Error> {
     let config = app::resolve_config(&event.payload)?;
-    let options = app::lambda_options(event.context.deadline);
-    let report = app::run_all(&config, services, &options).await;
-    let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
-    // Embedded Metric Format: CloudWatch turns these stdout lines into metrics without API calls.
-    for line in report.emf_lines(now_ms) {
-        println!("{line}");
-    }
-    Ok(report)
+    let mut options = app::lambda_options(event.context.deadline);
+    // Embedded Metric Format on stdout, every minute and at the end of each mapping's run: CloudWatch turns
+    // these lines into metrics without API calls.
+    options.metrics = crate::metrics::EmfSink::Stdout;
+    options.metrics_interval = crate::metrics::emit_interval();
+    Ok(app::run_all(&config, services, &options).await)
 }

@@ -19,11 +19,14 @@
 //!   decided**.
 //! - [`destination`]: invocation records for given-up batches, written to SQS, SNS or S3.
 //! - [`commit`]: which offset may be committed per partition, and retry state kept in commit metadata.
-//! - [`metrics`]: the run report and CloudWatch Embedded Metric Format lines.
+//! - [`metrics`]: the run report and CloudWatch Embedded Metric Format lines (AWS's metric names, per
+//!   minute, as deltas).
 //! - [`relay`]: the engine that carries the decisions out: a thin driver per mapping, a per-partition
 //!   ledger (what may be committed, what is paused), and each batch's delivery as a pure state machine
 //!   interpreted by an async job.
 //! - [`app`], [`handler`], [`demo`]: running all mappings, the Lambda entry point, the embedded demo.
+//! - [`logging`], [`status`]: log format, levels and the span per mapping; `status`, the groups' state read
+//!   without consuming.
 pub mod error;
 pub mod config;
 pub mod auth;
@@ -40,3 +43,5 @@ pub mod relay;
 pub mod app;
 pub mod handler;
 pub mod demo;
+pub mod logging;
+pub mod status;

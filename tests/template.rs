@@ -845,3 +845,45 @@ fn msk_statements_name_the_clusters_topics_and_groups() -> TestResult {
     );
     Ok(())
 }
+
+/// The dashboard and the alarms are optional (one switch), their thresholds are parameters, and every
+/// metric they read is one the relay emits (`kafka_lambda_relay::metrics::METRIC_UNITS`).
+#[test]
+fn dashboard_and_alarms_hang_on_one_switch_and_read_metrics_the_relay_emits() -> TestResult {
+    let template = template()?;
+    let condition = &template["Conditions"]["CreateMonitoring"];
+    let (name, argument) = intrinsic(condition).ok_or("CreateMonitoring is not an intrinsic")?;
+    assert_eq!(name, "Equals");
+    assert_eq!(ref_name(&argument[0]), Some("CreateDashboardAndAlarms"));
+    let emitted: BTreeSet<&str> = kafka_lambda_relay::metrics::METRIC_UNITS.iter().map(|(n, _)| *n).collect();
+    let resources = template["Resources"].as_mapping().ok_or("no Resources")?;
+    let mut alarms = 0;
+    let mut dashboards = 0;
+    for (logical_id, resource) in resources {
+        let kind = resource["Type"].as_str().unwrap_or_default();
+        if !matches!(kind, "AWS::CloudWatch::Alarm" | "AWS::CloudWatch::Dashboard") {
+            continue;
+        }
+        assert_eq!(resource["Condition"].as_str(), Some("CreateMonitoring"), "{logical_id:?} must hang on the switch");
+        let text = serde_yaml::to_string(&resource["Properties"])?;
+        let words: BTreeSet<&str> = text.split(|c: char| !c.is_ascii_alphanumeric()).filter(|w| !w.is_empty()).collect();
+        let named: Vec<&&str> = words.iter().filter(|w| emitted.contains(**w)).collect();
+        for word in &words {
+            let group = kafka_lambda_relay::config::METRIC_GROUPS.contains(word);
+            if !group && (word.ends_with("EventCount") || word.ends_with("ErrorCount") || word.ends_with("Lag")) {
+                assert!(emitted.contains(word), "{logical_id:?} reads {word}, which the relay does not emit");
+            }
+        }
+        assert!(!named.is_empty(), "{logical_id:?} reads no metric the relay emits");
+        assert!(text.contains("KafkaLambdaRelay"), "{logical_id:?} reads another namespace");
+        if kind == "AWS::CloudWatch::Alarm" {
+            alarms += 1;
+            let threshold = ref_name(&resource["Properties"]["Threshold"]).ok_or("a threshold must be a parameter")?;
+            assert!(template["Parameters"][threshold].is_mapping(), "{threshold} is not a parameter");
+        } else {
+            dashboards += 1;
+        }
+    }
+    assert_eq!((dashboards, alarms), (1, 3));
+    Ok(())
+}

@@ -124,6 +124,9 @@ pub struct RelayContext {
     /// Logs and client errors go through the diagnosing context, which redacts secrets and recognizes
     /// authentication and authorization failures.
     diagnosing: crate::auth::DiagnosingContext,
+    /// Client errors reported by librdkafka's error callback (a broker gone, a transport failure) since
+    /// the driver last took them: they count as `PollingErrorCount`.
+    client_errors: std::sync::atomic::AtomicU64,
 }
 
 /// What the group answered to a commit made off the run's loop.
@@ -149,6 +152,7 @@ impl RelayContext {
             events: Mutex::new(Vec::new()),
             committable: Mutex::new(BTreeMap::new()),
             diagnosing: crate::auth::DiagnosingContext::new(diagnostics),
+            client_errors: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -161,6 +165,11 @@ impl RelayContext {
     /// What the client's errors and logs said about the connection.
     pub fn diagnostics(&self) -> &std::sync::Arc<crate::auth::ConnectionDiagnostics> {
         self.diagnosing.diagnostics()
+    }
+
+    /// Client errors since the last call (`PollingErrorCount`).
+    pub fn take_client_errors(&self) -> u64 {
+        self.client_errors.swap(0, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Assignment changes since the last call.
@@ -472,6 +481,7 @@ impl ClientContext for RelayContext {
             // Reaching the end of a partition is how idleness is noticed, not an error.
             return;
         }
+        self.client_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.diagnosing.error(error, reason);
     }
 }

@@ -23,7 +23,7 @@ use crate::config::Mapping;
 use crate::filter::Filters;
 use crate::kafka::consumer::{self, CommitOutcome, GroupEvent, RelayConsumer};
 use crate::kafka::{PartitionKey, Record, TimestampType};
-use crate::metrics::{MappingReport, OffsetLag};
+use crate::metrics::{MappingReport, MinuteMetrics, OffsetLag, PartitionLag, TimeLagTracker};
 
 use super::delivery::{Delivery, Notice, Policy};
 use super::job::{self, JobContext, JobEvent};
@@ -83,6 +83,12 @@ struct Driver<'a> {
     last_key: Option<PartitionKey>,
     /// The start of the run, or the last assignment or revocation.
     last_group_change: Instant,
+    /// This interval's metrics, written every `options.metrics_interval` and at the end.
+    metrics: MinuteMetrics,
+    /// Sampled record timestamps, for the time lag.
+    time_lags: TimeLagTracker,
+    /// The invoke call each job made last, until the machine says how it went.
+    invocations: std::collections::HashMap<JobId, (Duration, usize, usize)>,
 }
 
 impl<'a> Driver<'a> {
@@ -132,6 +138,9 @@ impl<'a> Driver<'a> {
             last_progress: Instant::now(),
             last_key: None,
             last_group_change: Instant::now(),
+            metrics: MinuteMetrics::for_mapping(mapping, unix_ms()).with_interval(options.metrics_interval),
+            time_lags: TimeLagTracker::default(),
+            invocations: std::collections::HashMap::new(),
         }
     }
 
@@ -186,7 +195,8 @@ impl<'a> Driver<'a> {
                 crate::batch::Formed::Oversized(record) => Delivery::oversized(record, self.policy),
             };
             let task = job::run(job, delivery, self.context.clone(), self.events.0.clone(), Some(permit), charge);
-            self.jobs.spawn(task);
+            // Jobs log inside the mapping's span too.
+            self.jobs.spawn(tracing::Instrument::in_current_span(task));
         }
     }
 
@@ -197,9 +207,11 @@ impl<'a> Driver<'a> {
                 let Some(next) = self.ledger.continued(job, &key) else { return };
                 let charge = self.shared.budget.charge(records.iter().map(|r| r.memory_len() + r.encoded_len()).sum());
                 let delivery = Delivery::continuation(records, attempts, response, delay, self.policy);
-                self.jobs.spawn(job::run(next, delivery, self.context.clone(), self.events.0.clone(), None, charge));
+                let task = job::run(next, delivery, self.context.clone(), self.events.0.clone(), None, charge);
+                self.jobs.spawn(tracing::Instrument::in_current_span(task));
             }
             JobEvent::Notice(notice) => {
+                self.count_invocation(job, &notice);
                 self.ledger.apply(job, &notice);
                 // Keep the consumer's copy current, so a revocation commits this progress.
                 let moved: Vec<&PartitionKey> = match &notice {
@@ -217,8 +229,70 @@ impl<'a> Driver<'a> {
                     }
                 }
             }
-            JobEvent::Finished(held) => self.ledger.finished(job, &held),
+            JobEvent::Finished(held) => {
+                self.invocations.remove(&job);
+                self.ledger.finished(job, &held)
+            }
+            JobEvent::Invocation { duration, records, bytes } => {
+                self.invocations.insert(job, (duration, records, bytes));
+            }
+            JobEvent::DestinationFailed => self.ledger.counts.on_failure_destination_delivery_errors += 1,
         }
+    }
+
+    /// The metrics of the invoke call `job` made, now that the machine says how it went: records invoked
+    /// (`InvokedEventCount`), failed (`FailedInvokeEventCount`), calls that never reached the function
+    /// (`InvokeErrorCount`), and the call's duration and batch fill.
+    fn count_invocation(&mut self, job: JobId, notice: &Notice) {
+        let counts = &mut self.ledger.counts;
+        match notice {
+            Notice::Invoked { failed, .. } => {
+                let Some((duration, records, bytes)) = self.invocations.remove(&job) else { return };
+                self.metrics.observe_invocation(duration, records, bytes);
+                counts.invoked_events += records as u64;
+                if *failed {
+                    counts.failed_invoke_events += records as u64;
+                }
+            }
+            Notice::NotAttempted { .. } => {
+                counts.invoke_errors += 1;
+                if let Some((_, records, _)) = self.invocations.remove(&job) {
+                    counts.failed_invoke_events += records as u64;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Writes this interval's metrics when it is over; at the end of the run (`report`), always, with the
+    /// report's counts and lags.
+    fn emit_metrics(&mut self, report: Option<&MappingReport>) {
+        if !self.options.metrics.is_on() {
+            return;
+        }
+        let now = unix_ms();
+        let (counts, partitions) = match report {
+            Some(report) => (report.counts, report.partitions.clone()),
+            None if !self.metrics.due(now) => return,
+            None => {
+                let mut counts = self.ledger.counts;
+                counts.committed = self.ledger.committed_records();
+                // Watermarks of the last fetch only: no broker round trip inside the loop.
+                let partitions = self
+                    .ledger
+                    .partition_reports(|key| consumer::watermarks(&self.consumer, key, Duration::ZERO).map(|(_, high)| high));
+                (counts, partitions)
+            }
+        };
+        let lags: Vec<PartitionLag> = partitions
+            .into_iter()
+            .filter_map(|p| {
+                let key = PartitionKey::new(p.topic.as_str(), p.partition);
+                let next = p.committed_offset.and_then(|c| self.time_lags.next_record_timestamp(&key, c));
+                p.lag.map(|offset_lag| PartitionLag { topic: p.topic, partition: p.partition, offset_lag, next_record_timestamp_ms: next })
+            })
+            .collect();
+        self.options.metrics.write(&self.metrics.flush(now, &counts, &lags));
     }
 
     fn on_job_end(&mut self, joined: Result<(), tokio::task::JoinError>) {
@@ -275,6 +349,9 @@ impl<'a> Driver<'a> {
             return;
         }
         let keep = self.filters.matches(&record);
+        if self.options.metrics.is_on() {
+            self.time_lags.fetched(&record.key_partition, record.offset, record.timestamp_ms);
+        }
         self.ledger.accept(record, keep, Instant::now());
     }
 
@@ -297,6 +374,7 @@ impl<'a> Driver<'a> {
                     tracing::info!(mapping = %self.context.mapping_uuid, partitions = keys.len(), "partitions revoked");
                     keys.iter().for_each(|k| {
                         self.ledger.revoked(k);
+                        self.time_lags.forget(k);
                         self.consumer.context().forget(k);
                     });
                 }
@@ -305,6 +383,7 @@ impl<'a> Driver<'a> {
     }
 
     fn poll_error(&mut self, error: KafkaError) {
+        self.ledger.counts.polling_errors += 1;
         tracing::warn!(error_code = "KAFKA_POLL_ERROR", mapping = %self.context.mapping_uuid, %error, "poll failed");
     }
 
@@ -316,6 +395,7 @@ impl<'a> Driver<'a> {
                 self.last_commit_error = None;
             }
             Err(error) => {
+                self.ledger.counts.commit_errors += 1;
                 // Nothing lost: the group keeps its older offsets; the next commit offers them again.
                 tracing::warn!(error_code = "COMMIT_FAILED", mapping = %self.context.mapping_uuid, %error, "commit failed");
                 self.ledger.commit_failed(outcome.offsets.into_keys());
@@ -355,6 +435,8 @@ impl<'a> Driver<'a> {
     /// Returns true when the run is over (caught up).
     async fn on_tick(&mut self) -> bool {
         self.ledger.resume_where_room();
+        self.ledger.counts.polling_errors += self.consumer.context().take_client_errors();
+        self.emit_metrics(None);
         if self.last_progress.elapsed() >= Duration::from_millis(500) {
             self.last_progress = Instant::now();
             if let Some(progress) = &self.options.progress {
@@ -457,7 +539,10 @@ impl<'a> Driver<'a> {
             tracing::error!(error_code = "COMMIT_FAILED", mapping = %self.context.mapping_uuid, %problem, "final commit failed");
             self.problem.get_or_insert(problem);
         }
+        self.ledger.counts.polling_errors += self.consumer.context().take_client_errors();
         let report = self.report();
+        // The run's last metrics: what happened since the last interval, and the lags now.
+        self.emit_metrics(Some(&report));
         let close_by = self.options.deadline.map_or(Instant::now() + FINAL_COMMIT_WAIT, |d| d.max(Instant::now())) + CLOSE_GRACE;
         close(self.consumer, close_by).await;
         report
@@ -587,4 +672,8 @@ async fn wait_stop(stop: &mut Option<watch::Receiver<bool>>) {
         }
         None => std::future::pending().await,
     }
+}
+
+fn unix_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }

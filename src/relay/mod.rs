@@ -109,6 +109,10 @@ pub struct RunOptions {
     pub progress: Option<Progress>,
     /// The consumer group session timeout.
     pub session_timeout: Duration,
+    /// Where the run writes its EMF metric lines (each mapping's, every `metrics_interval` and at its end).
+    pub metrics: crate::metrics::EmfSink,
+    /// How often a mapping writes its metrics during a run ([`crate::metrics::EMIT_INTERVAL`]).
+    pub metrics_interval: Duration,
 }
 
 impl Default for RunOptions {
@@ -126,6 +130,8 @@ impl Default for RunOptions {
             stop: None,
             progress: None,
             session_timeout: Duration::from_secs(10),
+            metrics: crate::metrics::EmfSink::Off,
+            metrics_interval: crate::metrics::EMIT_INTERVAL,
         }
     }
 }

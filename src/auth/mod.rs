@@ -34,6 +34,7 @@ use serde::Serialize;
 pub use check::{check, check_with_timeout, CheckError, CheckReport, PartitionReport, TopicReport, CHECK_TIMEOUT};
 pub use diagnose::{ConnectionDiagnostics, DiagnosingContext, PROBE_TIMEOUT};
 pub use secrets::{SecretError, SecretSource, SecretsManagerSource};
+pub(crate) use secrets::SecretFields;
 pub use security::{resolve, validate, KafkaSecurity};
 
 /// AWS's error codes for an event source mapping, as they appear in the run report and in logs

@@ -74,6 +74,23 @@ struct EventRecord<'a> {
     /// AWS (a Java service) writes header bytes as signed values, and the Rust and Go event libraries read
     /// them as `i8`; unsigned values above 127 would break those targets.
     headers: Vec<std::collections::BTreeMap<&'a str, Vec<i8>>>,
+    /// Only for records decoded through a schema registry: the key's format and schema id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_schema_metadata: Option<&'a SchemaMetadata>,
+    /// Only for records decoded through a schema registry: the value's format and schema id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value_schema_metadata: Option<&'a SchemaMetadata>,
+}
+
+/// `keySchemaMetadata` / `valueSchemaMetadata`: what AWS adds to a record's event JSON for a key or value
+/// decoded through a schema registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SchemaMetadata {
+    /// `AVRO`, `PROTOBUF` or `JSON`.
+    pub data_format: String,
+    /// The registry's id: a Confluent schema id (`"123"`) or a Glue schema version UUID.
+    pub schema_id: String,
 }
 
 impl Record {
@@ -86,6 +103,23 @@ impl Record {
         key: Option<Vec<u8>>,
         value: Option<Vec<u8>>,
         headers: Vec<(String, Vec<u8>)>,
+    ) -> Self {
+        Self::with_schema_metadata(key_partition, offset, timestamp_ms, timestamp_type, key, value, headers, None, None)
+    }
+
+    /// Builds a record whose key and/or value were decoded through a schema registry: its event JSON also
+    /// carries `keySchemaMetadata` / `valueSchemaMetadata` for the parts that were decoded.
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_schema_metadata(
+        key_partition: PartitionKey,
+        offset: i64,
+        timestamp_ms: i64,
+        timestamp_type: TimestampType,
+        key: Option<Vec<u8>>,
+        value: Option<Vec<u8>>,
+        headers: Vec<(String, Vec<u8>)>,
+        key_schema_metadata: Option<&SchemaMetadata>,
+        value_schema_metadata: Option<&SchemaMetadata>,
     ) -> Self {
         let b64 = base64::engine::general_purpose::STANDARD;
         let event_record = EventRecord {
@@ -102,6 +136,8 @@ impl Record {
                     std::iter::once((name.as_str(), bytes.iter().map(|b| *b as i8).collect())).collect()
                 })
                 .collect(),
+            key_schema_metadata,
+            value_schema_metadata,
         };
         let encoded: Arc<str> = serde_json::to_string(&event_record).expect("record serializes").into();
         Self { key_partition, offset, timestamp_ms, timestamp_type, key, value, headers, encoded }

@@ -169,14 +169,13 @@ impl CompiledSchema {
                     .map_err(|e| fail(e.to_string()))
             }
             DataFormat::Protobuf => {
-                let mut resolver = protox::file::ChainFileResolver::new();
-                resolver.add(RegistryProto(schema.definition.clone()));
-                resolver.add(protox::file::GoogleFileResolver::new());
-                let mut compiler = protox::Compiler::with_file_resolver(resolver);
-                compiler.include_imports(true);
-                compiler.open_file(PROTO_FILE).map_err(|e| fail(e.to_string()))?;
-                let pool = compiler.descriptor_pool();
-                let file = pool.get_file_by_name(PROTO_FILE).ok_or_else(|| fail("compiled file is missing".into()))?;
+                let (pool, file_name) = match compile_proto_text(&schema.definition) {
+                    Ok(pool) => (pool, PROTO_FILE.to_string()),
+                    // Confluent registries also hold (and serve with ?format=serialized) a base64
+                    // FileDescriptorProto, which is what confluent-kafka-python registers.
+                    Err(text_error) => decode_descriptor(&schema.definition).ok_or_else(|| fail(text_error))?,
+                };
+                let file = pool.get_file_by_name(&file_name).ok_or_else(|| fail("compiled file is missing".into()))?;
                 let top_level: Vec<MessageDescriptor> = file.messages().collect();
                 // Level order, as the Glue SerDe library collects them, then sorted by full name.
                 let mut sorted = Vec::new();
@@ -246,6 +245,27 @@ impl CompiledSchema {
             }
         }
     }
+}
+
+/// Compiles `.proto` text, with Google's well-known types available to its imports.
+fn compile_proto_text(text: &str) -> Result<DescriptorPool, String> {
+    let mut resolver = protox::file::ChainFileResolver::new();
+    resolver.add(RegistryProto(text.to_string()));
+    resolver.add(protox::file::GoogleFileResolver::new());
+    let mut compiler = protox::Compiler::with_file_resolver(resolver);
+    compiler.include_imports(true);
+    compiler.open_file(PROTO_FILE).map_err(|e| e.to_string())?;
+    Ok(compiler.descriptor_pool())
+}
+
+/// A base64 `FileDescriptorProto` (without imports): the pool and the file's name.
+fn decode_descriptor(text: &str) -> Option<(DescriptorPool, String)> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(text.trim()).ok()?;
+    let mut pool = DescriptorPool::new();
+    pool.decode_file_descriptor_proto(bytes.as_slice()).ok()?;
+    let name = pool.files().last()?.name().to_string();
+    Some((pool, name))
 }
 
 /// Follows a Confluent message index path: the top-level message, then nested ones.
@@ -385,6 +405,21 @@ message Alpha { string name = 1; }
             schema.decode(&[0, 0x12, 50, b'x'], Framing::Confluent),
             Err(PayloadError::Decode { format: "PROTOBUF", .. })
         ));
+    }
+
+    #[test]
+    fn protobuf_schema_may_be_a_base64_file_descriptor() {
+        use base64::Engine as _;
+        // The FileDescriptorProto of `package demo; message Alpha { string name = 1; }`, encoded by hand:
+        // name "a.proto", package "demo", message_type { name "Alpha" field { name "name" number 1
+        // label OPTIONAL type STRING json_name "name" } }.
+        let field = [&[0x0a, 4][..], b"name", &[0x18, 1, 0x20, 1, 0x28, 9]].concat();
+        let message = [&[0x0a, 5][..], b"Alpha", &[0x12, field.len() as u8], &field].concat();
+        let file = [&[0x0a, 7][..], b"a.proto", &[0x12, 4], b"demo", &[0x22, message.len() as u8], &message].concat();
+        let definition = base64::engine::general_purpose::STANDARD.encode(file);
+        let schema = compile(DataFormat::Protobuf, &definition);
+        let decoded = schema.decode(&[0, 0x0a, 2, b'h', b'i'], Framing::Confluent).unwrap();
+        assert_eq!(decoded.json, serde_json::json!({"name": "hi"}));
     }
 
     #[test]

@@ -1,26 +1,244 @@
-//! Relay throughput against its reference: a raw rdkafka consumer reading the same topic on the same
-//! in-process Kafka (librdkafka's mock cluster). The relay's figure includes batching, building the exact
-//! event, invoking an in-process Lambda Invoke API over HTTP (aws-sdk-lambda) and committing.
+//! Relay throughput against its reference, a raw rdkafka consumer reading the same topic of the same
+//! Kafka (librdkafka's mock cluster, hosted by this process) in the same run.
 //!
-//! `cargo bench --bench relay_throughput` prints medians over several rounds, and the ratio.
+//! Each measured consumer runs in a process of its own (this binary, started again with a role), so peak
+//! RSS is the relay's alone; the target is a no-op Lambda Invoke API in a third process (it reads the body
+//! and answers `null`: no JSON validation, nothing stored). Per configuration it prints one JSON line:
+//!
+//! `{"batch_size", "records", "raw_rps", "relay_rps", "ratio", "steady_ratio", "fixed_ms", "peak_rss_mb"}`
+//!
+//! - `raw_rps`, `relay_rps`: records / whole run (join, consume, commit, leave), medians over the rounds;
+//! - `ratio`: relay_rps / raw_rps;
+//! - `steady_ratio`: steady-state rates (raw: first to last record; relay: first invocation sent to last
+//!   answered) relay / raw;
+//! - `fixed_ms`: the relay's run time outside its steady state (group join, caught-up check, final
+//!   commit, leaving the group);
+//! - `peak_rss_mb`: the relay process's peak resident memory.
+//!
+//! `cargo bench --bench relay_throughput` runs 1,000,000 records of 200 B over 16 partitions, 5 rounds;
+//! `-- --quick` runs 200,000 records, 3 rounds. A last configuration (16 MiB of 1 KiB records, BatchSize
+//! 10000) is about memory. Records are produced with lz4 compression: the mock cluster keeps at most 5 MiB
+//! per partition, and compressed batches let 1,000,000 records fit in 16 partitions.
 
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kafka_lambda_relay::app::run_all;
 use kafka_lambda_relay::auth::{SecretError, SecretSource};
 use kafka_lambda_relay::config::RelayConfig;
+use kafka_lambda_relay::destination::DestinationError;
 use kafka_lambda_relay::invoke::lambda::LambdaInvoker;
-use kafka_lambda_relay::invoke::server::{echo_success, local_sdk_config, LocalLambda};
+use kafka_lambda_relay::invoke::server::local_sdk_config;
+use kafka_lambda_relay::invoke::{FunctionInfo, FunctionLookupError, Invoke, InvokeResult};
 use kafka_lambda_relay::kafka::mock::MockKafka;
 use kafka_lambda_relay::relay::{RunOptions, Services};
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
+use serde_json::{json, Value};
 
-const RECORDS: u64 = 100_000;
 const PARTITIONS: i32 = 16;
-const VALUE_BYTES: usize = 200;
-const ROUNDS: usize = 5;
+
+/// A measured configuration.
+struct Case {
+    batch_size: u32,
+    records: u64,
+    value_bytes: usize,
+    topic: String,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("--noop-lambda") => noop_lambda(),
+        Some("--raw") => child_raw(&args[2], &args[3], args[4].parse().expect("records")),
+        Some("--relay") => child_relay(&args[2], &args[3], args[4].parse().expect("records"), args[5].parse().expect("batch size"), &args[6]),
+        _ => parent(args.iter().any(|a| a == "--quick")),
+    }
+}
+
+fn parent(quick: bool) {
+    let (records, rounds) = if quick { (200_000, 3) } else { (1_000_000, 5) };
+    let kafka = MockKafka::start(1).expect("mock cluster");
+    let mut lambda = spawn_role(&["--noop-lambda"]);
+    let endpoint = first_line(&mut lambda);
+    let throughput = Case { batch_size: 0, records, value_bytes: 200, topic: "bench-200b".into() };
+    let memory = Case { batch_size: 10_000, records: 16_384, value_bytes: 1024, topic: "bench-1k".into() };
+    for case in [&throughput, &memory] {
+        seed(&kafka, &case.topic, case.records, case.value_bytes);
+    }
+    eprintln!("{records} records of 200 B over {PARTITIONS} partitions (mock cluster, lz4), {rounds} rounds; target {endpoint}");
+    for batch_size in [100, 1000] {
+        let case = Case { batch_size, topic: throughput.topic.clone(), ..throughput };
+        println!("{}", measure(kafka.bootstrap_servers(), &endpoint, &case, rounds));
+    }
+    println!("{}", measure(kafka.bootstrap_servers(), &endpoint, &memory, rounds.min(3)));
+    let _ = lambda.kill();
+    let _ = lambda.wait();
+}
+
+/// Runs the raw consumer and the relay `rounds` times each, alternating, and summarizes the medians.
+fn measure(bootstrap: &str, endpoint: &str, case: &Case, rounds: usize) -> Value {
+    let mut raw = Vec::new();
+    let mut relay = Vec::new();
+    for _ in 0..rounds {
+        raw.push(run_child(&["--raw", bootstrap, &case.topic, &case.records.to_string()]));
+        relay.push(run_child(&["--relay", bootstrap, &case.topic, &case.records.to_string(), &case.batch_size.to_string(), endpoint]));
+    }
+    let records = case.records as f64;
+    let rate = |runs: &[Value], key: &str| median(runs.iter().map(|r| records / (r[key].as_f64().expect("ms") / 1000.0)).collect());
+    let (raw_rps, relay_rps) = (rate(&raw, "total_ms"), rate(&relay, "total_ms"));
+    let (raw_steady, relay_steady) = (rate(&raw, "steady_ms"), rate(&relay, "steady_ms"));
+    let fixed_ms = median(relay.iter().map(|r| r["total_ms"].as_f64().unwrap() - r["steady_ms"].as_f64().unwrap()).collect());
+    let peak_rss_mb = relay.iter().map(|r| r["peak_rss_mb"].as_f64().unwrap()).fold(0.0, f64::max);
+    json!({
+        "batch_size": case.batch_size,
+        "records": case.records,
+        "raw_rps": raw_rps.round(),
+        "relay_rps": relay_rps.round(),
+        "ratio": round2(relay_rps / raw_rps),
+        "steady_ratio": round2(relay_steady / raw_steady),
+        "fixed_ms": fixed_ms.round(),
+        "peak_rss_mb": round2(peak_rss_mb),
+    })
+}
+
+fn seed(kafka: &MockKafka, topic: &str, records: u64, value_bytes: usize) {
+    kafka.create_topic(topic, PARTITIONS).expect("topic");
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", kafka.bootstrap_servers())
+        .set("compression.type", "lz4")
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .expect("producer");
+    let filler = vec![b'v'; value_bytes - 10];
+    for i in 0..records {
+        let mut value = format!("{i:010}").into_bytes();
+        value.extend_from_slice(&filler);
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic).partition((i % PARTITIONS as u64) as i32).payload(&value);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    record = back;
+                    producer.poll(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(120)).expect("flush");
+}
+
+// --- the measured processes ------------------------------------------------------------------------------
+
+/// Reads `records` records with a plain StreamConsumer and prints its timings.
+fn child_raw(bootstrap: &str, topic: &str, records: u64) {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let start = Instant::now();
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", format!("raw-{}", uuid::Uuid::new_v4()))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        consumer.subscribe(&[topic]).expect("subscribe");
+        let mut first = None;
+        for _ in 0..records {
+            consumer.recv().await.expect("message");
+            first.get_or_insert_with(Instant::now);
+        }
+        let steady = first.expect("records").elapsed();
+        drop(consumer);
+        print_timings(start.elapsed(), steady);
+    });
+}
+
+/// Runs the relay on one mapping until it is caught up and prints its timings.
+fn child_relay(bootstrap: &str, topic: &str, records: u64, batch_size: u32, endpoint: &str) {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let start = Instant::now();
+        let sdk = local_sdk_config(endpoint).await;
+        let timing = Arc::new(Timing::new(Arc::new(LambdaInvoker::new(&sdk))));
+        let services = Services {
+            invoker: timing.clone(),
+            sinks: Arc::new(|arn: &str| Err(DestinationError::InvalidArn { arn: arn.to_string() })),
+            secrets: Arc::new(NoSecrets),
+        };
+        let config = RelayConfig::parse_valid(
+            &json!({"Mappings": [{
+                "FunctionName": "bench", "Topics": [topic], "StartingPosition": "TRIM_HORIZON",
+                "SelfManagedEventSource": {"Endpoints": {"KAFKA_BOOTSTRAP_SERVERS": [bootstrap]}},
+                "SelfManagedKafkaEventSourceConfig": {"ConsumerGroupId": format!("relay-{}", uuid::Uuid::new_v4())},
+                "BatchSize": batch_size
+            }]})
+            .to_string(),
+        )
+        .expect("config");
+        let options = RunOptions {
+            until_idle: true,
+            target_timeout: Some(Duration::from_secs(30)),
+            session_timeout: Duration::from_millis(1500),
+            ..RunOptions::default()
+        };
+        let report = run_all(&config, &services, &options).await;
+        let total = start.elapsed();
+        let counts = report.mappings[0].counts;
+        assert_eq!((counts.delivered, counts.committed), (records, records), "every record delivered and committed: {report:?}");
+        print_timings(total, timing.steady());
+    });
+}
+
+fn print_timings(total: Duration, steady: Duration) {
+    println!("{}", json!({"total_ms": total.as_secs_f64() * 1000.0, "steady_ms": steady.as_secs_f64() * 1000.0, "peak_rss_mb": peak_rss_mb()}));
+}
+
+/// The process's peak resident set size (VmHWM), in MiB.
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
+    kib.unwrap_or(0.0) / 1024.0
+}
+
+/// The invoker, remembering when the first invocation was sent and the last one answered.
+struct Timing {
+    inner: Arc<dyn Invoke>,
+    origin: Instant,
+    first_sent_us: AtomicI64,
+    last_done_us: AtomicI64,
+}
+
+impl Timing {
+    fn new(inner: Arc<dyn Invoke>) -> Self {
+        Self { inner, origin: Instant::now(), first_sent_us: AtomicI64::new(i64::MAX), last_done_us: AtomicI64::new(0) }
+    }
+
+    fn steady(&self) -> Duration {
+        let (first, last) = (self.first_sent_us.load(Ordering::SeqCst), self.last_done_us.load(Ordering::SeqCst));
+        Duration::from_micros((last - first).max(0) as u64)
+    }
+}
+
+#[async_trait::async_trait]
+impl Invoke for Timing {
+    async fn invoke(&self, function_name: &str, payload: Vec<u8>, timeout: Duration) -> InvokeResult {
+        self.first_sent_us.fetch_min(self.origin.elapsed().as_micros() as i64, Ordering::SeqCst);
+        let result = self.inner.invoke(function_name, payload, timeout).await;
+        self.last_done_us.fetch_max(self.origin.elapsed().as_micros() as i64, Ordering::SeqCst);
+        result
+    }
+
+    async fn function_info(&self, function_name: &str) -> Result<FunctionInfo, FunctionLookupError> {
+        self.inner.function_info(function_name).await
+    }
+}
 
 struct NoSecrets;
 
@@ -31,58 +249,44 @@ impl SecretSource for NoSecrets {
     }
 }
 
-fn seed(kafka: &MockKafka, topic: &str) {
-    kafka.create_topic(topic, PARTITIONS).expect("topic");
-    let value = vec![b'v'; VALUE_BYTES];
-    for i in 0..RECORDS {
-        kafka.produce(topic, (i % PARTITIONS as u64) as i32, None, Some(&value)).expect("produce");
-    }
-    kafka.flush().expect("flush");
+/// A Lambda Invoke API that does nothing: reads the request, answers `null` (HTTP 200). Prints its
+/// endpoint on stdout, then serves until killed.
+fn noop_lambda() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let app = axum::Router::new().route(
+            "/2015-03-31/functions/{name}/invocations",
+            axum::routing::post(|_body: axum::body::Bytes| async { ([("X-Amz-Executed-Version", "$LATEST")], "null") }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        println!("http://{}", listener.local_addr().expect("address"));
+        axum::serve(listener, app.into_make_service()).tcp_nodelay(true).await.expect("serve");
+    });
 }
 
-async fn raw_consumer(bootstrap: &str, topic: &str) -> Duration {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("raw-{}", uuid::Uuid::new_v4()))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    consumer.subscribe(&[topic]).expect("subscribe");
-    let start = Instant::now();
-    let mut seen = 0;
-    while seen < RECORDS {
-        consumer.recv().await.expect("message");
-        seen += 1;
-    }
-    start.elapsed()
+// --- plumbing --------------------------------------------------------------------------------------------
+
+fn spawn_role(args: &[&str]) -> Child {
+    Command::new(std::env::current_exe().expect("own path"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start a measured process")
 }
 
-async fn relay(kafka: &MockKafka, topic: &str, batch_size: u32) -> Duration {
-    let lambda = LocalLambda::start().await.expect("lambda");
-    lambda.register("bench", Duration::from_secs(30), echo_success());
-    let sdk = local_sdk_config(&lambda.endpoint()).await;
-    let services = Services {
-        invoker: Arc::new(LambdaInvoker::new(&sdk)),
-        sinks: Arc::new(|arn: &str| Err(format!("no destination {arn}"))),
-        secrets: Arc::new(NoSecrets),
-    };
-    let config = RelayConfig::parse_valid(
-        &serde_json::json!({"Mappings": [{
-            "FunctionName": "bench", "Topics": [topic], "StartingPosition": "TRIM_HORIZON",
-            "SelfManagedEventSource": {"Endpoints": {"KAFKA_BOOTSTRAP_SERVERS": [kafka.bootstrap_servers()]}},
-            "SelfManagedKafkaEventSourceConfig": {"ConsumerGroupId": format!("relay-{}", uuid::Uuid::new_v4())},
-            "BatchSize": batch_size, "MaximumBatchingWindowInSeconds": 0
-        }]})
-        .to_string(),
-    )
-    .expect("config");
-    let options = RunOptions { until_idle: true, session_timeout: Duration::from_millis(1500), ..RunOptions::default() };
-    let start = Instant::now();
-    let report = run_all(&config, &services, &options).await;
-    let elapsed = start.elapsed();
-    assert_eq!(report.mappings[0].counts.delivered, RECORDS, "every record delivered");
-    elapsed
+fn first_line(child: &mut Child) -> String {
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().expect("piped")).read_line(&mut line).expect("read");
+    line.trim().to_string()
+}
+
+fn run_child(args: &[&str]) -> Value {
+    let mut child = spawn_role(args);
+    let line = first_line(&mut child);
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{args:?} failed: {status}");
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{args:?} printed {line:?}: {e}"))
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -90,22 +294,6 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
-    let kafka = MockKafka::start(1).expect("mock cluster");
-    let topic = "bench";
-    seed(&kafka, topic);
-    println!("{RECORDS} records of {VALUE_BYTES} B over {PARTITIONS} partitions, in-process mock cluster, {ROUNDS} rounds");
-    let mut raw = Vec::new();
-    let mut relayed_100 = Vec::new();
-    let mut relayed_1000 = Vec::new();
-    for _ in 0..ROUNDS {
-        raw.push(RECORDS as f64 / raw_consumer(kafka.bootstrap_servers(), topic).await.as_secs_f64());
-        relayed_100.push(RECORDS as f64 / relay(&kafka, topic, 100).await.as_secs_f64());
-        relayed_1000.push(RECORDS as f64 / relay(&kafka, topic, 1000).await.as_secs_f64());
-    }
-    let (raw, r100, r1000) = (median(raw), median(relayed_100), median(relayed_1000));
-    println!("reference: raw StreamConsumer          median {raw:>10.0} records/s");
-    println!("relay, BatchSize 100  (poll→invoke→commit) median {r100:>10.0} records/s  ({:.2} of reference)", r100 / raw);
-    println!("relay, BatchSize 1000 (poll→invoke→commit) median {r1000:>10.0} records/s  ({:.2} of reference)", r1000 / raw);
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
 }

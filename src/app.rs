@@ -8,16 +8,19 @@ use serde_json::Value;
 
 use crate::config::{ConfigError, RelayConfig};
 use crate::metrics::{MappingReport, RunReport};
-use crate::relay::{run_mapping, RunOptions, Services};
+use crate::relay::{run_mapping, RunOptions, Services, Shared};
 
 /// Runs every mapping concurrently; one mapping's failure never stops another.
 pub async fn run_all(config: &RelayConfig, services: &Services, options: &RunOptions) -> RunReport {
+    // Invocation slots and the buffer budget are the process's, shared by every mapping.
+    let shared = Shared::new(options);
     let mut tasks = tokio::task::JoinSet::new();
     for (index, mapping) in config.mappings.iter().enumerate() {
         let mapping = mapping.clone();
         let services = services.clone();
         let options = options.clone();
-        tasks.spawn(async move { (index, run_mapping(&mapping, &services, &options).await) });
+        let shared = shared.clone();
+        tasks.spawn(async move { (index, run_mapping(&mapping, &services, &options, &shared).await) });
     }
     let mut reports: Vec<Option<MappingReport>> = vec![None; config.mappings.len()];
     while let Some(joined) = tasks.join_next().await {
@@ -120,8 +123,15 @@ pub fn lambda_options(deadline_ms: u64) -> RunOptions {
         until_idle: std::env::var("RELAY_STOP_WHEN_IDLE").map(|v| v != "false").unwrap_or(true),
         margin: Duration::from_secs(5),
         target_timeout: env_seconds("RELAY_TARGET_TIMEOUT_SECONDS"),
+        max_in_flight: env_number("RELAY_MAX_IN_FLIGHT").unwrap_or(crate::relay::DEFAULT_MAX_IN_FLIGHT),
+        buffer_bytes: env_number("RELAY_BUFFER_MIB").map_or(crate::relay::DEFAULT_BUFFER_BYTES, |mib| mib << 20),
         ..RunOptions::default()
     }
+}
+
+/// A positive whole number from an environment variable.
+pub fn env_number(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse::<usize>().ok()).filter(|n| *n > 0)
 }
 
 /// A duration in whole seconds from an environment variable.
@@ -141,10 +151,11 @@ pub fn aws_services(sdk_config: &aws_config::SdkConfig) -> Services {
 }
 
 /// The on-failure destination of `arn` on the AWS SDK.
-fn destination_sink(arn: &str, sdk: &aws_config::SdkConfig) -> Result<Arc<dyn crate::relay::FailureSink>, String> {
-    crate::destination::OnFailureDestination::new(arn, sdk)
-        .map(|d| Arc::new(d) as Arc<dyn crate::relay::FailureSink>)
-        .map_err(|e| e.to_string())
+fn destination_sink(
+    arn: &str,
+    sdk: &aws_config::SdkConfig,
+) -> Result<Arc<dyn crate::relay::FailureSink>, crate::destination::DestinationError> {
+    crate::destination::OnFailureDestination::new(arn, sdk).map(|d| Arc::new(d) as Arc<dyn crate::relay::FailureSink>)
 }
 
 #[cfg(test)]

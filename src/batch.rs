@@ -7,7 +7,7 @@
 //!
 //! Time is a parameter (`now`), so the rules are tested without sleeping.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::config::MAX_PAYLOAD_BYTES;
@@ -18,6 +18,7 @@ use crate::kafka::{PartitionKey, Record};
 #[derive(Debug, Default)]
 pub struct PartitionQueue {
     records: VecDeque<(Instant, Record)>,
+    /// Encoded bytes buffered (what the records add to an event).
     bytes: usize,
     /// A batch with records of this partition is in flight.
     pub busy: bool,
@@ -55,6 +56,10 @@ impl PartitionQueue {
         self.records.front().map(|(at, _)| *at)
     }
 
+    fn first_key(&self) -> Option<&PartitionKey> {
+        self.records.front().map(|(_, r)| &r.key_partition)
+    }
+
     fn pop(&mut self) -> Option<Record> {
         let (_, record) = self.records.pop_front()?;
         self.bytes -= record.encoded_len();
@@ -69,6 +74,16 @@ pub enum Formed {
     Batch(Vec<Record>),
     /// A single record whose event alone exceeds 6 MB: it cannot be sent (MaximumPayloadSizeExceeded).
     Oversized(Record),
+}
+
+impl Formed {
+    /// The records formed.
+    pub fn records(&self) -> &[Record] {
+        match self {
+            Formed::Batch(records) => records,
+            Formed::Oversized(record) => std::slice::from_ref(record),
+        }
+    }
 }
 
 /// Batching rules of one mapping.
@@ -96,41 +111,28 @@ impl Batcher {
     }
 
     /// When the oldest buffered record of an idle partition reaches its window, if any is waiting.
-    pub fn next_deadline(&self, queues: &BTreeMap<PartitionKey, PartitionQueue>) -> Option<Instant> {
-        queues
-            .values()
-            .filter(|q| !q.busy)
-            .filter_map(PartitionQueue::first_arrival)
-            .min()
-            .map(|first| first + self.window)
+    pub fn next_deadline<'q>(&self, queues: impl IntoIterator<Item = &'q PartitionQueue>) -> Option<Instant> {
+        queues.into_iter().filter(|q| !q.busy).filter_map(PartitionQueue::first_arrival).min().map(|first| first + self.window)
     }
 
     /// Takes the next batch if one is due at `now` (or `flush` asks for whatever is buffered).
-    pub fn next(&self, queues: &mut BTreeMap<PartitionKey, PartitionQueue>, now: Instant, flush: bool) -> Option<Formed> {
-        let (count, bytes) = queues
-            .values()
-            .filter(|q| !q.busy)
-            .fold((0usize, 0usize), |(c, b), q| (c + q.len(), b + q.bytes()));
+    pub fn next<'q>(&self, queues: impl IntoIterator<Item = &'q mut PartitionQueue>, now: Instant, flush: bool) -> Option<Formed> {
+        let mut ready: Vec<&mut PartitionQueue> = queues.into_iter().filter(|q| !q.busy && !q.is_empty()).collect();
+        let (count, bytes) = ready.iter().fold((0usize, 0usize), |(c, b), q| (c + q.len(), b + q.bytes()));
         if count == 0 {
             return None;
         }
-        let window_elapsed = self.next_deadline(queues).is_some_and(|deadline| now >= deadline);
+        let window_elapsed = self.next_deadline(ready.iter().map(|q| &**q)).is_some_and(|deadline| now >= deadline);
         if !(flush || window_elapsed || count >= self.batch_size || bytes >= self.max_payload) {
             return None;
         }
 
         // Oldest partitions first, so a busy topic cannot starve a quiet one.
-        let mut order: Vec<(Instant, PartitionKey)> = queues
-            .iter()
-            .filter(|(_, q)| !q.busy)
-            .filter_map(|(key, q)| q.first_arrival().map(|at| (at, key.clone())))
-            .collect();
-        order.sort();
+        ready.sort_by(|a, b| (a.first_arrival(), a.first_key()).cmp(&(b.first_arrival(), b.first_key())));
 
         let mut sizer = self.source.sizer();
         let mut batch = Vec::new();
-        'partitions: for (_, key) in order {
-            let queue = queues.get_mut(&key).expect("key comes from the map");
+        'partitions: for queue in ready {
             while let Some((_, record)) = queue.records.front() {
                 if batch.len() == self.batch_size {
                     break 'partitions;
@@ -153,6 +155,7 @@ impl Batcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
     use crate::kafka::TimestampType;
 
     fn batcher(batch_size: usize, window_ms: u64, max_payload: usize) -> Batcher {
@@ -183,12 +186,12 @@ mod tests {
         for o in 0..2 {
             queues.entry(PartitionKey::new("t", 0)).or_insert_with(PartitionQueue::default).push(now, record(0, o, 1));
         }
-        assert!(b.next(&mut queues, now, false).is_none(), "2 < BatchSize and window open");
+        assert!(b.next(queues.values_mut(), now, false).is_none(), "2 < BatchSize and window open");
         for o in 2..5 {
             queues.get_mut(&PartitionKey::new("t", 0)).unwrap().push(now, record(0, o, 1));
         }
-        assert_eq!(offsets(b.next(&mut queues, now, false)), vec![(0, 0), (0, 1), (0, 2)]);
-        assert!(b.next(&mut queues, now, false).is_none(), "2 left, window open");
+        assert_eq!(offsets(b.next(queues.values_mut(), now, false)), vec![(0, 0), (0, 1), (0, 2)]);
+        assert!(b.next(queues.values_mut(), now, false).is_none(), "2 left, window open");
     }
 
     #[test]
@@ -198,9 +201,9 @@ mod tests {
         let mut queues = BTreeMap::new();
         queues.entry(PartitionKey::new("t", 0)).or_insert_with(PartitionQueue::default).push(start, record(0, 0, 1));
         queues.get_mut(&PartitionKey::new("t", 0)).unwrap().push(start + Duration::from_millis(400), record(0, 1, 1));
-        assert_eq!(b.next_deadline(&queues), Some(start + Duration::from_millis(500)));
-        assert!(b.next(&mut queues, start + Duration::from_millis(499), false).is_none());
-        assert_eq!(offsets(b.next(&mut queues, start + Duration::from_millis(500), false)), vec![(0, 0), (0, 1)]);
+        assert_eq!(b.next_deadline(queues.values()), Some(start + Duration::from_millis(500)));
+        assert!(b.next(queues.values_mut(), start + Duration::from_millis(499), false).is_none());
+        assert_eq!(offsets(b.next(queues.values_mut(), start + Duration::from_millis(500), false)), vec![(0, 0), (0, 1)]);
     }
 
     #[test]
@@ -217,12 +220,12 @@ mod tests {
             q.push(now, record(0, o, 100));
         }
         q.push(now, record(0, 3, cap));
-        let first = offsets(b.next(&mut queues, now, false));
+        let first = offsets(b.next(queues.values_mut(), now, false));
         assert_eq!(first, vec![(0, 0), (0, 1)]);
         let batch_bytes = b.source.encode(&[record(0, 0, 100), record(0, 1, 100)]).len();
         assert!(batch_bytes <= cap);
-        assert_eq!(offsets(b.next(&mut queues, now, false)), vec![(0, 2)], "record 3 would not fit with 2");
-        match b.next(&mut queues, now, false) {
+        assert_eq!(offsets(b.next(queues.values_mut(), now, false)), vec![(0, 2)], "record 3 would not fit with 2");
+        match b.next(queues.values_mut(), now, false) {
             Some(Formed::Oversized(r)) => assert_eq!(r.offset, 3),
             other => panic!("expected oversized, got {other:?}"),
         }
@@ -240,8 +243,8 @@ mod tests {
             }
         }
         queues.get_mut(&PartitionKey::new("t", 1)).unwrap().busy = true;
-        assert_eq!(offsets(b.next(&mut queues, now + Duration::from_millis(5), false)), vec![(0, 0), (0, 1), (2, 0), (2, 1)]);
+        assert_eq!(offsets(b.next(queues.values_mut(), now + Duration::from_millis(5), false)), vec![(0, 0), (0, 1), (2, 0), (2, 1)]);
         assert_eq!(queues[&PartitionKey::new("t", 1)].len(), 2);
-        assert!(b.next(&mut queues, now + Duration::from_secs(5), false).is_none(), "only a busy partition has records");
+        assert!(b.next(queues.values_mut(), now + Duration::from_secs(5), false).is_none(), "only a busy partition has records");
     }
 }

@@ -99,7 +99,7 @@ pub async fn run(records: u32, partitions: i32) -> Result<RunReport, DemoError> 
     let sdk_config = server::local_sdk_config(&lambda.endpoint()).await;
     let services = Services {
         invoker: Arc::new(crate::invoke::lambda::LambdaInvoker::new(&sdk_config)),
-        sinks: Arc::new(|arn: &str| Err(format!("the demo has no destination ({arn})"))),
+        sinks: Arc::new(|arn: &str| Err(crate::destination::DestinationError::InvalidArn { arn: arn.to_string() })),
         secrets: Arc::new(crate::auth::SecretsManagerSource::new(&sdk_config)),
     };
     let total = records as u64;

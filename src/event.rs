@@ -1,8 +1,9 @@
 //! The event sent to the target: exactly the shape AWS's Kafka event source mapping sends (SPEC section 3).
 //!
-//! Records are grouped by `"<topic>-<partition>"`, in offset order within each group. The event is written
-//! by concatenating each record's pre-encoded JSON, so [`EventSizer`] can tell exactly, before a record is
-//! added, whether the serialized event would pass AWS's 6 MB invocation payload limit.
+//! Records are grouped by `"<topic>-<partition>"`, in offset order within each group. Each record knows the
+//! exact length of its JSON from poll time, so [`EventSizer`] can tell, before a record is added, whether the
+//! serialized event would pass AWS's 6 MB invocation payload limit; the event itself is written once, by the
+//! delivery job, straight into a buffer of its final size.
 
 use crate::kafka::Record;
 
@@ -41,28 +42,34 @@ impl EventSource {
     }
 
     /// Serializes the event for `records`, which must be grouped by partition and in offset order within
-    /// each partition (as batches are).
+    /// each partition (as batches are). Written once, straight into a buffer of the exact final size.
     pub fn encode(&self, records: &[Record]) -> Vec<u8> {
-        let mut out = self.header();
+        let mut sizer = self.sizer();
+        for record in records {
+            sizer.add(record);
+        }
+        let mut out = Vec::with_capacity(sizer.bytes());
+        out.extend_from_slice(self.header().as_bytes());
         let mut current: Option<&crate::kafka::PartitionKey> = None;
         for record in records {
             if current != Some(&record.key_partition) {
                 if current.is_some() {
-                    out.push_str("],");
+                    out.extend_from_slice(b"],");
                 }
-                out.push_str(&json_string(&record.key_partition.to_string()));
-                out.push_str(":[");
+                out.extend_from_slice(json_string(&record.key_partition.to_string()).as_bytes());
+                out.extend_from_slice(b":[");
                 current = Some(&record.key_partition);
             } else {
-                out.push(',');
+                out.push(b',');
             }
-            out.push_str(&record.encoded);
+            record.write_json(&mut out);
         }
         if current.is_some() {
-            out.push(']');
+            out.push(b']');
         }
-        out.push_str("}}");
-        out.into_bytes()
+        out.extend_from_slice(b"}}");
+        debug_assert_eq!(out.len(), sizer.bytes(), "the sizer is exact");
+        out
     }
 
     /// A sizer starting from an empty event of this source.
@@ -92,13 +99,14 @@ impl EventSizer {
     /// Adds `record`.
     pub fn add(&mut self, record: &Record) {
         self.bytes += self.cost(record);
-        if !self.groups.contains(&record.key_partition) {
+        if self.groups.last() != Some(&record.key_partition) && !self.groups.contains(&record.key_partition) {
             self.groups.push(record.key_partition.clone());
         }
     }
 
     fn cost(&self, record: &Record) -> usize {
-        if self.groups.contains(&record.key_partition) {
+        // Batches hold each partition's records together: the last group is almost always the one.
+        if self.groups.last() == Some(&record.key_partition) || self.groups.contains(&record.key_partition) {
             1 + record.encoded_len()
         } else {
             // `"key":[` + record + `]`, plus a `,` before every group but the first.
@@ -202,8 +210,8 @@ mod tests {
             Some(br#"{"id":42}"#.to_vec()),
             Some(br#"{"id":42,"status":"PAID"}"#.to_vec()),
             vec![("headerKey".into(), b"headerValue".to_vec())],
-            Some(&key_metadata),
-            Some(&value_metadata),
+            Some(key_metadata),
+            Some(value_metadata),
         );
         let source = EventSource {
             event_source: "aws:kafka".into(),

@@ -5,6 +5,7 @@
 //!
 //! Modules in the order a record flows through them:
 //!
+//! - [`error`]: the error codes a mapping's run reports (AWS's, and the relay's own in the same style).
 //! - [`config`]: the mappings (Lambda `CreateEventSourceMapping` field names), defaults, `validate()`.
 //! - [`auth`]: `SourceAccessConfigurations` and Secrets Manager → librdkafka TLS/SASL settings.
 //! - [`kafka`]: records, the consumer joining a mapping's group (starting positions, commits), and an
@@ -20,8 +21,11 @@
 //! - [`destination`]: invocation records for given-up batches, written to SQS, SNS or S3.
 //! - [`commit`]: which offset may be committed per partition, and retry state kept in commit metadata.
 //! - [`metrics`]: the run report and CloudWatch Embedded Metric Format lines.
-//! - [`relay`]: the per-mapping loop and delivery jobs that carry the decisions out.
+//! - [`relay`]: the engine that carries the decisions out: a thin driver per mapping, a per-partition
+//!   ledger (what may be committed, what is paused), and each batch's delivery as a pure state machine
+//!   interpreted by an async job.
 //! - [`app`], [`handler`], [`demo`]: running all mappings, the Lambda entry point, the embedded demo.
+pub mod error;
 pub mod config;
 pub mod auth;
 pub mod kafka;

@@ -148,7 +148,9 @@ fn record(offset: i64, key: Option<Vec<u8>>, value: Option<Vec<u8>>) -> Record {
 }
 
 fn event_json(record: &Record) -> Value {
-    serde_json::from_str(&record.encoded).expect("record JSON")
+    let mut out = Vec::new();
+    record.write_json(&mut out);
+    serde_json::from_slice(&out).expect("record JSON")
 }
 
 fn value_json(record: &Record) -> TestResult<Value> {

@@ -308,7 +308,7 @@ struct CrashAfterWrite {
 
 #[async_trait::async_trait]
 impl kafka_lambda_relay::relay::FailureSink for CrashAfterWrite {
-    async fn send(&self, given_up: &kafka_lambda_relay::destination::GivenUp<'_>) -> Result<String, kafka_lambda_relay::relay::SinkError> {
+    async fn send(&self, given_up: &kafka_lambda_relay::destination::GivenUp<'_>) -> Result<String, kafka_lambda_relay::destination::DestinationError> {
         let result = self.inner.send(given_up).await;
         if !self.crashed.swap(true, Ordering::SeqCst) {
             panic!("simulated crash after the destination write");

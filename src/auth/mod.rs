@@ -27,7 +27,6 @@ mod diagnose;
 mod secrets;
 mod security;
 
-use std::fmt;
 
 use serde::Serialize;
 
@@ -37,38 +36,7 @@ pub use secrets::{SecretError, SecretSource, SecretsManagerSource};
 pub(crate) use secrets::SecretFields;
 pub use security::{resolve, validate, KafkaSecurity};
 
-/// AWS's error codes for an event source mapping, as they appear in the run report and in logs
-/// (`StateTransitionReason` / `LastProcessingResult` in AWS).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum ErrorCode {
-    /// The relay could not authenticate to the cluster, or the cluster's certificate could not be verified.
-    EventSourceAuthnError,
-    /// The cluster refused an operation: topic, group or cluster ACLs.
-    EventSourceAuthzError,
-    /// The mapping's configuration (including its secrets) is not valid.
-    EsmConfigNotValid,
-    /// The target function is missing or its configuration is not valid.
-    FunctionConfigNotValid,
-}
-
-impl ErrorCode {
-    /// The code as AWS spells it, e.g. `EVENT_SOURCE_AUTHN_ERROR`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::EventSourceAuthnError => "EVENT_SOURCE_AUTHN_ERROR",
-            ErrorCode::EventSourceAuthzError => "EVENT_SOURCE_AUTHZ_ERROR",
-            ErrorCode::EsmConfigNotValid => "ESM_CONFIG_NOT_VALID",
-            ErrorCode::FunctionConfigNotValid => "FUNCTION_CONFIG_NOT_VALID",
-        }
-    }
-}
-
-impl fmt::Display for ErrorCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::error::ErrorCode;
 
 /// Why a mapping cannot connect: AWS's code and a `LastProcessingResult`-style sentence that tells the user
 /// what to fix. The sentence never contains a secret value.

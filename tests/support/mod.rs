@@ -12,7 +12,8 @@ use kafka_lambda_relay::destination::GivenUp;
 use kafka_lambda_relay::invoke::lambda::LambdaInvoker;
 use kafka_lambda_relay::invoke::server::{local_sdk_config, Handler, LocalLambda};
 use kafka_lambda_relay::kafka::mock::MockKafka;
-use kafka_lambda_relay::relay::{FailureSink, RunOptions, Services, SinkError};
+use kafka_lambda_relay::destination::{AwsError, DestinationError};
+use kafka_lambda_relay::relay::{FailureSink, RunOptions, Services};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
@@ -52,10 +53,13 @@ pub struct FakeDestination {
 
 #[async_trait::async_trait]
 impl FailureSink for FakeDestination {
-    async fn send(&self, given_up: &GivenUp<'_>) -> Result<String, SinkError> {
+    async fn send(&self, given_up: &GivenUp<'_>) -> Result<String, DestinationError> {
         if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
             self.refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            return Err(SinkError { code: "AccessDenied".into(), message: "test destination is down".into() });
+            return Err(DestinationError::SendMessage {
+                queue_url: "fake".into(),
+                source: AwsError::service("AccessDenied", 403, "test destination is down"),
+            });
         }
         self.written.lock().unwrap().push(Written {
             condition: given_up.condition.as_str(),

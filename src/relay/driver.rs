@@ -1,0 +1,522 @@
+//! The thin driver of one mapping's run: a `select!` over what can happen (a job reports, the group
+//! answers a commit, a record arrives, a batching window closes, the run's time is up, a stop is asked,
+//! a tick), each handed to the [`Ledger`], whose effects are carried out on the consumer.
+//!
+//! Commits are off the loop (on a thread of their own, see [`consumer::commit_off_loop`]): at most one in flight, sent as soon as acknowledgements moved
+//! a partition's committable offset (at most every [`COMMIT_INTERVAL`]), so a crash redelivers little more
+//! than what was in flight. The final commit waits for the group's answer until the deadline; a run ends
+//! at most [`CLOSE_GRACE`] after its deadline (leaving the group is given that long), and a final commit
+//! the group did not take is reported (`COMMIT_FAILED`), never hidden.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::topic_partition_list::TopicPartitionList;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::config::Mapping;
+use crate::filter::Filters;
+use crate::kafka::consumer::{self, CommitOutcome, GroupEvent, RelayConsumer};
+use crate::kafka::{PartitionKey, Record, TimestampType};
+use crate::metrics::{MappingReport, OffsetLag};
+
+use super::delivery::{Delivery, Notice, Policy};
+use super::job::{self, JobContext, JobEvent};
+use super::ledger::{Effect, JobId, Ledger, Start};
+use super::{Prepared, Problem, RunOptions, Services, Shared};
+
+/// Least time between two commits of a run.
+pub const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How long after its deadline a run may take to leave the group.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Records taken from librdkafka's queue without waiting, after each one the loop waited for.
+const DRAIN_AT_ONCE: usize = 2000;
+
+/// A final commit without a deadline waits at most this long for the group's answer.
+const FINAL_COMMIT_WAIT: Duration = Duration::from_secs(10);
+
+/// Runs the prepared mapping and reports.
+pub(super) async fn run(mapping: &Mapping, services: &Services, options: &RunOptions, shared: &Shared, prepared: Prepared) -> MappingReport {
+    let mut driver = Driver::new(mapping, services, options, shared, prepared);
+    driver.drive().await;
+    driver.finish().await
+}
+
+struct Driver<'a> {
+    mapping: &'a Mapping,
+    options: &'a RunOptions,
+    shared: Shared,
+    consumer: Arc<RelayConsumer>,
+    filters: Filters,
+    ledger: Ledger,
+    context: Arc<JobContext>,
+    policy: Policy,
+    jobs: JoinSet<()>,
+    events: (mpsc::UnboundedSender<(JobId, JobEvent)>, mpsc::UnboundedReceiver<(JobId, JobEvent)>),
+    commits: mpsc::UnboundedReceiver<CommitOutcome>,
+    commit_tx: mpsc::UnboundedSender<CommitOutcome>,
+    /// The offsets of the commit the group has not answered yet.
+    commit_in_flight: Option<BTreeMap<PartitionKey, i64>>,
+    last_commit: Instant,
+    last_commit_error: Option<String>,
+    stop_tx: watch::Sender<bool>,
+    stopping: bool,
+    problem: Option<Problem>,
+    started: Instant,
+    last_progress: Instant,
+    /// The key of the last record polled: consecutive records mostly share it.
+    last_key: Option<PartitionKey>,
+}
+
+impl<'a> Driver<'a> {
+    fn new(mapping: &'a Mapping, services: &Services, options: &'a RunOptions, shared: &Shared, prepared: Prepared) -> Self {
+        let Prepared { function, sink, filters, consumer } = prepared;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (commit_tx, commits) = mpsc::unbounded_channel();
+        let invoke_cutoff = options.deadline.map(|d| d.checked_sub(function.timeout + options.margin).unwrap_or_else(Instant::now));
+        let policy = Policy {
+            settings: crate::outcome::Settings::for_mapping(mapping),
+            max_age: mapping.max_record_age(),
+            has_destination: sink.is_some(),
+            retry_backoff: options.retry_backoff,
+            transient_backoff: options.transient_backoff,
+        };
+        let context = Arc::new(JobContext {
+            mapping_uuid: mapping.uuid(),
+            function_name: mapping.function_name.clone(),
+            function,
+            source: crate::event::EventSource::for_mapping(mapping),
+            sink,
+            invoker: services.invoker.clone(),
+            invoke_cutoff,
+            stop: stop_rx,
+            permits: shared.permits.clone(),
+        });
+        Self {
+            mapping,
+            options,
+            shared: shared.clone(),
+            consumer: Arc::new(consumer),
+            filters,
+            ledger: Ledger::new(crate::batch::Batcher::for_mapping(mapping), shared.budget.clone()),
+            context,
+            policy,
+            jobs: JoinSet::new(),
+            events: mpsc::unbounded_channel(),
+            commits,
+            commit_tx,
+            commit_in_flight: None,
+            last_commit: Instant::now(),
+            last_commit_error: None,
+            stop_tx,
+            stopping: false,
+            problem: None,
+            started: Instant::now(),
+            last_progress: Instant::now(),
+            last_key: None,
+        }
+    }
+
+    /// The loop: until the run stops and its jobs ended, or it is caught up.
+    async fn drive(&mut self) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut external_stop = self.options.stop.clone();
+        let consumer = self.consumer.clone();
+        let cutoff = self.context.invoke_cutoff.map(tokio::time::Instant::from_std);
+        let deadline = self.options.deadline.map(tokio::time::Instant::from_std);
+        loop {
+            self.step();
+            if self.stopping && self.jobs.is_empty() {
+                return;
+            }
+            let window = self.ledger.next_window().map(tokio::time::Instant::from_std).filter(|_| !self.stopping);
+            tokio::select! {
+                biased;
+                Some((job, event)) = self.events.1.recv() => self.on_job_event(job, event),
+                Some(joined) = self.jobs.join_next(), if !self.jobs.is_empty() => self.on_job_end(joined),
+                Some(outcome) = self.commits.recv() => self.on_commit(outcome),
+                message = consumer.recv() => self.on_message(message),
+                _ = sleep_until(window), if window.is_some() => {}
+                _ = sleep_until(cutoff), if !self.stopping && cutoff.is_some() => self.begin_stop("run deadline reached: finishing in-flight invocations"),
+                _ = wait_stop(&mut external_stop), if !self.stopping && external_stop.is_some() => self.begin_stop("stop requested: finishing in-flight invocations"),
+                _ = sleep_until(deadline), if self.stopping && deadline.is_some() => self.abandon_jobs(),
+                _ = tick.tick() => if self.on_tick().await { return },
+            }
+        }
+    }
+
+    /// What follows any input: assignment changes, new jobs, a commit if one is due, consumer effects.
+    fn step(&mut self) {
+        self.apply_group_events();
+        if !self.stopping {
+            self.start_jobs();
+        }
+        if self.commit_in_flight.is_none() && self.last_commit.elapsed() >= COMMIT_INTERVAL {
+            self.send_commit();
+        }
+        self.apply_effects();
+    }
+
+    /// Starts a job for every due batch while an invocation slot is free.
+    fn start_jobs(&mut self) {
+        loop {
+            let Ok(permit) = self.shared.permits.clone().try_acquire_owned() else { return };
+            let Some(Start { job, formed, attempts, response, charge }) = self.ledger.next_batch(Instant::now(), false) else { return };
+            let delivery = match formed {
+                crate::batch::Formed::Batch(records) => Delivery::new(records, attempts, response, self.policy),
+                crate::batch::Formed::Oversized(record) => Delivery::oversized(record, self.policy),
+            };
+            let task = job::run(job, delivery, self.context.clone(), self.events.0.clone(), Some(permit), charge);
+            self.jobs.spawn(task);
+        }
+    }
+
+    fn on_job_event(&mut self, job: JobId, event: JobEvent) {
+        match event {
+            JobEvent::Notice(Notice::Continue { records, attempts, delay, response }) => {
+                let key = records[0].key_partition.clone();
+                let Some(next) = self.ledger.continued(job, &key) else { return };
+                let charge = self.shared.budget.charge(records.iter().map(|r| r.memory_len() + r.encoded_len()).sum());
+                let delivery = Delivery::continuation(records, attempts, response, delay, self.policy);
+                self.jobs.spawn(job::run(next, delivery, self.context.clone(), self.events.0.clone(), None, charge));
+            }
+            JobEvent::Notice(notice) => self.ledger.apply(job, &notice),
+            JobEvent::Finished(held) => self.ledger.finished(job, &held),
+        }
+        // Keep the consumer's copy current, so a revocation commits this progress.
+        for (key, (offset, metadata)) in self.ledger.committable() {
+            self.consumer.context().set_committable(&key, offset, metadata);
+        }
+    }
+
+    fn on_job_end(&mut self, joined: Result<(), tokio::task::JoinError>) {
+        if let Err(error) = joined.map_err(|e| (!e.is_cancelled()).then_some(e)) {
+            let Some(error) = error else { return };
+            // Its records stay unacknowledged and are delivered again; its partitions stay busy, so stop.
+            tracing::error!(error_code = "JOB_PANICKED", mapping = %self.context.mapping_uuid, %error, "delivery job failed");
+            self.begin_stop("a delivery job failed: stopping the run");
+        }
+    }
+
+    fn on_message(&mut self, message: Result<rdkafka::message::BorrowedMessage<'_>, KafkaError>) {
+        // The poll that returned this record may also have assigned its partition.
+        self.apply_group_events();
+        match message {
+            Ok(message) => {
+                let record = self.to_record(&message);
+                drop(message);
+                self.accept(record);
+                // Take what librdkafka already fetched before forming batches, so a busy topic fills
+                // batches instead of sending one record per invocation.
+                let consumer = self.consumer.clone();
+                for _ in 0..DRAIN_AT_ONCE {
+                    match try_recv(&consumer) {
+                        Some(Ok(message)) => {
+                            let record = self.to_record(&message);
+                            drop(message);
+                            self.accept(record);
+                        }
+                        Some(Err(error)) => return self.poll_error(error),
+                        None => break,
+                    }
+                }
+            }
+            Err(error) => self.poll_error(error),
+        }
+    }
+
+    fn to_record(&mut self, message: &rdkafka::message::BorrowedMessage<'_>) -> Record {
+        let key = match &self.last_key {
+            Some(key) if key.partition == message.partition() && *key.topic == *message.topic() => key.clone(),
+            _ => {
+                let key = PartitionKey::new(message.topic(), message.partition());
+                self.last_key = Some(key.clone());
+                key
+            }
+        };
+        to_record(message, key)
+    }
+
+    fn accept(&mut self, record: Record) {
+        if self.stopping {
+            // Not registered: the next run fetches it again from the committed offset.
+            return;
+        }
+        let keep = self.filters.matches(&record);
+        self.ledger.accept(record, keep, Instant::now());
+    }
+
+    /// Assignments and revocations the last poll brought.
+    fn apply_group_events(&mut self) {
+        for event in self.consumer.context().take_events() {
+            match event {
+                GroupEvent::Assigned(partitions) => partitions.into_iter().for_each(|p| self.ledger.assigned(p)),
+                GroupEvent::Revoked(keys) => keys.iter().for_each(|k| {
+                    self.ledger.revoked(k);
+                    self.consumer.context().forget(k);
+                }),
+            }
+        }
+    }
+
+    fn poll_error(&mut self, error: KafkaError) {
+        tracing::warn!(error_code = "KAFKA_POLL_ERROR", mapping = %self.context.mapping_uuid, %error, "poll failed");
+    }
+
+    fn on_commit(&mut self, outcome: CommitOutcome) {
+        self.commit_in_flight = None;
+        match outcome.result {
+            Ok(()) => {
+                self.ledger.committed(&outcome.offsets);
+                self.last_commit_error = None;
+            }
+            Err(error) => {
+                // Nothing lost: the group keeps its older offsets; the next commit offers them again.
+                tracing::warn!(error_code = "COMMIT_FAILED", mapping = %self.context.mapping_uuid, %error, "commit failed");
+                self.ledger.commit_failed(outcome.offsets.into_keys());
+                self.last_commit_error = Some(error.to_string());
+            }
+        }
+    }
+
+    /// Sends what changed since the last commit, without waiting for the group's answer.
+    fn send_commit(&mut self) {
+        let due = self.ledger.commit_due();
+        if due.is_empty() {
+            return;
+        }
+        self.last_commit = Instant::now();
+        self.commit_in_flight = Some(due.iter().map(|(k, (o, _))| (k.clone(), *o)).collect());
+        consumer::commit_off_loop(self.consumer.clone(), due, self.commit_tx.clone());
+    }
+
+    fn apply_effects(&mut self) {
+        let (mut pause, mut resume) = (TopicPartitionList::new(), TopicPartitionList::new());
+        for effect in self.ledger.take_effects() {
+            match effect {
+                Effect::Pause(key) => pause.add_partition(&key.topic, key.partition),
+                Effect::Resume(key) => resume.add_partition(&key.topic, key.partition),
+            };
+        }
+        if pause.count() > 0 {
+            let _ = self.consumer.pause(&pause);
+        }
+        if resume.count() > 0 {
+            let _ = self.consumer.resume(&resume);
+        }
+    }
+
+    /// Periodic work: resuming paused partitions, progress, connection diagnosis, the end of an idle run.
+    /// Returns true when the run is over (caught up).
+    async fn on_tick(&mut self) -> bool {
+        self.ledger.resume_where_room();
+        if self.last_progress.elapsed() >= Duration::from_millis(500) {
+            self.last_progress = Instant::now();
+            if let Some(progress) = &self.options.progress {
+                progress(&self.context.mapping_uuid, &self.ledger.counts);
+            }
+            self.diagnose_client_errors().await;
+        }
+        if self.stopping || !self.options.until_idle || !self.jobs.is_empty() {
+            return false;
+        }
+        if !self.ledger.has_partitions() {
+            if self.started.elapsed() > self.options.assignment_wait {
+                self.problem = Some(Problem::NoPartitions);
+                return true;
+            }
+            return false;
+        }
+        self.ledger.is_idle() && self.caught_up()
+    }
+
+    /// Whether every assigned partition's position reached its high watermark (as of the last fetch).
+    fn caught_up(&self) -> bool {
+        let Ok(position) = self.consumer.position() else { return false };
+        let positions: BTreeMap<PartitionKey, i64> = position
+            .elements()
+            .iter()
+            .filter_map(|e| Some((PartitionKey::new(e.topic(), e.partition()), e.offset().to_raw().filter(|o| *o >= 0)?)))
+            .collect();
+        drop(position);
+        self.ledger.positions().into_iter().all(|(key, at)| {
+            let Some((low, high)) = consumer::watermarks(&self.consumer, &key) else { return false };
+            // A partition with nothing fetched and nothing committed is caught up only when it is empty.
+            positions.get(&key).copied().or(at).map_or(low >= high, |at| at >= high)
+        })
+    }
+
+    /// Authentication and authorization failures end the mapping's run with AWS's error code; other
+    /// mappings keep running.
+    async fn diagnose_client_errors(&mut self) {
+        if self.problem.is_some() {
+            return;
+        }
+        let diagnostics = self.consumer.context().diagnostics().clone();
+        if diagnostics.diagnose().is_none() {
+            return;
+        }
+        // Telling an untrusted certificate from a hostname mismatch takes a short blocking handshake.
+        let refined = tokio::task::spawn_blocking(move || diagnostics.diagnose_with_probe()).await.ok().flatten();
+        if let Some(error) = refined {
+            tracing::error!(error_code = error.code.as_str(), mapping = %self.context.mapping_uuid, sentence = %error.sentence, "cannot use the cluster");
+            self.problem = Some(Problem::Cannot { code: error.code, sentence: error.sentence });
+            self.begin_stop("the cluster cannot be used: stopping the mapping");
+        }
+    }
+
+    fn begin_stop(&mut self, why: &str) {
+        if !self.stopping {
+            tracing::info!(mapping = %self.context.mapping_uuid, "{why}");
+            self.stopping = true;
+            let _ = self.stop_tx.send(true);
+        }
+    }
+
+    /// The deadline passed with jobs still running: they are ended; their records stay unacknowledged.
+    fn abandon_jobs(&mut self) {
+        tracing::warn!(mapping = %self.context.mapping_uuid, jobs = self.jobs.len(), "deadline reached with invocations in flight: their records are delivered again by the next run");
+        self.jobs.abort_all();
+    }
+
+    /// The final commit (bounded by the deadline), leaving the group, and the report.
+    async fn finish(mut self) -> MappingReport {
+        self.begin_stop("run over: committing");
+        self.jobs.abort_all();
+        while let Ok((job, event)) = self.events.1.try_recv() {
+            self.on_job_event(job, event);
+        }
+        let commit_by = self.options.deadline.map_or(Instant::now() + FINAL_COMMIT_WAIT, |d| d.max(Instant::now()));
+        if let Err(reason) = self.final_commit(commit_by).await {
+            tracing::error!(error_code = "COMMIT_FAILED", mapping = %self.context.mapping_uuid, reason = %reason, "final commit failed");
+            if self.problem.is_none() {
+                self.problem = Some(Problem::FinalCommit { reason });
+            }
+        }
+        let report = self.report();
+        let close_by = self.options.deadline.map_or(Instant::now() + FINAL_COMMIT_WAIT, |d| d.max(Instant::now())) + CLOSE_GRACE;
+        close(self.consumer, close_by).await;
+        report
+    }
+
+    /// Waits for the commit in flight, then commits what is left; Err says why the group has not got it.
+    async fn final_commit(&mut self, by: Instant) -> Result<(), String> {
+        let by = tokio::time::Instant::from_std(by);
+        let consumer = self.consumer.clone();
+        loop {
+            if self.commit_in_flight.is_none() {
+                self.send_commit();
+                if self.commit_in_flight.is_none() {
+                    // Nothing was due: the group has everything (or the last failure says why not).
+                    return self.last_commit_error.take().map_or(Ok(()), Err);
+                }
+            }
+            tokio::select! {
+                Some(outcome) = self.commits.recv() => self.on_commit(outcome),
+                // Polling serves the commit's answer (and a rebalance); records are not taken any more.
+                _ = consumer.recv() => {}
+                _ = tokio::time::sleep_until(by) => return Err("the group did not answer before the run's deadline".into()),
+            }
+            if let Some(error) = self.last_commit_error.take() {
+                return Err(error);
+            }
+        }
+    }
+
+    fn report(&self) -> MappingReport {
+        let partitions = self.ledger.partition_reports(|key| consumer::watermarks(&self.consumer, key).map(|(_, high)| high));
+        let mut lag = OffsetLag::default();
+        for l in partitions.iter().filter_map(|p| p.lag) {
+            lag.sum += l;
+            lag.max = lag.max.max(l);
+        }
+        let mut counts = self.ledger.counts;
+        counts.committed = self.ledger.committed_records();
+        let (state, error_code, result) = match (&self.problem, self.ledger.first_blocked()) {
+            (Some(problem), _) => problem.report_fields(),
+            (None, Some((key, b))) => ("Enabled", None, format!("PROBLEM: partition {key} is blocked at offset {}: {}", b.offset, b.reason)),
+            (None, None) if counts.polled == 0 => ("Enabled", None, "No records processed".to_string()),
+            (None, None) => ("Enabled", None, "OK".to_string()),
+        };
+        MappingReport {
+            uuid: self.context.mapping_uuid.clone(),
+            function_name: self.mapping.function_name.clone(),
+            consumer_group_id: self.mapping.consumer_group_id(),
+            state: state.to_string(),
+            last_processing_result: result,
+            error_code: error_code.map(|c| c.as_str().to_string()),
+            counts,
+            offset_lag: lag,
+            partitions,
+        }
+    }
+}
+
+/// Leaves the group and frees the consumer on a thread of its own: with the cluster gone, librdkafka's
+/// close can block far past the deadline, and the run must not.
+async fn close(consumer: Arc<RelayConsumer>, by: Instant) {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        drop(consumer);
+        let _ = done_tx.send(());
+    });
+    let wait = by.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+    if tokio::time::timeout(wait, done_rx).await.is_err() {
+        tracing::warn!(error_code = "CLOSE_TIMED_OUT", "leaving the consumer group did not finish in time; the group notices after its session timeout");
+    }
+}
+
+/// The next message if librdkafka already has one, without waiting.
+fn try_recv(consumer: &RelayConsumer) -> Option<rdkafka::error::KafkaResult<rdkafka::message::BorrowedMessage<'_>>> {
+    let mut next = std::pin::pin!(consumer.recv());
+    match std::future::Future::poll(next.as_mut(), &mut std::task::Context::from_waker(std::task::Waker::noop())) {
+        std::task::Poll::Ready(result) => Some(result),
+        std::task::Poll::Pending => None,
+    }
+}
+
+/// An owned record from a polled message; `key` is the partition's key (shared, not allocated per record).
+fn to_record(message: &rdkafka::message::BorrowedMessage<'_>, key: PartitionKey) -> Record {
+    let (timestamp_ms, timestamp_type) = match message.timestamp() {
+        rdkafka::Timestamp::CreateTime(t) => (t, TimestampType::CreateTime),
+        rdkafka::Timestamp::LogAppendTime(t) => (t, TimestampType::LogAppendTime),
+        rdkafka::Timestamp::NotAvailable => (0, TimestampType::CreateTime),
+    };
+    let headers = message
+        .headers()
+        .map(|headers| headers.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec).unwrap_or_default())).collect())
+        .unwrap_or_default();
+    Record::new(
+        key,
+        message.offset(),
+        timestamp_ms,
+        timestamp_type,
+        message.key().map(<[u8]>::to_vec),
+        message.payload().map(<[u8]>::to_vec),
+        headers,
+    )
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn wait_stop(stop: &mut Option<watch::Receiver<bool>>) {
+    match stop {
+        Some(rx) => {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+        None => std::future::pending().await,
+    }
+}

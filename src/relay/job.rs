@@ -1,0 +1,147 @@
+//! A delivery job: the async interpreter of one [`Delivery`]. It invokes, writes to the destination and
+//! waits as the machine says, and sends the machine's notices to the driver; it decides nothing itself.
+//!
+//! The event is encoded here, once per invocation, so partitions encode in parallel off the driver's
+//! task; the records are freed here too. A job holds one of the process's invocation permits only while it
+//! invokes, so a partition waiting out a backoff never keeps another from being delivered.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+
+use crate::destination::GivenUp;
+use crate::event::EventSource;
+use crate::invoke::{FunctionInfo, Invoke};
+use crate::kafka::PartitionKey;
+
+use super::delivery::{Delivery, HandOffFailure, Input, Notice, Now, Step};
+use super::ledger::{Charge, JobId};
+use super::FailureSink;
+
+/// What every job of a mapping shares.
+pub(super) struct JobContext {
+    pub mapping_uuid: String,
+    pub function_name: String,
+    pub function: FunctionInfo,
+    pub source: EventSource,
+    pub sink: Option<Arc<dyn FailureSink>>,
+    pub invoker: Arc<dyn Invoke>,
+    /// No invocation may start after this instant (it could not finish before the deadline).
+    pub invoke_cutoff: Option<Instant>,
+    /// Flips to true when the run stops: waits end, nothing more is invoked.
+    pub stop: watch::Receiver<bool>,
+    /// The process-wide bound on concurrent invocations.
+    pub permits: Arc<Semaphore>,
+}
+
+/// What a job tells the driver.
+#[derive(Debug)]
+pub(super) enum JobEvent {
+    /// A notice for the ledger (a [`Notice::Continue`] also starts a job).
+    Notice(Notice),
+    /// The job ended; these partitions are free.
+    Finished(Vec<PartitionKey>),
+}
+
+/// Runs `delivery` to its end. `permit` is the invocation slot the driver took for it, if any.
+pub(super) async fn run(
+    job: JobId,
+    mut delivery: Delivery,
+    context: Arc<JobContext>,
+    events: mpsc::UnboundedSender<(JobId, JobEvent)>,
+    mut permit: Option<OwnedSemaphorePermit>,
+    charge: Charge,
+) {
+    let mut stop = context.stop.clone();
+    let mut input = Input::Go;
+    loop {
+        let now = Now { unix_ms: unix_ms(), may_invoke: !*stop.borrow() && !context.invoke_cutoff.is_some_and(|c| Instant::now() >= c) };
+        input = match delivery.next(input, now) {
+            Step::Invoke => {
+                if permit.is_none() {
+                    permit = tokio::select! {
+                        acquired = context.permits.clone().acquire_owned() => acquired.ok(),
+                        _ = stop.wait_for(|s| *s) => None,
+                    };
+                }
+                if permit.is_none() {
+                    // Stopped while waiting for a slot: the machine reports the records unfinished.
+                    input = Input::Stopped;
+                    continue;
+                }
+                let payload = context.source.encode(delivery.in_hand());
+                let timeout = context.function.timeout + Duration::from_secs(5);
+                Input::Invoked(context.invoker.invoke(&context.function_name, payload, timeout).await)
+            }
+            Step::HandOff { condition, attempts, response } => {
+                let Some(sink) = &context.sink else { unreachable!("the machine drops records when there is no destination") };
+                let records = delivery.in_hand();
+                let payload = context.source.encode(records);
+                let given_up = GivenUp {
+                    mapping_uuid: &context.mapping_uuid,
+                    function_arn: &context.function.function_arn,
+                    event_source_arn: context.source.event_source_arn.as_deref(),
+                    bootstrap_servers: &context.source.bootstrap_servers,
+                    condition,
+                    approximate_invoke_count: attempts.invoked,
+                    response,
+                    records,
+                    payload: &payload,
+                };
+                match sink.send(&given_up).await {
+                    Ok(location) => {
+                        tracing::info!(mapping = %context.mapping_uuid, condition = condition.as_str(), records = records.len(), location = %location, "records written to the on-failure destination");
+                        Input::HandedOff(Ok(()))
+                    }
+                    Err(error) => {
+                        tracing::warn!(error_code = "DESTINATION_WRITE_FAILED", mapping = %context.mapping_uuid, aws_error_code = error.error_code(), retryable = error.retryable(), %error, "on-failure destination write failed; the partition waits");
+                        Input::HandedOff(Err(HandOffFailure { code: error.error_code().to_string(), retryable: error.retryable() }))
+                    }
+                }
+            }
+            Step::Wait(duration) => {
+                // Waiting is not invoking: the slot goes to another partition meanwhile.
+                permit = None;
+                tokio::select! {
+                    _ = tokio::time::sleep(duration) => Input::Go,
+                    _ = stop.wait_for(|s| *s) => Input::Stopped,
+                }
+            }
+            Step::Notify(notice) => {
+                log(&context.mapping_uuid, &notice);
+                let _ = events.send((job, JobEvent::Notice(notice)));
+                Input::Go
+            }
+            Step::Finished => break,
+        };
+    }
+    // The records are freed here, with the job's memory charge.
+    let held = delivery.held().to_vec();
+    drop(delivery);
+    drop(charge);
+    let _ = events.send((job, JobEvent::Finished(held)));
+}
+
+fn log(mapping: &str, notice: &Notice) {
+    match notice {
+        Notice::Invoked { failed: true, reason } => {
+            tracing::warn!(error_code = "FUNCTION_ERROR", mapping, reason = reason.as_deref().unwrap_or(""), "invocation failed")
+        }
+        Notice::NotAttempted { reason } => {
+            tracing::warn!(error_code = "INVOKE_NOT_ATTEMPTED", mapping, reason = %reason, "invoke will be retried")
+        }
+        Notice::GivenUp { records, to_destination: false } => tracing::warn!(
+            error_code = "RECORDS_DROPPED",
+            mapping,
+            records = records.len(),
+            first = %records.first().map(|(k, o)| format!("{k}@{o}")).unwrap_or_default(),
+            "records given up with no on-failure destination: dropped"
+        ),
+        _ => {}
+    }
+}
+
+fn unix_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}

@@ -70,6 +70,9 @@ pub struct Record {
     encoded_len: usize,
     /// For a record decoded through a schema registry: the key's and value's schema metadata.
     schema_metadata: Option<Box<DecodedParts>>,
+    /// Set when the record cannot be decoded through the mapping's schema registry: it is given up with
+    /// this condition, never invoked.
+    undecodable: Option<crate::destination::Condition>,
 }
 
 /// `keySchemaMetadata` / `valueSchemaMetadata`: what AWS adds to a record's event JSON for a key or value
@@ -121,9 +124,21 @@ impl Record {
         let schema_metadata = (key_schema_metadata.is_some() || value_schema_metadata.is_some())
             .then(|| Box::new(DecodedParts { key: key_schema_metadata, value: value_schema_metadata }));
         let mut record =
-            Self { key_partition, offset, timestamp_ms, timestamp_type, key, value, headers, encoded_len: 0, schema_metadata };
+            Self { key_partition, offset, timestamp_ms, timestamp_type, key, value, headers, encoded_len: 0, schema_metadata, undecodable: None };
         record.encoded_len = record.measure();
         record
+    }
+
+    /// Marks the record undecodable: the batcher sets it apart and it is given up with `condition`
+    /// (`SCHEMA_NOT_FOUND`, `DESERIALIZATION_ERROR`) without an invocation.
+    pub fn into_undecodable(mut self, condition: crate::destination::Condition) -> Self {
+        self.undecodable = Some(condition);
+        self
+    }
+
+    /// The condition an undecodable record is given up with; `None` for a record to deliver.
+    pub fn undecodable(&self) -> Option<crate::destination::Condition> {
+        self.undecodable
     }
 
     /// The key's schema metadata, when the key was decoded through a schema registry.

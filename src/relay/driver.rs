@@ -73,11 +73,16 @@ struct Driver<'a> {
     last_progress: Instant,
     /// The key of the last record polled: consecutive records mostly share it.
     last_key: Option<PartitionKey>,
+    /// The schema registry decoding stage, when the mapping has a `SchemaRegistryConfig`.
+    decoder: Option<crate::schema::Decoder>,
+    /// Partitions whose record at this offset waits for an unavailable schema registry: nothing at or after
+    /// it is taken this run, so nothing past it is committed; the next run decodes it again.
+    held: BTreeMap<PartitionKey, i64>,
 }
 
 impl<'a> Driver<'a> {
     fn new(mapping: &'a Mapping, services: &Services, options: &'a RunOptions, shared: &Shared, prepared: Prepared) -> Self {
-        let Prepared { function, sink, filters, consumer } = prepared;
+        let Prepared { function, sink, filters, consumer, decoder } = prepared;
         let (stop_tx, stop_rx) = watch::channel(false);
         let (commit_tx, commits) = mpsc::unbounded_channel();
         let invoke_cutoff = options.deadline.map(|d| d.checked_sub(function.timeout + options.margin).unwrap_or_else(Instant::now));
@@ -121,6 +126,8 @@ impl<'a> Driver<'a> {
             started: Instant::now(),
             last_progress: Instant::now(),
             last_key: None,
+            decoder,
+            held: BTreeMap::new(),
         }
     }
 
@@ -143,7 +150,7 @@ impl<'a> Driver<'a> {
                 Some((job, event)) = self.events.1.recv() => self.on_job_event(job, event),
                 Some(joined) = self.jobs.join_next(), if !self.jobs.is_empty() => self.on_job_end(joined),
                 Some(outcome) = self.commits.recv() => self.on_commit(outcome),
-                message = consumer.recv() => self.on_message(message),
+                message = consumer.recv() => self.on_message(message).await,
                 _ = sleep_until(window), if window.is_some() => {}
                 _ = sleep_until(cutoff), if !self.stopping && cutoff.is_some() => self.begin_stop("run deadline reached: finishing in-flight invocations"),
                 _ = wait_stop(&mut external_stop), if !self.stopping && external_stop.is_some() => self.begin_stop("stop requested: finishing in-flight invocations"),
@@ -173,6 +180,10 @@ impl<'a> Driver<'a> {
             let delivery = match formed {
                 crate::batch::Formed::Batch(records) => Delivery::new(records, attempts, response, self.policy),
                 crate::batch::Formed::Oversized(record) => Delivery::oversized(record, self.policy),
+                crate::batch::Formed::Undecodable(record) => {
+                    let condition = record.undecodable().expect("set apart because it is undecodable");
+                    Delivery::uninvoked(record, condition, self.policy)
+                }
             };
             let task = job::run(job, delivery, self.context.clone(), self.events.0.clone(), Some(permit), charge);
             self.jobs.spawn(task);
@@ -206,14 +217,14 @@ impl<'a> Driver<'a> {
         }
     }
 
-    fn on_message(&mut self, message: Result<rdkafka::message::BorrowedMessage<'_>, KafkaError>) {
+    async fn on_message(&mut self, message: Result<rdkafka::message::BorrowedMessage<'_>, KafkaError>) {
         // The poll that returned this record may also have assigned its partition.
         self.apply_group_events();
         match message {
             Ok(message) => {
                 let record = self.to_record(&message);
                 drop(message);
-                self.accept(record);
+                self.accept(record).await;
                 // Take what librdkafka already fetched before forming batches, so a busy topic fills
                 // batches instead of sending one record per invocation.
                 let consumer = self.consumer.clone();
@@ -222,7 +233,7 @@ impl<'a> Driver<'a> {
                         Some(Ok(message)) => {
                             let record = self.to_record(&message);
                             drop(message);
-                            self.accept(record);
+                            self.accept(record).await;
                         }
                         Some(Err(error)) => return self.poll_error(error),
                         None => break,
@@ -245,13 +256,38 @@ impl<'a> Driver<'a> {
         to_record(message, key)
     }
 
-    fn accept(&mut self, record: Record) {
-        if self.stopping {
+    async fn accept(&mut self, record: Record) {
+        if self.stopping || self.held.contains_key(&record.key_partition) {
             // Not registered: the next run fetches it again from the committed offset.
             return;
         }
-        let keep = self.filters.matches(&record);
+        // Decoding comes before filtering, so filters match decoded fields.
+        let Some(record) = self.decode(record).await else { return };
+        let keep = record.undecodable().is_some() || self.filters.matches(&record);
         self.ledger.accept(record, keep, Instant::now());
+    }
+
+    /// The record decoded through the mapping's schema registry; an undecodable one marked for its give-up;
+    /// `None` when the registry is unavailable and the record (with its partition) is held for the next run.
+    async fn decode(&mut self, record: Record) -> Option<Record> {
+        let Some(decoder) = &self.decoder else { return Some(record) };
+        let failure = match decoder.decode(record).await {
+            Ok(decoded) => return Some(decoded),
+            Err(failure) => failure,
+        };
+        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let (key, offset) = (failure.record.key_partition.clone(), failure.record.offset);
+        match crate::schema::disposition(&failure, now_ms, self.mapping.max_record_age()) {
+            crate::schema::Disposition::GiveUp(condition) => {
+                tracing::warn!(error_code = condition.as_str(), mapping = %self.context.mapping_uuid, partition = %key, offset, error = %failure.error, "record cannot be decoded: giving it up");
+                Some(failure.record.into_undecodable(condition))
+            }
+            crate::schema::Disposition::Hold => {
+                tracing::warn!(error_code = "SCHEMA_REGISTRY_UNAVAILABLE", mapping = %self.context.mapping_uuid, partition = %key, offset, error = %failure.error, "schema registry unavailable: holding the partition until the next run");
+                self.held.insert(key, offset);
+                None
+            }
+        }
     }
 
     /// Assignments and revocations the last poll brought.
@@ -260,6 +296,7 @@ impl<'a> Driver<'a> {
             match event {
                 GroupEvent::Assigned(partitions) => partitions.into_iter().for_each(|p| self.ledger.assigned(p)),
                 GroupEvent::Revoked(keys) => keys.iter().for_each(|k| {
+                    self.held.remove(k);
                     self.ledger.revoked(k);
                     self.consumer.context().forget(k);
                 }),
@@ -440,11 +477,17 @@ impl<'a> Driver<'a> {
         }
         let mut counts = self.ledger.counts;
         counts.committed = self.ledger.committed_records();
-        let (state, error_code, result) = match (&self.problem, self.ledger.first_blocked()) {
-            (Some(problem), _) => problem.report_fields(),
-            (None, Some((key, b))) => ("Enabled", None, format!("PROBLEM: partition {key} is blocked at offset {}: {}", b.offset, b.reason)),
-            (None, None) if counts.polled == 0 => ("Enabled", None, "No records processed".to_string()),
-            (None, None) => ("Enabled", None, "OK".to_string()),
+        let held = self.held.iter().next();
+        let (state, error_code, result) = match (&self.problem, self.ledger.first_blocked(), held) {
+            (Some(problem), _, _) => problem.report_fields(),
+            (None, Some((key, b)), _) => ("Enabled", None, format!("PROBLEM: partition {key} is blocked at offset {}: {}", b.offset, b.reason)),
+            (None, None, Some((key, offset))) => (
+                "Enabled",
+                None,
+                format!("PROBLEM: partition {key} is held at offset {offset}: the schema registry is unavailable; the next run decodes it again"),
+            ),
+            (None, None, None) if counts.polled == 0 => ("Enabled", None, "No records processed".to_string()),
+            (None, None, None) => ("Enabled", None, "OK".to_string()),
         };
         MappingReport {
             uuid: self.context.mapping_uuid.clone(),

@@ -202,6 +202,8 @@ struct Prepared {
     sink: Option<Arc<dyn FailureSink>>,
     filters: Filters,
     consumer: consumer::RelayConsumer,
+    /// The mapping's schema registry decoding stage (`SchemaRegistryConfig`), run before filtering.
+    decoder: Option<crate::schema::Decoder>,
 }
 
 async fn prepare(mapping: &Mapping, services: &Services, options: &RunOptions) -> Result<Prepared, Problem> {
@@ -234,6 +236,7 @@ async fn prepare(mapping: &Mapping, services: &Services, options: &RunOptions) -
     };
     let filters = Filters::new(mapping.filter_criteria.as_ref())
         .map_err(|error| Problem::cannot(ErrorCode::EsmConfigNotValid, format!("FilterCriteria is not valid: {error}")))?;
+    let decoder = schema_decoder(mapping, services).await?;
     let security = crate::auth::resolve(mapping, services.secrets.as_ref())
         .await
         .map_err(|error| Problem::Cannot { code: error.code, sentence: error.sentence })?;
@@ -253,7 +256,21 @@ async fn prepare(mapping: &Mapping, services: &Services, options: &RunOptions) -
         let error = diagnostics.creation_error(&error);
         Problem::Cannot { code: error.code, sentence: error.sentence }
     })?;
-    Ok(Prepared { function, sink, filters, consumer })
+    Ok(Prepared { function, sink, filters, consumer, decoder })
+}
+
+/// The decoding stage of a mapping with a `SchemaRegistryConfig`: a Glue client (the relay's AWS
+/// configuration, in the registry's region) or a Confluent client with its `AccessConfigs` secrets.
+async fn schema_decoder(mapping: &Mapping, services: &Services) -> Result<Option<crate::schema::Decoder>, Problem> {
+    let Some(registry) = mapping.schema_registry_config() else { return Ok(None) };
+    let sdk_config = if registry.is_glue() {
+        aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+    } else {
+        aws_config::SdkConfig::builder().build()
+    };
+    crate::schema::Decoder::for_mapping(mapping, &sdk_config, services.secrets.as_ref())
+        .await
+        .map_err(|error| Problem::cannot(ErrorCode::EsmConfigNotValid, format!("SchemaRegistryConfig cannot be used: {error}")))
 }
 
 /// A target given by name gets a placeholder ARN in failure records when its configuration is not read.

@@ -34,6 +34,7 @@ pub use format::{CompiledSchema, DataFormat, Decoded, Framing, RegisteredSchema}
 pub use registry::{LookupError, RegistryError, RetryPolicy, SchemaCache, SchemaRef, SchemaRegistry};
 
 use crate::config::{EventRecordFormat, KafkaSchemaRegistryConfig, SchemaValidationAttribute};
+use crate::destination::Condition;
 use crate::kafka::{Record, SchemaMetadata};
 
 /// Building a mapping's registry client failed: a configuration or secret problem, fixed in the mapping.
@@ -141,7 +142,7 @@ pub enum Disposition {
     /// Give the record up now, uninvoked, with this condition in the invocation record:
     /// `SCHEMA_NOT_FOUND`, `DESERIALIZATION_ERROR`, or `RetryAttemptsExhausted` for a registry outage that
     /// outlived the record's maximum age.
-    GiveUp(&'static str),
+    GiveUp(Condition),
     /// Keep the record: deliver nothing at or after it in its partition this run and commit nothing past
     /// it, so the next run decodes it again.
     Hold,
@@ -153,12 +154,12 @@ pub enum Disposition {
 /// invoked.
 pub fn disposition(failure: &DecodeFailure, now_ms: i64, max_age: Option<Duration>) -> Disposition {
     match failure.reason() {
-        Reason::SchemaNotFound => Disposition::GiveUp(Reason::SchemaNotFound.as_str()),
-        Reason::DeserializationError => Disposition::GiveUp(Reason::DeserializationError.as_str()),
+        Reason::SchemaNotFound => Disposition::GiveUp(Condition::SchemaNotFound),
+        Reason::DeserializationError => Disposition::GiveUp(Condition::DeserializationError),
         Reason::RegistryUnavailable => {
             let age_ms = now_ms.saturating_sub(failure.record.timestamp_ms);
             match max_age {
-                Some(max) if age_ms > max.as_millis() as i64 => Disposition::GiveUp("RetryAttemptsExhausted"),
+                Some(max) if age_ms > max.as_millis() as i64 => Disposition::GiveUp(Condition::RetryAttemptsExhausted),
                 _ => Disposition::Hold,
             }
         }
@@ -394,7 +395,7 @@ mod tests {
         assert_eq!(failure.reason(), Reason::SchemaNotFound);
         assert_eq!(*failure.record, polled);
         assert_eq!(failure.attribute, SchemaValidationAttribute::Value);
-        assert_eq!(disposition(&failure, polled.timestamp_ms, None), Disposition::GiveUp("SCHEMA_NOT_FOUND"));
+        assert_eq!(disposition(&failure, polled.timestamp_ms, None), Disposition::GiveUp(Condition::SchemaNotFound));
     }
 
     #[tokio::test]
@@ -407,7 +408,7 @@ mod tests {
         ] {
             let failure = decoder.decode(record(key, value)).await.unwrap_err();
             assert_eq!((failure.reason(), failure.attribute), (Reason::DeserializationError, attribute), "{failure}");
-            assert_eq!(disposition(&failure, 0, None), Disposition::GiveUp("DESERIALIZATION_ERROR"));
+            assert_eq!(disposition(&failure, 0, None), Disposition::GiveUp(Condition::DeserializationError));
         }
     }
 
@@ -429,7 +430,7 @@ mod tests {
         assert_eq!(disposition(&failure, old, None), Disposition::Hold);
         assert_eq!(
             disposition(&failure, old, Some(Duration::from_secs(60))),
-            Disposition::GiveUp("RetryAttemptsExhausted")
+            Disposition::GiveUp(Condition::RetryAttemptsExhausted)
         );
     }
 

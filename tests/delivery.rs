@@ -220,3 +220,66 @@ async fn records_matching_no_filter_are_skipped_and_committed() -> TestResult {
     assert_eq!((m.counts.polled, m.counts.filtered_out, m.counts.delivered), (6, 4, 2));
     Ok(())
 }
+
+/// Two relays on one group: the second joins mid-run and leaves, so the first gives up half its partitions
+/// and gets them back (revoked, then assigned again, while records of theirs wait). Every partition is
+/// invoked again after it comes back, no partition is ever in two invocations at once (across both
+/// members), and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_joining_and_leaving_never_overlap_a_partition_and_every_returned_partition_is_delivered() -> TestResult {
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    let h = Harness::start().await?;
+    let (topic, group, function) = (unique("orders"), unique("group"), unique("fn"));
+    h.seed(&topic, 8, 300)?;
+    let in_flight: Arc<Mutex<HashSet<i32>>> = Arc::default();
+    let overlaps = Arc::new(AtomicUsize::new(0));
+    let (flight, overlap) = (in_flight.clone(), overlaps.clone());
+    h.register(
+        &function,
+        handler(move |invocation| {
+            let partitions: HashSet<i32> = event_records(&invocation.payload).into_iter().map(|(p, _)| p).collect();
+            {
+                let mut busy = flight.lock().unwrap();
+                for p in &partitions {
+                    if !busy.insert(*p) {
+                        overlap.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+            let (flight, partitions) = (flight.clone(), partitions);
+            async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let mut busy = flight.lock().unwrap();
+                for p in &partitions {
+                    busy.remove(p);
+                }
+                Reply::success("{}")
+            }
+        }),
+    );
+    let cfg = config(h.kafka.bootstrap_servers(), &topic, &function, &group, serde_json::json!({"BatchSize": 10}));
+    let long = kafka_lambda_relay::relay::RunOptions { until_idle: false, ..bounded(11) };
+    let short = kafka_lambda_relay::relay::RunOptions { until_idle: false, ..bounded(6) };
+    let first = run_all(&cfg, &h.services, &long);
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        run_all(&cfg, &h.services, &short).await
+    };
+    let (first, second) = tokio::join!(first, second);
+
+    assert_eq!(overlaps.load(Ordering::SeqCst), 0, "a partition was in two invocations at once");
+    let second_polled = second.mappings[0].counts.polled;
+    assert!(second_polled > 0, "the second member took partitions over: {second:?}");
+    let delivered = by_partition(&h.delivered(&function));
+    for p in 0..8 {
+        let offsets: std::collections::BTreeSet<i64> = delivered.get(&p).into_iter().flatten().copied().collect();
+        assert_eq!(offsets.len(), 300, "partition {p}: every record delivered; first member: {:?}", first.mappings[0].partitions);
+    }
+    assert_eq!(h.committed(&group, &topic, 8), vec![Some(300); 8], "the first member finished every partition, including the returned ones");
+    assert!(first.mappings[0].partitions.len() == 8, "the first member holds all 8 again at the end: {:?}", first.mappings[0].partitions);
+    Ok(())
+}

@@ -96,7 +96,7 @@ async fn scram_mappings_deliver_and_a_wrong_password_fails_alone() -> TestResult
 
     let services = Services {
         invoker: Arc::new(LambdaInvoker::new(&local_sdk_config(&lambda.endpoint()).await)),
-        sinks: Arc::new(|arn: &str| Err(format!("no destination {arn}"))),
+        sinks: Arc::new(|arn: &str| Err(kafka_lambda_relay::destination::DestinationError::InvalidArn { arn: arn.to_string() })),
         secrets: Arc::new(secrets),
     };
     let options = RunOptions {

@@ -32,7 +32,7 @@ async fn records_wait_for_a_missing_queue_and_go_out_once_it_exists() -> TestRes
     let sdk = moto_config().await;
     let sink_sdk = sdk.clone();
     h.services.sinks = Arc::new(move |arn: &str| {
-        OnFailureDestination::new(arn, &sink_sdk).map(|d| Arc::new(d) as Arc<dyn FailureSink>).map_err(|e| e.to_string())
+        OnFailureDestination::new(arn, &sink_sdk).map(|d| Arc::new(d) as Arc<dyn FailureSink>)
     });
     let arn = format!("arn:aws:sqs:us-east-1:123456789012:{queue}");
     let cfg = config(h.kafka.bootstrap_servers(), &topic, &function, &group, serde_json::json!({

@@ -353,8 +353,8 @@ pub fn commit(consumer: &RelayConsumer, offsets: &BTreeMap<PartitionKey, (i64, S
 }
 
 /// The partition's (low, high) watermarks as of the last fetch response (no network round trip), or a
-/// broker query when nothing has been fetched from it yet.
-pub fn watermarks(consumer: &RelayConsumer, key: &PartitionKey) -> Option<(i64, i64)> {
+/// broker query of at most `query_timeout` when nothing has been fetched from it yet (zero: no query).
+pub fn watermarks(consumer: &RelayConsumer, key: &PartitionKey, query_timeout: Duration) -> Option<(i64, i64)> {
     let topic = std::ffi::CString::new(key.topic.as_bytes()).ok()?;
     let (mut low, mut high) = (0i64, 0i64);
     // SAFETY: the handle is alive for the duration of the call and the out-pointers are valid.
@@ -370,5 +370,8 @@ pub fn watermarks(consumer: &RelayConsumer, key: &PartitionKey) -> Option<(i64, 
     if err == RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0 && low >= 0 {
         return Some((low, high));
     }
-    consumer.fetch_watermarks(&key.topic, key.partition, GROUP_CALL_TIMEOUT).ok()
+    if query_timeout.is_zero() {
+        return None;
+    }
+    consumer.fetch_watermarks(&key.topic, key.partition, query_timeout).ok()
 }

@@ -39,6 +39,12 @@ pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Records taken from librdkafka's queue without waiting, after each one the loop waited for.
 const DRAIN_AT_ONCE: usize = 2000;
 
+/// How long one watermark query may take (only partitions without a fetch answer need one).
+const WATERMARK_QUERY: Duration = Duration::from_millis(500);
+
+/// How long the report may spend querying watermarks.
+const REPORT_QUERIES: Duration = Duration::from_secs(2);
+
 /// A final commit without a deadline waits at most this long for the group's answer.
 const FINAL_COMMIT_WAIT: Duration = Duration::from_secs(10);
 
@@ -385,7 +391,8 @@ impl<'a> Driver<'a> {
             .collect();
         drop(position);
         self.ledger.positions().into_iter().all(|(key, at)| {
-            let Some((low, high)) = consumer::watermarks(&self.consumer, &key) else { return false };
+            // Before the first fetch answer, one short query; the driver is idle meanwhile anyway.
+            let Some((low, high)) = consumer::watermarks(&self.consumer, &key, WATERMARK_QUERY) else { return false };
             // A partition with nothing fetched and nothing committed is caught up only when it is empty.
             positions.get(&key).copied().or(at).map_or(low >= high, |at| at >= high)
         })
@@ -469,7 +476,13 @@ impl<'a> Driver<'a> {
     }
 
     fn report(&self) -> MappingReport {
-        let partitions = self.ledger.partition_reports(|key| consumer::watermarks(&self.consumer, key).map(|(_, high)| high));
+        // Watermarks of the last fetch; a partition never fetched gets one short query while the run's
+        // time allows (a cluster that went away must not hold the report up).
+        let queries_until = Instant::now() + REPORT_QUERIES;
+        let partitions = self.ledger.partition_reports(|key| {
+            let query = if Instant::now() < queries_until { WATERMARK_QUERY } else { Duration::ZERO };
+            consumer::watermarks(&self.consumer, key, query).map(|(_, high)| high)
+        });
         let mut lag = OffsetLag::default();
         for l in partitions.iter().filter_map(|p| p.lag) {
             lag.sum += l;

@@ -133,7 +133,8 @@ async fn undecodable_records_go_to_the_destination_uninvoked_and_filters_match_d
         "decoded records, filtered on the decoded status; the undecodable ones never reach the target"
     );
     let written = h.destination.written.lock().unwrap().clone();
-    let given_up: Vec<(&str, Vec<(i32, i64)>, u32)> =
+    type GivenUp<'a> = (&'a str, Vec<(i32, i64)>, u32);
+    let given_up: Vec<GivenUp> =
         written.iter().map(|w| (w.condition, w.records.clone(), w.approximate_invoke_count)).collect();
     assert_eq!(given_up, vec![("SCHEMA_NOT_FOUND", vec![(0, 2)], 0), ("DESERIALIZATION_ERROR", vec![(0, 4)], 0)]);
     assert_eq!(h.committed(&group, &topic, 1), vec![Some(6)]);

@@ -37,8 +37,11 @@ pub async fn moto_config() -> aws_config::SdkConfig {
         .await
 }
 
+/// One produced record's framed key and value.
+pub type Framed = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// Runs tests/schema/produce.py: the framed key/value bytes of each record, and the Glue registry ARN.
-pub fn produce(request: Value) -> TestResult<(Vec<(Option<Vec<u8>>, Option<Vec<u8>>)>, Option<String>)> {
+pub fn produce(request: Value) -> TestResult<(Vec<Framed>, Option<String>)> {
     let mut child = Command::new(python())
         .arg(script("produce.py"))
         .stdin(Stdio::piped())

@@ -15,7 +15,8 @@
 //! without a destination AWS discards it, and so does the relay (logged, committed past).
 //!
 //! **Registry outages** are retried with backoff inside the lookup ([`RetryPolicy`]); one that outlasts the
-//! retries is not a record failure: [`disposition`] says *hold* (deliver nothing at or after the record in its
+//! retries, like a registry that refuses the relay's credentials or answers with an error, is not a record
+//! failure: [`disposition`] says *hold* (deliver nothing at or after the record in its
 //! partition this run, commit nothing past it; the next run retries), until the record is older than the
 //! mapping's `MaximumRecordAgeInSeconds`, when it is given up as `RetryAttemptsExhausted`.
 //!
@@ -59,7 +60,8 @@ pub enum Reason {
     SchemaNotFound,
     /// The record's bytes do not decode or validate with its schema.
     DeserializationError,
-    /// The registry stayed unreachable: not a record failure (see [`disposition`]).
+    /// The registry stayed unreachable, refused the relay's credentials, or answered with an error: not a
+    /// record failure (see [`disposition`]).
     RegistryUnavailable,
 }
 
@@ -94,9 +96,15 @@ impl DecodeError {
     pub fn reason(&self) -> Reason {
         match self {
             DecodeError::Lookup(LookupError::Registry(RegistryError::NotFound { .. })) => Reason::SchemaNotFound,
-            DecodeError::Lookup(LookupError::Unavailable(_)) => Reason::RegistryUnavailable,
-            // An unauthorized or malformed registry answer is also a schema Lambda could not get.
-            DecodeError::Lookup(LookupError::Registry(_)) => Reason::SchemaNotFound,
+            // A schema the relay cannot use (references, an unknown type) is one it cannot decode with.
+            DecodeError::Lookup(LookupError::Registry(RegistryError::Unsupported { .. })) => {
+                Reason::DeserializationError
+            }
+            // Refused credentials, a malformed or failed answer: the registry's (or the mapping's) fault, not
+            // the record's. Giving records up for it would empty a topic into the destination over a typo.
+            DecodeError::Lookup(LookupError::Registry(_)) | DecodeError::Lookup(LookupError::Unavailable(_)) => {
+                Reason::RegistryUnavailable
+            }
             DecodeError::Lookup(LookupError::Compile(_)) | DecodeError::Framing(_) | DecodeError::Payload(_) => {
                 Reason::DeserializationError
             }
@@ -432,6 +440,20 @@ mod tests {
             disposition(&failure, old, Some(Duration::from_secs(60))),
             Disposition::GiveUp(Condition::RetryAttemptsExhausted)
         );
+    }
+
+    #[tokio::test]
+    async fn refused_credentials_hold_the_record_instead_of_giving_it_up() {
+        let registry = registry();
+        registry
+            .failures
+            .lock()
+            .unwrap()
+            .push_back(RegistryError::Unauthorized { id: "1".into(), detail: "HTTP 401".into() });
+        let decoder = Decoder::new(&registry_config("http://r", "JSON", &["VALUE"]), registry, fast_retry(3));
+        let failure = decoder.decode(record(None, Some(confluent_frame(1, &avro_order())))).await.unwrap_err();
+        assert_eq!(failure.reason(), Reason::RegistryUnavailable);
+        assert_eq!(disposition(&failure, 0, None), Disposition::Hold);
     }
 
     #[tokio::test]

@@ -87,14 +87,15 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     def answer(self, status, body):
+        # Logged before answering, so a client that has its answer finds the line.
+        with open(path("requests.log"), "a") as log:
+            log.write(f"{self.command} {self.path} {status}\n")
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
-        with open(path("requests.log"), "a") as log:
-            log.write(f"{self.command} {self.path} {status}\n")
 
     def refused(self):
         if os.path.exists(path("down")):

@@ -170,7 +170,8 @@ async fn glue_records_reach_the_target_as_source_bytes_with_key_validation() -> 
         "registry": "glue", "moto": moto(), "registry_name": unique_name("registry"), "topic": topic, "bootstrap": tansu(),
         "records": [
             {"format": "json", "value": order(1, "PAID"), "key": "g-1", "key_avro": true},
-            {"format": "json", "value": order(2, "NEW"), "key": "not framed"}
+            {"format": "json", "value": order(2, "NEW"), "key": "g-2", "key_avro": true},
+            {"format": "json", "value": order(3, "PAID"), "key": "not framed"}
         ]
     }))
     .map_err(|e| e.to_string())?;
@@ -181,15 +182,21 @@ async fn glue_records_reach_the_target_as_source_bytes_with_key_validation() -> 
         "SchemaRegistryURI": arn, "EventRecordFormat": "SOURCE",
         "SchemaValidationConfigs": [{"Attribute": "KEY"}, {"Attribute": "VALUE"}]
     });
+    mapping["FilterCriteria"] = json!({"Filters": [{"Pattern": r#"{"value": {"status": ["PAID"]}}"#}]});
     let report = run_relay_with_moto(&json!({"Mappings": [mapping]}))?;
 
-    // SOURCE: the JSON bytes the producer wrote, without Glue's 18-byte header. The second record's key has
-    // no Glue framing: it is undecodable and, without a destination, dropped (as AWS discards it).
+    // SOURCE: the JSON bytes the producer wrote, without Glue's 18-byte header; the filter matched the
+    // decoded status (NEW filtered out). The third record's key has no Glue framing: it is undecodable and,
+    // without a destination, dropped (as AWS discards it).
     let value = records[0].1.clone().ok_or("value")?;
     let source: Value = serde_json::from_slice(&value[18..])?;
     assert_eq!(received(&topic)?, vec![(0, source)]);
     let counts = &report["Mappings"][0]["Counts"];
-    assert_eq!((counts["Delivered"].as_u64(), counts["Dropped"].as_u64()), (Some(1), Some(1)), "{counts}");
-    assert_eq!(committed_offsets(&tansu(), &group, &topic, 1)?, vec![Some(2)]);
+    assert_eq!(
+        (counts["Delivered"].as_u64(), counts["FilteredOut"].as_u64(), counts["Dropped"].as_u64()),
+        (Some(1), Some(1), Some(1)),
+        "{counts}"
+    );
+    assert_eq!(committed_offsets(&tansu(), &group, &topic, 1)?, vec![Some(3)]);
     Ok(())
 }

@@ -267,17 +267,19 @@ impl<'a> Driver<'a> {
             // Not registered: the next run fetches it again from the committed offset.
             return;
         }
-        // Decoding comes before filtering, so filters match decoded fields.
-        let Some(record) = self.decode(record).await else { return };
-        let keep = record.undecodable().is_some() || self.filters.matches(&record);
+        // Decoding comes before filtering, so filters match decoded fields (also with `SOURCE`, through the
+        // decoded view).
+        let Some((record, view)) = self.decode(record).await else { return };
+        let keep = record.undecodable().is_some() || self.filters.matches(view.as_ref().unwrap_or(&record));
         self.ledger.accept(record, keep, Instant::now());
     }
 
-    /// The record decoded through the mapping's schema registry; an undecodable one marked for its give-up;
+    /// The record decoded through the mapping's schema registry (and, with `SOURCE`, its decoded view for
+    /// filtering); an undecodable one marked for its give-up;
     /// `None` when the registry is unavailable and the record (with its partition) is held for the next run.
-    async fn decode(&mut self, record: Record) -> Option<Record> {
-        let Some(decoder) = &self.decoder else { return Some(record) };
-        let failure = match decoder.decode(record).await {
+    async fn decode(&mut self, record: Record) -> Option<(Record, Option<Record>)> {
+        let Some(decoder) = &self.decoder else { return Some((record, None)) };
+        let failure = match decoder.decode_with_filter_view(record).await {
             Ok(decoded) => return Some(decoded),
             Err(failure) => failure,
         };
@@ -286,7 +288,7 @@ impl<'a> Driver<'a> {
         match crate::schema::disposition(&failure, now_ms, self.mapping.max_record_age()) {
             crate::schema::Disposition::GiveUp(condition) => {
                 tracing::warn!(error_code = condition.as_str(), mapping = %self.context.mapping_uuid, partition = %key, offset, error = %failure.error, "record cannot be decoded: giving it up");
-                Some(failure.record.into_undecodable(condition))
+                Some((failure.record.into_undecodable(condition), None))
             }
             crate::schema::Disposition::Hold => {
                 tracing::warn!(error_code = "SCHEMA_REGISTRY_UNAVAILABLE", mapping = %self.context.mapping_uuid, partition = %key, offset, error = %failure.error, "schema registry unavailable: holding the partition until the next run");

@@ -223,42 +223,62 @@ impl Decoder {
 
     /// Decodes and validates `record`'s key and/or value; see the module docs for what comes back.
     pub async fn decode(&self, record: Record) -> Result<Record, DecodeFailure> {
-        let mut key = record.key.clone();
-        let mut value = record.value.clone();
-        let mut key_metadata = None;
-        let mut value_metadata = None;
-        for (attribute, wanted, part, metadata) in [
-            (SchemaValidationAttribute::Key, self.key, &mut key, &mut key_metadata),
-            (SchemaValidationAttribute::Value, self.value, &mut value, &mut value_metadata),
+        self.decode_with_filter_view(record).await.map(|(record, _)| record)
+    }
+
+    /// [`Self::decode`], plus, for `EventRecordFormat: SOURCE`, the record with its decoded parts as JSON:
+    /// what `FilterCriteria` match, since AWS filters on the decoded record whatever format it delivers.
+    /// `None` when the delivered record is itself the JSON one (or nothing was decoded).
+    pub async fn decode_with_filter_view(&self, record: Record) -> Result<(Record, Option<Record>), DecodeFailure> {
+        let (mut key, mut value) = (record.key.clone(), record.value.clone());
+        let (mut key_json, mut value_json) = (None, None);
+        let (mut key_metadata, mut value_metadata) = (None, None);
+        for (attribute, wanted, part, json, metadata) in [
+            (SchemaValidationAttribute::Key, self.key, &mut key, &mut key_json, &mut key_metadata),
+            (SchemaValidationAttribute::Value, self.value, &mut value, &mut value_json, &mut value_metadata),
         ] {
             let Some(bytes) = part.as_deref().filter(|_| wanted) else {
                 continue;
             };
             match self.decode_part(bytes).await {
                 Ok((decoded, schema)) => {
-                    *part = Some(decoded);
+                    *part = Some(match self.format {
+                        EventRecordFormat::Json => serde_json::to_vec(&decoded.json).expect("JSON values serialize"),
+                        EventRecordFormat::Source => decoded.source,
+                    });
+                    if self.format == EventRecordFormat::Source {
+                        *json = Some(serde_json::to_vec(&decoded.json).expect("JSON values serialize"));
+                    }
                     *metadata = Some(schema);
                 }
                 Err(error) => return Err(DecodeFailure { record: Box::new(record), attribute, error }),
             }
         }
         if key_metadata.is_none() && value_metadata.is_none() {
-            return Ok(record);
+            return Ok((record, None));
         }
-        Ok(Record::with_schema_metadata(
-            record.key_partition,
-            record.offset,
-            record.timestamp_ms,
-            record.timestamp_type,
-            key,
-            value,
-            record.headers,
-            key_metadata,
-            value_metadata,
-        ))
+        let rebuild = |key: Option<Vec<u8>>, value: Option<Vec<u8>>, headers: Vec<(String, Vec<u8>)>| {
+            Record::with_schema_metadata(
+                record.key_partition.clone(),
+                record.offset,
+                record.timestamp_ms,
+                record.timestamp_type,
+                key,
+                value,
+                headers,
+                key_metadata.clone(),
+                value_metadata.clone(),
+            )
+        };
+        let view = (key_json.is_some() || value_json.is_some()).then(|| {
+            rebuild(key_json.or_else(|| key.clone()), value_json.or_else(|| value.clone()), record.headers.clone())
+        });
+        let delivered = rebuild(key, value, record.headers.clone());
+        Ok((delivered, view))
     }
 
-    async fn decode_part(&self, bytes: &[u8]) -> Result<(Vec<u8>, SchemaMetadata), DecodeError> {
+    /// One part's decoded forms and its schema metadata.
+    async fn decode_part(&self, bytes: &[u8]) -> Result<(Decoded, SchemaMetadata), DecodeError> {
         let (id, payload) = match self.framing {
             Framing::Confluent => {
                 let frame = wire::confluent(bytes)?;
@@ -271,11 +291,7 @@ impl Decoder {
         };
         let schema = self.cache.get(id).await?;
         let decoded = schema.decode(&payload, self.framing)?;
-        let out = match self.format {
-            EventRecordFormat::Json => serde_json::to_vec(&decoded.json).expect("JSON values serialize"),
-            EventRecordFormat::Source => decoded.source,
-        };
-        Ok((out, SchemaMetadata { data_format: schema.format().as_str().to_string(), schema_id: id.to_string() }))
+        Ok((decoded, SchemaMetadata { data_format: schema.format().as_str().to_string(), schema_id: id.to_string() }))
     }
 }
 
@@ -454,6 +470,22 @@ mod tests {
         let failure = decoder.decode(record(None, Some(confluent_frame(1, &avro_order())))).await.unwrap_err();
         assert_eq!(failure.reason(), Reason::RegistryUnavailable);
         assert_eq!(disposition(&failure, 0, None), Disposition::Hold);
+    }
+
+    #[tokio::test]
+    async fn with_source_format_filters_see_the_decoded_json_while_the_target_gets_the_source_bytes() {
+        let decoder = Decoder::new(&registry_config("http://r", "SOURCE", &["VALUE"]), registry(), fast_retry(1));
+        let polled = record(Some(b"k".to_vec()), Some(confluent_frame(1, &avro_order())));
+        let (delivered, view) = decoder.decode_with_filter_view(polled).await.unwrap();
+        assert_eq!(delivered.value, Some(avro_order()));
+        let view = view.expect("a JSON view for filtering");
+        assert_eq!(view.value.as_deref(), Some(&br#"{"id":42,"note":"rush","status":"PAID"}"#[..]));
+        assert_eq!((view.key.as_deref(), view.offset), (Some(&b"k"[..]), delivered.offset));
+        // JSON format: the delivered record is the JSON one; no second view.
+        let decoder = Decoder::new(&registry_config("http://r", "JSON", &["VALUE"]), registry(), fast_retry(1));
+        let (_, view) =
+            decoder.decode_with_filter_view(record(None, Some(confluent_frame(1, &avro_order())))).await.unwrap();
+        assert!(view.is_none());
     }
 
     #[tokio::test]

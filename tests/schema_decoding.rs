@@ -138,6 +138,8 @@ async fn undecodable_records_go_to_the_destination_uninvoked_and_filters_match_d
         written.iter().map(|w| (w.condition, w.records.clone(), w.approximate_invoke_count)).collect();
     assert_eq!(given_up, vec![("SCHEMA_NOT_FOUND", vec![(0, 2)], 0), ("DESERIALIZATION_ERROR", vec![(0, 4)], 0)]);
     assert_eq!(h.committed(&group, &topic, 1), vec![Some(6)]);
+    let counts = &report.mappings[0].counts;
+    assert_eq!((counts.delivered, counts.filtered_out, counts.sent_to_destination, counts.invocations), (3, 1, 2, 3));
     assert_eq!(report.mappings[0].last_processing_result, "OK");
     Ok(())
 }
@@ -198,9 +200,10 @@ async fn without_a_destination_undecodable_records_are_dropped_as_aws_does() -> 
         &group,
         registry_mapping(&url, &group, serde_json::json!({})),
     );
-    run_all(&cfg, &h.services, &until_idle()).await;
+    let report = run_all(&cfg, &h.services, &until_idle()).await;
     let offsets: Vec<i64> = received(&h, &function).into_iter().map(|(offset, _, _)| offset).collect();
     assert_eq!(offsets, vec![0, 2]);
+    assert_eq!((report.mappings[0].counts.dropped, report.mappings[0].counts.delivered), (1, 2));
     assert!(h.destination.written.lock().unwrap().is_empty());
     assert_eq!(h.committed(&group, &topic, 1), vec![Some(3)]);
     Ok(())

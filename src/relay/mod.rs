@@ -7,7 +7,9 @@
 //!   with AWS's error code and never polls.
 //! - [`driver`]: the thin loop. One `select!` over consumer messages, job events, commit results, the
 //!   batching window, the deadline and the stop signal; each arm hands its input to the ledger and carries
-//!   out the ledger's effects.
+//!   out the ledger's effects. Polled records are decoded through the mapping's schema registry
+//!   ([`crate::schema`]) and then filtered as they are accepted; undecodable ones are set apart and given
+//!   up uninvoked, and a registry outage holds the partition for the rest of the run.
 //! - [`ledger`]: per partition, everything the run knows (queue, offset tracker, retry state, pause state,
 //!   the job holding it); synchronous, no I/O. **Which offset may be committed** and **when a partition
 //!   is paused** are decided here.

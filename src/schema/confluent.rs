@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::format::{DataFormat, RegisteredSchema};
+use super::format::{DataFormat, NamedSchema, RegisteredSchema};
 use super::registry::{RegistryError, SchemaRef, SchemaRegistry};
 use super::SetupError;
 use crate::auth::SecretFields;
@@ -37,15 +37,26 @@ impl std::fmt::Debug for ConfluentRegistry {
     }
 }
 
-/// `GET /schemas/ids/{id}`'s body.
-#[derive(Deserialize)]
-struct SchemaById {
+/// The body of `GET /schemas/ids/{id}` and `GET /subjects/{subject}/versions/{version}` (the fields used).
+#[derive(Debug, Deserialize)]
+struct SchemaBody {
     schema: String,
     #[serde(rename = "schemaType", default)]
     schema_type: Option<String>,
     #[serde(default)]
-    references: Vec<serde_json::Value>,
+    references: Vec<SchemaReference>,
 }
+
+/// One entry of `references`.
+#[derive(Debug, Clone, Deserialize)]
+struct SchemaReference {
+    name: String,
+    subject: String,
+    version: i64,
+}
+
+/// Most references followed for one schema (all levels): a registry cannot make the relay walk forever.
+const MAX_REFERENCES: usize = 100;
 
 impl ConfluentRegistry {
     /// A client for the registry at `uri`, with the secrets `access_configs` name read from `secrets`.
@@ -125,15 +136,50 @@ impl SchemaRegistry for ConfluentRegistry {
             });
         };
         let id_text = numeric.to_string();
+        let body = self.get(&id_text, &format!("/schemas/ids/{numeric}")).await?;
+        let mut schema = RegisteredSchema::new(format_of(&id_text, &body)?, body.schema);
+        // References, depth first, so each comes before the schemas that use it.
+        let mut pending: Vec<(SchemaReference, bool)> = body.references.into_iter().rev().map(|r| (r, false)).collect();
+        let mut seen = std::collections::HashSet::new();
+        let mut bodies: std::collections::HashMap<String, SchemaBody> = std::collections::HashMap::new();
+        while let Some((reference, expanded)) = pending.pop() {
+            if expanded {
+                let body = bodies.remove(&reference.name).expect("fetched before it was expanded");
+                let format = format_of(&id_text, &body)?;
+                schema.references.push(NamedSchema { name: reference.name, format, definition: body.schema });
+                continue;
+            }
+            if !seen.insert(reference.name.clone()) {
+                continue;
+            }
+            if seen.len() > MAX_REFERENCES {
+                return Err(RegistryError::Unsupported {
+                    id: id_text,
+                    reason: format!("it references more than {MAX_REFERENCES} schemas"),
+                });
+            }
+            let path = format!("/subjects/{}/versions/{}", urlencode(&reference.subject), reference.version);
+            let body = self.get(&id_text, &path).await?;
+            pending.push((reference.clone(), true));
+            pending.extend(body.references.iter().rev().cloned().map(|r| (r, false)));
+            bodies.insert(reference.name, body);
+        }
+        Ok(schema)
+    }
+}
+
+impl ConfluentRegistry {
+    /// `GET {base}{path}`, answered with a schema body, or the error the status means.
+    async fn get(&self, id: &str, path: &str) -> Result<SchemaBody, RegistryError> {
         let mut request = self
             .client
-            .get(format!("{}/schemas/ids/{numeric}", self.base))
+            .get(format!("{}{path}", self.base))
             .header(reqwest::header::ACCEPT, "application/vnd.schemaregistry.v1+json, application/json");
         if let Some((user, password)) = &self.basic_auth {
             request = request.basic_auth(user, Some(password));
         }
         let response = request.send().await.map_err(|e| RegistryError::Unreachable {
-            id: id_text.clone(),
+            id: id.to_string(),
             // Without the URL: it is the configured one, and a URL could carry user info.
             message: describe(&e.without_url()),
         })?;
@@ -141,13 +187,33 @@ impl SchemaRegistry for ConfluentRegistry {
         let body = response
             .text()
             .await
-            .map_err(|e| RegistryError::Unreachable { id: id_text.clone(), message: describe(&e.without_url()) })?;
-        classify(&id_text, status.as_u16(), &body)
+            .map_err(|e| RegistryError::Unreachable { id: id.to_string(), message: describe(&e.without_url()) })?;
+        classify(id, status.as_u16(), &body)
     }
 }
 
-/// The registry's answer → a schema or the error; the whole decision on HTTP status is here.
-fn classify(id: &str, status: u16, body: &str) -> Result<RegisteredSchema, RegistryError> {
+/// Percent-encodes a subject name for a URL path (subjects may hold `/`, `:` and the like).
+fn urlencode(subject: &str) -> String {
+    subject
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A schema body's format: `schemaType`, absent meaning Avro.
+fn format_of(id: &str, body: &SchemaBody) -> Result<DataFormat, RegistryError> {
+    let type_name = body.schema_type.as_deref().unwrap_or("AVRO");
+    DataFormat::parse(type_name).ok_or_else(|| RegistryError::Unsupported {
+        id: id.into(),
+        reason: format!("schemaType {type_name:?} is not AVRO, PROTOBUF or JSON"),
+    })
+}
+
+/// The registry's answer → a schema body or the error; the whole decision on HTTP status is here.
+fn classify(id: &str, status: u16, body: &str) -> Result<SchemaBody, RegistryError> {
     let message = || {
         serde_json::from_str::<serde_json::Value>(body)
             .ok()
@@ -155,27 +221,10 @@ fn classify(id: &str, status: u16, body: &str) -> Result<RegisteredSchema, Regis
             .unwrap_or_else(|| body.chars().take(200).collect())
     };
     match status {
-        200 => {
-            let parsed: SchemaById = serde_json::from_str(body).map_err(|e| RegistryError::Malformed {
-                id: id.into(),
-                reason: format!("body is not {{\"schema\": ...}}: {e}"),
-            })?;
-            if !parsed.references.is_empty() {
-                return Err(RegistryError::Unsupported {
-                    id: id.into(),
-                    reason: format!(
-                        "it has {} schema references, which the relay does not resolve",
-                        parsed.references.len()
-                    ),
-                });
-            }
-            let type_name = parsed.schema_type.as_deref().unwrap_or("AVRO");
-            let format = DataFormat::parse(type_name).ok_or_else(|| RegistryError::Unsupported {
-                id: id.into(),
-                reason: format!("schemaType {type_name:?} is not AVRO, PROTOBUF or JSON"),
-            })?;
-            Ok(RegisteredSchema { format, definition: parsed.schema })
-        }
+        200 => serde_json::from_str(body).map_err(|e| RegistryError::Malformed {
+            id: id.into(),
+            reason: format!("body is not {{\"schema\": ...}}: {e}"),
+        }),
         404 => Err(RegistryError::NotFound { id: id.into(), detail: message() }),
         401 | 403 => Err(RegistryError::Unauthorized { id: id.into(), detail: format!("HTTP {status}") }),
         _ => Err(RegistryError::Rejected {
@@ -206,11 +255,11 @@ mod tests {
     #[test]
     fn ok_answers_give_the_schema_and_default_to_avro() {
         let avro = classify("1", 200, r#"{"schema": "\"string\""}"#).unwrap();
-        assert_eq!(avro, RegisteredSchema { format: DataFormat::Avro, definition: "\"string\"".into() });
+        assert_eq!((format_of("1", &avro).unwrap(), avro.schema.as_str()), (DataFormat::Avro, "\"string\""));
         let proto = classify("2", 200, r#"{"schema": "syntax = \"proto3\";", "schemaType": "PROTOBUF"}"#).unwrap();
-        assert_eq!(proto.format, DataFormat::Protobuf);
+        assert_eq!(format_of("2", &proto).unwrap(), DataFormat::Protobuf);
         let json = classify("3", 200, r#"{"schema": "{}", "schemaType": "JSON", "references": []}"#).unwrap();
-        assert_eq!(json.format, DataFormat::Json);
+        assert_eq!(format_of("3", &json).unwrap(), DataFormat::Json);
     }
 
     #[test]
@@ -229,15 +278,83 @@ mod tests {
     }
 
     #[test]
-    fn references_unknown_types_and_bad_bodies_are_refused() {
-        let refs =
-            classify("5", 200, r#"{"schema": "x", "references": [{"name": "a.proto", "subject": "a", "version": 1}]}"#);
-        assert!(matches!(refs, Err(RegistryError::Unsupported { .. })));
-        assert!(matches!(
-            classify("5", 200, r#"{"schema": "x", "schemaType": "XML"}"#),
-            Err(RegistryError::Unsupported { .. })
-        ));
+    fn unknown_types_and_bad_bodies_are_refused() {
+        let xml = classify("5", 200, r#"{"schema": "x", "schemaType": "XML"}"#).unwrap();
+        assert!(matches!(format_of("5", &xml), Err(RegistryError::Unsupported { .. })));
         assert!(matches!(classify("5", 200, "<html>"), Err(RegistryError::Malformed { .. })));
+        assert_eq!(urlencode("orders-value"), "orders-value");
+        assert_eq!(urlencode("a/b c"), "a%2Fb%20c");
+    }
+
+    /// A registry answering `routes` (path → body) with 200, anything else with Confluent's 404.
+    async fn serve_routes(routes: &[(&str, serde_json::Value)]) -> String {
+        let routes: std::collections::HashMap<String, String> =
+            routes.iter().map(|(path, body)| (path.to_string(), body.to_string())).collect();
+        let app = axum::Router::new().fallback(move |axum::extract::OriginalUri(uri): axum::extract::OriginalUri| {
+            let answer = routes.get(uri.path()).cloned();
+            async move {
+                match answer {
+                    Some(body) => (axum::http::StatusCode::OK, body),
+                    None => {
+                        (axum::http::StatusCode::NOT_FOUND, r#"{"error_code":40401,"message":"not found"}"#.to_string())
+                    }
+                }
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(std::future::IntoFuture::into_future(axum::serve(listener, app)));
+        format!("http://{address}")
+    }
+
+    #[tokio::test]
+    async fn references_are_followed_by_subject_and_version_each_before_its_users() {
+        // order.proto imports line.proto, which imports money.proto; order.proto also imports money.proto.
+        let url = serve_routes(&[
+            ("/schemas/ids/10", serde_json::json!({"schemaType": "PROTOBUF", "schema": "syntax = \"proto3\"; import \"line.proto\"; import \"money.proto\"; message Order { Line line = 1; Money total = 2; }",
+                "references": [{"name": "line.proto", "subject": "line", "version": 2}, {"name": "money.proto", "subject": "money", "version": 1}]})),
+            ("/subjects/line/versions/2", serde_json::json!({"subject": "line", "version": 2, "id": 11, "schemaType": "PROTOBUF",
+                "schema": "syntax = \"proto3\"; import \"money.proto\"; message Line { string sku = 1; Money price = 2; }",
+                "references": [{"name": "money.proto", "subject": "money", "version": 1}]})),
+            ("/subjects/money/versions/1", serde_json::json!({"subject": "money", "version": 1, "id": 12, "schemaType": "PROTOBUF",
+                "schema": "syntax = \"proto3\"; message Money { int64 cents = 1; }"})),
+        ])
+        .await;
+        let registry = ConfluentRegistry::connect(&url, &[], &OneSecret("")).await.unwrap();
+        let schema = registry.fetch(SchemaRef::Confluent(10)).await.unwrap();
+        let names: Vec<&str> = schema.references.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, vec!["money.proto", "line.proto"]);
+        // And it compiles and decodes: Order{line: {sku: "A", price: {cents: 5}}} is 0a 07 0a 01 41 12 02 08 05.
+        let compiled = crate::schema::CompiledSchema::compile(&schema).unwrap();
+        let decoded =
+            compiled.decode(&[0, 0x0a, 7, 0x0a, 1, b'A', 0x12, 2, 8, 5], crate::schema::Framing::Confluent).unwrap();
+        assert_eq!(decoded.json, serde_json::json!({"line": {"sku": "A", "price": {"cents": "5"}}}));
+        // A reference the registry does not have: the schema cannot be had.
+        let url = serve_routes(&[(
+            "/schemas/ids/1",
+            serde_json::json!({"schema": "\"string\"",
+            "references": [{"name": "x", "subject": "gone", "version": 1}]}),
+        )])
+        .await;
+        let registry = ConfluentRegistry::connect(&url, &[], &OneSecret("")).await.unwrap();
+        assert!(matches!(registry.fetch(SchemaRef::Confluent(1)).await, Err(RegistryError::NotFound { .. })));
+    }
+
+    #[tokio::test]
+    async fn avro_references_resolve_named_types() {
+        let money = r#"{"type": "record", "name": "Money", "namespace": "demo", "fields": [{"name": "cents", "type": "long"}]}"#;
+        let order = r#"{"type": "record", "name": "Order", "namespace": "demo", "fields": [{"name": "total", "type": "demo.Money"}]}"#;
+        let url = serve_routes(&[
+            ("/schemas/ids/3", serde_json::json!({"schema": order, "references": [{"name": "demo.Money", "subject": "money", "version": 1}]})),
+            ("/subjects/money/versions/1", serde_json::json!({"schema": money})),
+        ])
+        .await;
+        let registry = ConfluentRegistry::connect(&url, &[], &OneSecret("")).await.unwrap();
+        let compiled =
+            crate::schema::CompiledSchema::compile(&registry.fetch(SchemaRef::Confluent(3)).await.unwrap()).unwrap();
+        // cents = 21 → zigzag 42.
+        let decoded = compiled.decode(&[42], crate::schema::Framing::Confluent).unwrap();
+        assert_eq!(decoded.json, serde_json::json!({"total": {"cents": 21}}));
     }
 
     /// A one-route HTTP server on 127.0.0.1 answering like a registry, recording the Authorization header.

@@ -45,7 +45,28 @@ impl DataFormat {
 pub struct RegisteredSchema {
     /// Its format.
     pub format: DataFormat,
-    /// Its text: Avro JSON, a `.proto` file, or a JSON Schema document.
+    /// Its text: Avro JSON, a `.proto` file (or a base64 `FileDescriptorProto`), or a JSON Schema document.
+    pub definition: String,
+    /// The schemas it references (Confluent `references`), every level, each before those that use it.
+    pub references: Vec<NamedSchema>,
+}
+
+impl RegisteredSchema {
+    /// A schema without references.
+    pub fn new(format: DataFormat, definition: impl Into<String>) -> Self {
+        Self { format, definition: definition.into(), references: Vec::new() }
+    }
+}
+
+/// A referenced schema under the name the referencing schema uses for it (a `.proto` import path, an Avro
+/// full name, a JSON Schema `$ref`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedSchema {
+    /// The reference's `name`.
+    pub name: String,
+    /// Its format and text.
+    pub format: DataFormat,
+    /// Its text.
     pub definition: String,
 }
 
@@ -111,8 +132,8 @@ pub struct Decoded {
 /// A schema compiled once per run.
 #[derive(Clone)]
 pub enum CompiledSchema {
-    /// An Avro schema.
-    Avro(Arc<apache_avro::Schema>),
+    /// An Avro schema, and the named schemas it references.
+    Avro(Arc<apache_avro::Schema>, Arc<Vec<apache_avro::Schema>>),
     /// A compiled `.proto` file.
     Protobuf {
         /// Every descriptor of the file and its imports.
@@ -129,7 +150,7 @@ pub enum CompiledSchema {
 impl std::fmt::Debug for CompiledSchema {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            CompiledSchema::Avro(_) => "CompiledSchema::Avro",
+            CompiledSchema::Avro(..) => "CompiledSchema::Avro",
             CompiledSchema::Protobuf { .. } => "CompiledSchema::Protobuf",
             CompiledSchema::Json(_) => "CompiledSchema::Json",
         })
@@ -139,17 +160,33 @@ impl std::fmt::Debug for CompiledSchema {
 /// The virtual file name the registry's `.proto` text is compiled under.
 const PROTO_FILE: &str = "registry-schema.proto";
 
-/// Serves the registry's `.proto` text, then Google's well-known types for its imports.
-struct RegistryProto(String);
+/// Serves the registry's `.proto` files by name (the schema's, and its references' under their import
+/// paths), each as text or as a base64 `FileDescriptorProto`.
+struct RegistryProto(std::collections::HashMap<String, String>);
 
 impl protox::file::FileResolver for RegistryProto {
     fn open_file(&self, name: &str) -> Result<protox::file::File, protox::Error> {
-        if name == PROTO_FILE {
-            protox::file::File::from_source(name, &self.0)
-        } else {
-            Err(protox::Error::file_not_found(name))
+        let Some(definition) = self.0.get(name) else { return Err(protox::Error::file_not_found(name)) };
+        match descriptor(definition) {
+            Some(mut file) => {
+                file.name = Some(name.to_string());
+                Ok(protox::file::File::from_file_descriptor_proto(file))
+            }
+            None => protox::file::File::from_source(name, definition),
         }
     }
+}
+
+/// A base64 `FileDescriptorProto`, which Confluent registries also hold (and serve with
+/// `?format=serialized`), and which confluent-kafka-python registers.
+fn descriptor(definition: &str) -> Option<prost_reflect::prost_types::FileDescriptorProto> {
+    use base64::Engine as _;
+    use prost_reflect::prost::Message as _;
+    if definition.contains(';') {
+        return None; // .proto text
+    }
+    let bytes = base64::engine::general_purpose::STANDARD.decode(definition.trim()).ok()?;
+    prost_reflect::prost_types::FileDescriptorProto::decode(bytes.as_slice()).ok()
 }
 
 impl CompiledSchema {
@@ -158,24 +195,32 @@ impl CompiledSchema {
         let format = schema.format.as_str();
         let fail = |reason: String| CompileError { format, reason };
         match schema.format {
-            DataFormat::Avro => apache_avro::Schema::parse_str(&schema.definition)
-                .map(|s| CompiledSchema::Avro(Arc::new(s)))
-                .map_err(|e| fail(e.to_string())),
+            DataFormat::Avro => {
+                let references =
+                    schema.references.iter().filter(|r| r.format == DataFormat::Avro).map(|r| r.definition.as_str());
+                apache_avro::Schema::parse_str_with_list(&schema.definition, references)
+                    .map(|(s, named)| CompiledSchema::Avro(Arc::new(s), Arc::new(named)))
+                    .map_err(|e| fail(e.to_string()))
+            }
             DataFormat::Json => {
                 let document: serde_json::Value =
                     serde_json::from_str(&schema.definition).map_err(|e| fail(e.to_string()))?;
-                jsonschema::validator_for(&document)
-                    .map(|v| CompiledSchema::Json(Arc::new(v)))
-                    .map_err(|e| fail(e.to_string()))
+                let mut options = jsonschema::options();
+                for reference in schema.references.iter().filter(|r| r.format == DataFormat::Json) {
+                    let contents: serde_json::Value = serde_json::from_str(&reference.definition)
+                        .map_err(|e| fail(format!("{}: {e}", reference.name)))?;
+                    // A `$ref` to the reference's name resolves against the schema's base URI (jsonschema's
+                    // default for a schema without `$id`), or names it absolutely.
+                    let relative = format!("json-schema:///{}", reference.name.trim_start_matches('/'));
+                    options = options
+                        .with_resource(relative, jsonschema::Resource::from_contents(contents.clone()))
+                        .with_resource(reference.name.clone(), jsonschema::Resource::from_contents(contents));
+                }
+                options.build(&document).map(|v| CompiledSchema::Json(Arc::new(v))).map_err(|e| fail(e.to_string()))
             }
             DataFormat::Protobuf => {
-                let (pool, file_name) = match compile_proto_text(&schema.definition) {
-                    Ok(pool) => (pool, PROTO_FILE.to_string()),
-                    // Confluent registries also hold (and serve with ?format=serialized) a base64
-                    // FileDescriptorProto, which is what confluent-kafka-python registers.
-                    Err(text_error) => decode_descriptor(&schema.definition).ok_or_else(|| fail(text_error))?,
-                };
-                let file = pool.get_file_by_name(&file_name).ok_or_else(|| fail("compiled file is missing".into()))?;
+                let pool = compile_proto(schema).map_err(fail)?;
+                let file = pool.get_file_by_name(PROTO_FILE).ok_or_else(|| fail("compiled file is missing".into()))?;
                 let top_level: Vec<MessageDescriptor> = file.messages().collect();
                 // Level order, as the Glue SerDe library collects them, then sorted by full name.
                 let mut sorted = Vec::new();
@@ -193,7 +238,7 @@ impl CompiledSchema {
     /// The schema's format.
     pub fn format(&self) -> DataFormat {
         match self {
-            CompiledSchema::Avro(_) => DataFormat::Avro,
+            CompiledSchema::Avro(..) => DataFormat::Avro,
             CompiledSchema::Protobuf { .. } => DataFormat::Protobuf,
             CompiledSchema::Json(_) => DataFormat::Json,
         }
@@ -202,9 +247,9 @@ impl CompiledSchema {
     /// Decodes and validates `payload` (the bytes after the registry's header).
     pub fn decode(&self, payload: &[u8], framing: Framing) -> Result<Decoded, PayloadError> {
         match self {
-            CompiledSchema::Avro(schema) => {
+            CompiledSchema::Avro(schema, named) => {
                 let mut reader = payload;
-                let value = apache_avro::from_avro_datum(schema, &mut reader, None)
+                let value = apache_avro::from_avro_datum_schemata(schema, named.iter().collect(), &mut reader, None)
                     .map_err(|e| PayloadError::Decode { format: "AVRO", reason: e.to_string() })?;
                 if !reader.is_empty() {
                     return Err(PayloadError::TrailingBytes(reader.len()));
@@ -247,25 +292,19 @@ impl CompiledSchema {
     }
 }
 
-/// Compiles `.proto` text, with Google's well-known types available to its imports.
-fn compile_proto_text(text: &str) -> Result<DescriptorPool, String> {
+/// Compiles the schema's `.proto` (as [`PROTO_FILE`]) with its references under their import paths, and
+/// Google's well-known types for imports of those.
+fn compile_proto(schema: &RegisteredSchema) -> Result<DescriptorPool, String> {
+    let mut files: std::collections::HashMap<String, String> =
+        schema.references.iter().map(|r| (r.name.clone(), r.definition.clone())).collect();
+    files.insert(PROTO_FILE.to_string(), schema.definition.clone());
     let mut resolver = protox::file::ChainFileResolver::new();
-    resolver.add(RegistryProto(text.to_string()));
+    resolver.add(RegistryProto(files));
     resolver.add(protox::file::GoogleFileResolver::new());
     let mut compiler = protox::Compiler::with_file_resolver(resolver);
     compiler.include_imports(true);
     compiler.open_file(PROTO_FILE).map_err(|e| e.to_string())?;
     Ok(compiler.descriptor_pool())
-}
-
-/// A base64 `FileDescriptorProto` (without imports): the pool and the file's name.
-fn decode_descriptor(text: &str) -> Option<(DescriptorPool, String)> {
-    use base64::Engine as _;
-    let bytes = base64::engine::general_purpose::STANDARD.decode(text.trim()).ok()?;
-    let mut pool = DescriptorPool::new();
-    pool.decode_file_descriptor_proto(bytes.as_slice()).ok()?;
-    let name = pool.files().last()?.name().to_string();
-    Some((pool, name))
 }
 
 /// Follows a Confluent message index path: the top-level message, then nested ones.
@@ -304,7 +343,7 @@ message Alpha { string name = 1; }
         "properties":{"id":{"type":"integer"},"status":{"enum":["NEW","PAID"]}},"required":["id","status"]}"#;
 
     pub(crate) fn compile(format: DataFormat, definition: &str) -> CompiledSchema {
-        CompiledSchema::compile(&RegisteredSchema { format, definition: definition.into() }).expect("compiles")
+        CompiledSchema::compile(&RegisteredSchema::new(format, definition)).expect("compiles")
     }
 
     /// Avro binary for {"id": 42, "status": "PAID", "note": "rush"}, written by apache-avro itself.
@@ -423,11 +462,32 @@ message Alpha { string name = 1; }
     }
 
     #[test]
+    fn json_schema_references_resolve_by_name() {
+        let mut schema = RegisteredSchema::new(
+            DataFormat::Json,
+            r#"{"type": "object", "properties": {"customer": {"$ref": "customer.json"}}, "required": ["customer"]}"#,
+        );
+        schema.references.push(NamedSchema {
+            name: "customer.json".into(),
+            format: DataFormat::Json,
+            definition: r#"{"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}"#
+                .into(),
+        });
+        let compiled = CompiledSchema::compile(&schema).expect("compiles with its reference");
+        assert!(compiled.decode(br#"{"customer": {"name": "Ada"}}"#, Framing::Confluent).is_ok());
+        let invalid = compiled.decode(br#"{"customer": {"name": 7}}"#, Framing::Confluent);
+        assert!(
+            matches!(invalid, Err(PayloadError::Invalid { ref path, .. }) if path == "/customer/name"),
+            "{invalid:?}"
+        );
+    }
+
+    #[test]
     fn schemas_that_do_not_compile_are_reported_with_their_format() {
         for (format, text) in
             [(DataFormat::Avro, "{\"type\": \"recrod\"}"), (DataFormat::Json, "{"), (DataFormat::Protobuf, "message {")]
         {
-            let error = CompiledSchema::compile(&RegisteredSchema { format, definition: text.into() }).unwrap_err();
+            let error = CompiledSchema::compile(&RegisteredSchema::new(format, text)).unwrap_err();
             assert_eq!(error.format, format.as_str());
         }
     }

@@ -78,7 +78,7 @@ impl SchemaRegistry for GlueRegistry {
                 })
             }
         };
-        Ok(RegisteredSchema { format, definition })
+        Ok(RegisteredSchema::new(format, definition))
     }
 }
 

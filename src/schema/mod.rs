@@ -325,7 +325,7 @@ mod tests {
             (SchemaRef::Confluent(4), DataFormat::Avro, r#""string""#),
             (glue, DataFormat::Avro, AVRO_ORDER),
         ] {
-            registry.schemas.insert(id, RegisteredSchema { format, definition: text.into() });
+            registry.schemas.insert(id, RegisteredSchema::new(format, text));
         }
         Arc::new(registry)
     }

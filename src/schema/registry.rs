@@ -245,10 +245,9 @@ pub(crate) mod tests {
 
     fn registry_with_schema() -> ScriptedRegistry {
         let mut registry = ScriptedRegistry::default();
-        registry.schemas.insert(
-            SchemaRef::Confluent(1),
-            RegisteredSchema { format: DataFormat::Json, definition: r#"{"type":"object"}"#.into() },
-        );
+        registry
+            .schemas
+            .insert(SchemaRef::Confluent(1), RegisteredSchema::new(DataFormat::Json, r#"{"type":"object"}"#));
         registry
     }
 
@@ -324,9 +323,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_schema_that_does_not_compile_is_a_compile_error() {
         let mut registry = ScriptedRegistry::default();
-        registry
-            .schemas
-            .insert(SchemaRef::Confluent(2), RegisteredSchema { format: DataFormat::Avro, definition: "{".into() });
+        registry.schemas.insert(SchemaRef::Confluent(2), RegisteredSchema::new(DataFormat::Avro, "{"));
         let cache = SchemaCache::new(Arc::new(registry), fast_retry(1));
         assert!(matches!(cache.get(SchemaRef::Confluent(2)).await, Err(LookupError::Compile(_))));
     }

@@ -45,6 +45,11 @@ fn received(topic: &str) -> TestResult<Vec<(i64, Value)>> {
     Ok(out)
 }
 
+/// Runs `future` to completion (the common helpers are blocking, so the tests are too).
+fn block<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime").block_on(future)
+}
+
 /// Bodies of the messages waiting in the SQS queue at `queue_url` on moto.
 async fn queue_messages(queue_url: &str) -> TestResult<Vec<Value>> {
     let sqs = aws_sdk_sqs::Client::new(&schema::moto_config().await);
@@ -71,8 +76,8 @@ fn order(id: i64, status: &str) -> Value {
     json!({"id": id, "status": status, "amount": 2.5})
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn confluent_records_are_decoded_filtered_and_undecodable_ones_go_to_the_destination() -> TestResult {
+#[test]
+fn confluent_records_are_decoded_filtered_and_undecodable_ones_go_to_the_destination() -> TestResult {
     let double = RegistryDouble::start()?;
     let topic = unique_name("schema-confluent");
     create_topic(&tansu(), &topic, 1)?;
@@ -90,9 +95,12 @@ async fn confluent_records_are_decoded_filtered_and_undecodable_ones_go_to_the_d
     }))
     .map_err(|e| e.to_string())?;
     assert_eq!(records.len(), 6);
-    let sqs = aws_sdk_sqs::Client::new(&schema::moto_config().await);
     let queue = unique_name("schema-dlq");
-    let queue_url = sqs.create_queue().queue_name(&queue).send().await?.queue_url().ok_or("no queue URL")?.to_string();
+    let queue_url = block(async {
+        let sqs = aws_sdk_sqs::Client::new(&schema::moto_config().await);
+        let created = sqs.create_queue().queue_name(&queue).send().await?;
+        TestResult::Ok(created.queue_url().ok_or("no queue URL")?.to_string())
+    })?;
 
     let mut mapping = tansu_mapping(RECORDING, &topic, &unique_name("group"));
     let group = mapping["SelfManagedKafkaEventSourceConfig"]["ConsumerGroupId"].clone();
@@ -116,7 +124,7 @@ async fn confluent_records_are_decoded_filtered_and_undecodable_ones_go_to_the_d
         received(&topic)?,
         vec![(0, order(1, "PAID")), (1, protobuf), (2, order(3, "PAID")), (5, order(6, "SHIPPED"))]
     );
-    let messages = queue_messages(&queue_url).await?;
+    let messages = block(queue_messages(&queue_url))?;
     assert_eq!(messages.len(), 1, "{messages:?}");
     assert_eq!(messages[0]["requestContext"]["condition"], "DESERIALIZATION_ERROR");
     assert_eq!(messages[0]["requestContext"]["approximateInvokeCount"], 0);
@@ -131,8 +139,8 @@ async fn confluent_records_are_decoded_filtered_and_undecodable_ones_go_to_the_d
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_registry_outage_holds_the_partition_and_a_later_run_delivers_everything() -> TestResult {
+#[test]
+fn a_registry_outage_holds_the_partition_and_a_later_run_delivers_everything() -> TestResult {
     let double = RegistryDouble::start()?;
     let topic = unique_name("schema-outage");
     create_topic(&tansu(), &topic, 1)?;
@@ -162,8 +170,8 @@ async fn a_registry_outage_holds_the_partition_and_a_later_run_delivers_everythi
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn glue_records_reach_the_target_as_source_bytes_with_key_validation() -> TestResult {
+#[test]
+fn glue_records_reach_the_target_as_source_bytes_with_key_validation() -> TestResult {
     let topic = unique_name("schema-glue");
     create_topic(&tansu(), &topic, 1)?;
     let (records, arn) = produce(json!({

@@ -171,11 +171,21 @@ fn a_registry_outage_holds_the_partition_and_a_later_run_delivers_everything() -
 }
 
 #[test]
-fn glue_records_reach_the_target_as_source_bytes_with_key_validation() -> TestResult {
+fn glue_records_reach_the_target_as_json_and_as_source_bytes_with_key_validation() -> TestResult {
+    let registry_name = unique_name("registry");
+    // A topic of Avro and Protobuf records, delivered as JSON.
+    let binary_topic = unique_name("schema-glue-bin");
+    create_topic(&tansu(), &binary_topic, 1)?;
+    produce(json!({
+        "registry": "glue", "moto": moto(), "registry_name": registry_name, "topic": binary_topic, "bootstrap": tansu(),
+        "records": [{"format": "avro", "value": order(7, "PAID")}, {"format": "protobuf", "value": order(8, "NEW")}]
+    }))
+    .map_err(|e| e.to_string())?;
+    // A topic of JSON Schema records with Avro string keys, delivered as SOURCE.
     let topic = unique_name("schema-glue");
     create_topic(&tansu(), &topic, 1)?;
     let (records, arn) = produce(json!({
-        "registry": "glue", "moto": moto(), "registry_name": unique_name("registry"), "topic": topic, "bootstrap": tansu(),
+        "registry": "glue", "moto": moto(), "registry_name": registry_name, "topic": topic, "bootstrap": tansu(),
         "records": [
             {"format": "json", "value": order(1, "PAID"), "key": "g-1", "key_avro": true},
             {"format": "json", "value": order(2, "NEW"), "key": "g-2", "key_avro": true},
@@ -191,7 +201,17 @@ fn glue_records_reach_the_target_as_source_bytes_with_key_validation() -> TestRe
         "SchemaValidationConfigs": [{"Attribute": "KEY"}, {"Attribute": "VALUE"}]
     });
     mapping["FilterCriteria"] = json!({"Filters": [{"Pattern": r#"{"value": {"status": ["PAID"]}}"#}]});
-    let report = run_relay_with_moto(&json!({"Mappings": [mapping]}))?;
+    let binary_group = unique_name("group");
+    let mut binary_mapping = tansu_mapping(RECORDING, &binary_topic, &binary_group);
+    binary_mapping["SelfManagedKafkaEventSourceConfig"]["SchemaRegistryConfig"] = json!({
+        "SchemaRegistryURI": arn, "EventRecordFormat": "JSON", "SchemaValidationConfigs": [{"Attribute": "VALUE"}]
+    });
+    let report = run_relay_with_moto(&json!({"Mappings": [mapping, binary_mapping]}))?;
+
+    let mut protobuf = order(8, "NEW");
+    protobuf["id"] = json!("8");
+    assert_eq!(received(&binary_topic)?, vec![(0, order(7, "PAID")), (1, protobuf)]);
+    assert_eq!(committed_offsets(&tansu(), &binary_group, &binary_topic, 1)?, vec![Some(2)]);
 
     // SOURCE: the JSON bytes the producer wrote, without Glue's 18-byte header; the filter matched the
     // decoded status (NEW filtered out). The third record's key has no Glue framing: it is undecodable and,

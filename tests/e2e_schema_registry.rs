@@ -8,6 +8,8 @@
 
 mod schema;
 
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -232,4 +234,74 @@ impl kafka_lambda_relay::auth::SecretSource for NoSecrets {
             code: "ResourceNotFoundException".into(),
         })
     }
+}
+
+/// Avro `"string"` schema 1 in the double's directory, and a Confluent-framed record of it.
+fn seed_string_schema(double: &RegistryDouble) -> TestResult<Vec<u8>> {
+    std::fs::create_dir_all(double.dir.join("schemas"))?;
+    std::fs::write(
+        double.dir.join("schemas/1.json"),
+        r#"{"schema": "\"string\"", "schemaType": "AVRO", "references": []}"#,
+    )?;
+    // Confluent header for id 1, then the Avro string "tls" (length 3, zigzag 6).
+    Ok(vec![0, 0, 0, 0, 1, 6, b't', b'l', b's'])
+}
+
+#[tokio::test]
+async fn mutual_tls_and_a_private_root_ca_come_from_secrets_manager() -> TestResult {
+    let pki = std::env::temp_dir().join(unique("registry-pki"));
+    std::fs::create_dir_all(&pki)?;
+    let generated = Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/auth/gen-certs.sh"))
+        .arg(&pki)
+        .env("CLIENT_KEY_PASSWORD", "unused-here")
+        .status()?;
+    assert!(generated.success(), "gen-certs.sh failed");
+    let double =
+        RegistryDouble::start_tls(&pki.join("server.pem"), &pki.join("server.key"), Some(&pki.join("ca.pem")))?;
+    let framed = seed_string_schema(&double)?;
+
+    let sdk = moto_config().await;
+    let secrets = aws_sdk_secretsmanager::Client::new(&sdk);
+    let secret = |body: Value| {
+        let secrets = secrets.clone();
+        async move {
+            let created =
+                secrets.create_secret().name(unique("registry-tls")).secret_string(body.to_string()).send().await?;
+            TestResult::Ok(created.arn().ok_or("no ARN")?.to_string())
+        }
+    };
+    let read = |name: &str| std::fs::read_to_string(pki.join(name));
+    let ca = secret(json!({"certificate": read("ca.pem")?})).await?;
+    let client = secret(json!({"certificate": read("client.pem")?, "privateKey": read("client-key.pem")?})).await?;
+    let source = SecretsManagerSource::new(&sdk);
+    let decode_with = |access: Value| {
+        let (url, framed, source) = (double.url.clone(), framed.clone(), &source);
+        async move {
+            let access: Vec<_> = serde_json::from_value(access)?;
+            let registry: Arc<dyn SchemaRegistry> = Arc::new(ConfluentRegistry::connect(&url, &access, source).await?);
+            let decoder = Decoder::new(&registry_config(&url, "JSON", &["VALUE"]), registry, quick_retry());
+            TestResult::Ok(decoder.decode(record(0, None, Some(framed))).await)
+        }
+    };
+
+    let both = decode_with(json!([
+        {"Type": "SERVER_ROOT_CA_CERTIFICATE", "URI": ca},
+        {"Type": "CLIENT_CERTIFICATE_TLS_AUTH", "URI": client}
+    ]))
+    .await?
+    .map_err(|f| f.to_string())?;
+    assert_eq!(both.value.as_deref(), Some(&b"\"tls\""[..]));
+    // Without the client certificate the registry ends the handshake; without the CA the relay does not
+    // trust the registry's certificate. Neither is the record's fault: it is held.
+    for (access, why) in [
+        (json!([{"Type": "SERVER_ROOT_CA_CERTIFICATE", "URI": ca}]), "CertificateRequired"),
+        (json!([{"Type": "CLIENT_CERTIFICATE_TLS_AUTH", "URI": client}]), "UnknownIssuer"),
+    ] {
+        let failure = decode_with(access.clone()).await?.expect_err("the TLS handshake fails");
+        assert_eq!(failure.reason(), Reason::RegistryUnavailable, "{access}: {failure}");
+        assert!(failure.to_string().contains(why), "{access}: {failure}");
+    }
+    let _ = std::fs::remove_dir_all(&pki);
+    Ok(())
 }

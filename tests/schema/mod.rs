@@ -75,6 +75,18 @@ pub struct RegistryDouble {
 impl RegistryDouble {
     /// Starts it on a free port.
     pub fn start() -> TestResult<Self> {
+        Self::start_with(&[], "http")
+    }
+
+    /// Starts it serving HTTPS with `cert` and `key`, requiring client certificates signed by `client_ca`
+    /// when given.
+    pub fn start_tls(cert: &Path, key: &Path, client_ca: Option<&Path>) -> TestResult<Self> {
+        let mut args = vec![cert.to_path_buf(), key.to_path_buf()];
+        args.extend(client_ca.map(Path::to_path_buf));
+        Self::start_with(&args, "https")
+    }
+
+    fn start_with(tls: &[PathBuf], scheme: &str) -> TestResult<Self> {
         let dir = std::env::temp_dir().join(unique("registry-double"));
         std::fs::create_dir_all(&dir)?;
         let port_file = dir.join("port");
@@ -82,6 +94,7 @@ impl RegistryDouble {
             .arg(script("registry_double.py"))
             .arg(&dir)
             .arg(&port_file)
+            .args(tls)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()?;
@@ -93,7 +106,7 @@ impl RegistryDouble {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        double.url = format!("http://127.0.0.1:{}", std::fs::read_to_string(&port_file)?.trim());
+        double.url = format!("{scheme}://127.0.0.1:{}", std::fs::read_to_string(&port_file)?.trim());
         Ok(double)
     }
 

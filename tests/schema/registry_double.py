@@ -17,12 +17,15 @@ Test hooks, also files in DIR: `down` (every request answers 503, a registry out
 ("user:password": requests without these credentials get 401), `requests.log` (one line per request:
 method, path, status).
 
-Usage: registry_double.py DIR PORT_FILE   (binds 127.0.0.1:0 and writes the chosen port to PORT_FILE)
+Usage: registry_double.py DIR PORT_FILE [CERT KEY [CLIENT_CA]]
+  binds 127.0.0.1:0 and writes the chosen port to PORT_FILE; with CERT and KEY it serves HTTPS, and with
+  CLIENT_CA it requires a client certificate signed by that CA (mutual TLS).
 """
 import base64
 import json
 import os
 import re
+import ssl
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -151,6 +154,13 @@ class Handler(BaseHTTPRequestHandler):
 
 
 server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+if len(sys.argv) > 4:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(sys.argv[3], sys.argv[4])
+    if len(sys.argv) > 5:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(sys.argv[5])
+    server.socket = context.wrap_socket(server.socket, server_side=True)
 with open(sys.argv[2] + ".tmp", "w") as f:
     f.write(str(server.server_address[1]))
 os.replace(sys.argv[2] + ".tmp", sys.argv[2])

@@ -242,6 +242,12 @@ impl KafkaSchemaRegistryConfig {
                 "SchemaRegistryURI",
                 format!("{uri:?} is neither a Glue registry ARN nor an http(s) registry URL"),
             ));
+        } else if uri.split_once("://").is_some_and(|(_, rest)| rest.split('/').next().unwrap_or_default().contains('@')) {
+            // Not quoted: the part before '@' is a credential.
+            out.push((
+                "SchemaRegistryURI",
+                "carries credentials (user:password@host); put them in a BASIC_AUTH secret in AccessConfigs".into(),
+            ));
         }
         if self.event_record_format.is_none() {
             out.push(("EventRecordFormat", "is required: JSON or SOURCE".into()));
@@ -1066,6 +1072,10 @@ mod tests {
             assert_eq!(v.len(), 1, "{v:?}");
             assert_eq!(v[0].message, expected);
         }
+        let v = violations(with_registry(serde_json::json!({"SchemaRegistryURI": "https://relay:hunter2@r.example.com",
+            "EventRecordFormat": "JSON", "SchemaValidationConfigs": [{"Attribute": "KEY"}]})));
+        assert_eq!(v.len(), 1);
+        assert!(v[0].message.starts_with("carries credentials") && !v[0].message.contains("hunter2"), "{}", v[0].message);
         // Unknown enum values fail at parse time, naming the value.
         let text = serde_json::json!({"Mappings": [with_registry(serde_json::json!({
             "SchemaRegistryURI": "https://r", "EventRecordFormat": "XML", "SchemaValidationConfigs": [{"Attribute": "KEY"}]}))]})

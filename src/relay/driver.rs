@@ -292,6 +292,8 @@ impl<'a> Driver<'a> {
             }
             crate::schema::Disposition::Hold => {
                 tracing::warn!(error_code = "SCHEMA_REGISTRY_UNAVAILABLE", mapping = %self.context.mapping_uuid, partition = %key, offset, error = %failure.error, "schema registry unavailable: holding the partition until the next run");
+                // The partition keeps being fetched (and its records dropped): pausing it would keep a run
+                // that stops when caught up from ever catching up.
                 self.held.insert(key, offset);
                 None
             }

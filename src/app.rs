@@ -110,7 +110,11 @@ pub fn lambda_options(deadline_ms: u64) -> RunOptions {
     let remaining = deadline_ms as i128 - now_ms;
     let cap = env_seconds("RELAY_MAX_SECONDS");
     let deadline = if remaining > 0 {
-        let lambda = Instant::now() + Duration::from_millis(remaining as u64);
+        // A run may take up to CLOSE_GRACE past its deadline to leave the group, and the handler then returns
+        // the report: both must happen before Lambda's own deadline.
+        let lambda = (Instant::now() + Duration::from_millis(remaining as u64))
+            .checked_sub(crate::relay::CLOSE_GRACE + Duration::from_secs(1))
+            .unwrap_or_else(Instant::now);
         Some(cap.map_or(lambda, |cap| lambda.min(Instant::now() + cap)))
     } else {
         tracing::warn!(error_code = "DEADLINE_IN_THE_PAST", deadline_ms, "the invocation's deadline has passed (an emulator?): the run is bounded by RELAY_MAX_SECONDS and idleness only");

@@ -41,6 +41,14 @@ enum Command {
         /// report, without consuming or committing anything.
         #[arg(long)]
         check: bool,
+        /// Invocations in flight at once, over every mapping (one per partition at most). Also
+        /// RELAY_MAX_IN_FLIGHT; default 64.
+        #[arg(long)]
+        max_in_flight: Option<usize>,
+        /// MiB of records held in memory at once (buffered or being delivered) before fetching pauses. Also
+        /// RELAY_BUFFER_MIB; default 64.
+        #[arg(long)]
+        buffer_mib: Option<usize>,
     },
     /// Check a configuration without connecting; exit 0 when valid, 2 with every violation listed.
     Validate {
@@ -121,7 +129,7 @@ async fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { config, max_seconds, until_idle, target_timeout, metrics, check } => {
+        Command::Run { config, max_seconds, until_idle, target_timeout, metrics, check, max_in_flight, buffer_mib } => {
             init_tracing(false);
             let config = match load_config(config.as_ref()) {
                 Ok(config) => config,
@@ -142,6 +150,8 @@ async fn main() -> ExitCode {
                 until_idle,
                 target_timeout: target_timeout.map(Duration::from_secs).or_else(|| app::env_seconds("RELAY_TARGET_TIMEOUT_SECONDS")),
                 stop: Some(stop_signal()),
+                max_in_flight: max_in_flight.filter(|n| *n > 0).or_else(|| app::env_number("RELAY_MAX_IN_FLIGHT")).unwrap_or(kafka_lambda_relay::relay::DEFAULT_MAX_IN_FLIGHT),
+                buffer_bytes: buffer_mib.filter(|n| *n > 0).or_else(|| app::env_number("RELAY_BUFFER_MIB")).map_or(kafka_lambda_relay::relay::DEFAULT_BUFFER_BYTES, |mib| mib << 20),
                 ..Default::default()
             };
             let report = app::run_all(&config, &services, &options).await;

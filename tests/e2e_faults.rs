@@ -34,7 +34,7 @@ fn assert_committed_only_delivered(committed: &[Option<i64>], produced: &[Produc
 #[test]
 fn sigkill_at_random_points_loses_nothing_and_redelivers_at_most_the_batches_in_flight() -> TestResult {
     const PARTITIONS: i32 = 4;
-    const BATCH_SIZE: usize = 100;
+    const BATCH_SIZE: usize = 20;
     const KILLS: usize = 3;
     let topic = unique_name("kill");
     let group = unique_name("group");
@@ -48,7 +48,7 @@ fn sigkill_at_random_points_loses_nothing_and_redelivers_at_most_the_batches_in_
     std::fs::write(&file, serde_json::to_vec(&config)?)?;
 
     let mut kills = 0;
-    for round in 0..KILLS {
+    for _ in 0..KILLS {
         let mut child = Command::new(relay_bin())
             .args(["run", "--until-idle", "--target-timeout", "30", "--max-seconds", "120", "--config"])
             .arg(&file)
@@ -56,12 +56,14 @@ fn sigkill_at_random_points_loses_nothing_and_redelivers_at_most_the_batches_in_
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
-        // A random point after the group join (a killed member's successor waits out its session first).
-        let started = Instant::now();
-        let until = Duration::from_millis(rand::random_range(800..2500) + if round == 0 { 0 } else { 10_000 });
-        while started.elapsed() < until && child.try_wait()?.is_none() {
+        // A random point while records flow (a member killed while it joins would hold the group's next
+        // rebalance up; killed while delivering is the case that matters).
+        let before = received(&topic)?.len();
+        let flowing_by = Instant::now() + Duration::from_secs(60);
+        while received(&topic)?.len() == before && Instant::now() < flowing_by && child.try_wait()?.is_none() {
             std::thread::sleep(Duration::from_millis(20));
         }
+        std::thread::sleep(Duration::from_millis(rand::random_range(50..1200)));
         if child.try_wait()?.is_none() {
             child.kill()?; // SIGKILL: no commit, no leaving the group.
             kills += 1;

@@ -205,12 +205,25 @@ impl<'a> Driver<'a> {
                 let delivery = Delivery::continuation(records, attempts, response, delay, self.policy);
                 self.jobs.spawn(job::run(next, delivery, self.context.clone(), self.events.0.clone(), None, charge));
             }
-            JobEvent::Notice(notice) => self.ledger.apply(job, &notice),
+            JobEvent::Notice(notice) => {
+                self.ledger.apply(job, &notice);
+                // Keep the consumer's copy current, so a revocation commits this progress.
+                let moved: Vec<&PartitionKey> = match &notice {
+                    Notice::Delivered(records) | Notice::GivenUp { records, .. } => records.iter().map(|(k, _)| k).collect(),
+                    Notice::Unfinished { first, .. } => first.iter().map(|(k, _, _)| k).collect(),
+                    _ => Vec::new(),
+                };
+                let mut last = None;
+                for key in moved {
+                    if last != Some(key) {
+                        last = Some(key);
+                        if let Some((offset, metadata)) = self.ledger.committable_of(key) {
+                            self.consumer.context().set_committable(key, offset, metadata);
+                        }
+                    }
+                }
+            }
             JobEvent::Finished(held) => self.ledger.finished(job, &held),
-        }
-        // Keep the consumer's copy current, so a revocation commits this progress.
-        for (key, (offset, metadata)) in self.ledger.committable() {
-            self.consumer.context().set_committable(&key, offset, metadata);
         }
     }
 
@@ -304,12 +317,18 @@ impl<'a> Driver<'a> {
     fn apply_group_events(&mut self) {
         for event in self.consumer.context().take_events() {
             match event {
-                GroupEvent::Assigned(partitions) => partitions.into_iter().for_each(|p| self.ledger.assigned(p)),
-                GroupEvent::Revoked(keys) => keys.iter().for_each(|k| {
-                    self.held.remove(k);
-                    self.ledger.revoked(k);
-                    self.consumer.context().forget(k);
-                }),
+                GroupEvent::Assigned(partitions) => {
+                    tracing::info!(mapping = %self.context.mapping_uuid, partitions = partitions.len(), "partitions assigned");
+                    partitions.into_iter().for_each(|p| self.ledger.assigned(p));
+                }
+                GroupEvent::Revoked(keys) => {
+                    tracing::info!(mapping = %self.context.mapping_uuid, partitions = keys.len(), "partitions revoked");
+                    keys.iter().for_each(|k| {
+                        self.held.remove(k);
+                        self.ledger.revoked(k);
+                        self.consumer.context().forget(k);
+                    });
+                }
             }
         }
     }
@@ -443,11 +462,9 @@ impl<'a> Driver<'a> {
             self.on_job_event(job, event);
         }
         let commit_by = self.options.deadline.map_or(Instant::now() + FINAL_COMMIT_WAIT, |d| d.max(Instant::now()));
-        if let Err(reason) = self.final_commit(commit_by).await {
-            tracing::error!(error_code = "COMMIT_FAILED", mapping = %self.context.mapping_uuid, reason = %reason, "final commit failed");
-            if self.problem.is_none() {
-                self.problem = Some(Problem::FinalCommit { reason });
-            }
+        if let Err(problem) = self.final_commit(commit_by).await {
+            tracing::error!(error_code = "COMMIT_FAILED", mapping = %self.context.mapping_uuid, %problem, "final commit failed");
+            self.problem.get_or_insert(problem);
         }
         let report = self.report();
         let close_by = self.options.deadline.map_or(Instant::now() + FINAL_COMMIT_WAIT, |d| d.max(Instant::now())) + CLOSE_GRACE;
@@ -455,26 +472,32 @@ impl<'a> Driver<'a> {
         report
     }
 
-    /// Waits for the commit in flight, then commits what is left; Err says why the group has not got it.
-    async fn final_commit(&mut self, by: Instant) -> Result<(), String> {
+    /// Waits for the commit in flight, then commits what is left, retrying a refused commit until `by`;
+    /// Err says why the group has not got it.
+    async fn final_commit(&mut self, by: Instant) -> Result<(), Problem> {
         let by = tokio::time::Instant::from_std(by);
         let consumer = self.consumer.clone();
+        self.last_commit_error = None;
         loop {
             if self.commit_in_flight.is_none() {
                 self.send_commit();
                 if self.commit_in_flight.is_none() {
-                    // Nothing was due: the group has everything (or the last failure says why not).
-                    return self.last_commit_error.take().map_or(Ok(()), Err);
+                    // Nothing is due: the group has everything.
+                    return Ok(());
                 }
             }
             tokio::select! {
                 Some(outcome) = self.commits.recv() => self.on_commit(outcome),
-                // Polling serves the commit's answer (and a rebalance); records are not taken any more.
+                // Polling serves a rebalance meanwhile; records are not taken any more.
                 _ = consumer.recv() => {}
-                _ = tokio::time::sleep_until(by) => return Err("the group did not answer before the run's deadline".into()),
+                _ = tokio::time::sleep_until(by) => {
+                    let reason = self.last_commit_error.take().unwrap_or_else(|| "the group did not answer before the run's deadline".into());
+                    return Err(Problem::FinalCommit { reason });
+                }
             }
-            if let Some(error) = self.last_commit_error.take() {
-                return Err(error);
+            if self.last_commit_error.is_some() {
+                // Refused (a rebalance, a coordinator moving): offered again after a short pause.
+                tokio::time::sleep(COMMIT_INTERVAL.min(by.saturating_duration_since(tokio::time::Instant::now()))).await;
             }
         }
     }

@@ -143,6 +143,12 @@ impl Partition {
     fn owns(&self, job: JobId) -> bool {
         self.assigned && self.job == Some((job, self.generation))
     }
+
+    fn committable(&self) -> Option<(i64, String)> {
+        let offset = self.tracker.committable()?;
+        let metadata = self.retry.as_ref().filter(|r| r.offset == offset).map(RetryState::encode).unwrap_or_default();
+        Some((offset, metadata))
+    }
 }
 
 /// The ledger of one mapping's run.
@@ -385,13 +391,13 @@ impl Ledger {
         self.partitions
             .iter()
             .filter(|(_, p)| p.assigned)
-            .filter_map(|(key, p)| {
-                let offset = p.tracker.committable()?;
-                let metadata =
-                    p.retry.as_ref().filter(|r| r.offset == offset).map(RetryState::encode).unwrap_or_default();
-                Some((key.clone(), (offset, metadata)))
-            })
+            .filter_map(|(key, p)| Some((key.clone(), p.committable()?)))
             .collect()
+    }
+
+    /// [`Ledger::committable`] of one partition.
+    pub fn committable_of(&self, key: &PartitionKey) -> Option<(i64, String)> {
+        self.partitions.get(key).filter(|p| p.assigned)?.committable()
     }
 
     /// What changed since the last commit sent (none when nothing did), marked as sent.

@@ -40,6 +40,7 @@ use crate::invoke::{FunctionInfo, FunctionLookupError, Invoke};
 use crate::kafka::consumer::{self, RelayContext};
 use crate::metrics::{Counts, MappingReport};
 
+pub use driver::CLOSE_GRACE;
 pub use ledger::MemoryBudget;
 
 /// AWS refuses targets whose timeout is above 14 minutes: the relay could never finish their invocation.

@@ -16,6 +16,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 python_pins=("cargo-lambda==1.9.2" "moto[server]==5.2.5" "cfn-lint==1.58.0" "aws-sam-cli==1.170.0"
   "aws-msk-iam-sasl-signer-python==1.0.2")
+# Schema registry tests: real producers' framing (Confluent serializers; AWS's Glue serializer).
+python_pins+=("confluent-kafka[avro,json,protobuf,schemaregistry]==2.16.1" "aws-glue-schema-registry==1.1.3")
 tansu_version=0.6.0
 cargo_bin=${CARGO_HOME:-$HOME/.cargo}/bin
 export PATH="$cargo_bin:$PATH"

@@ -126,6 +126,199 @@ pub struct KafkaEventSourceConfig {
     /// Consumer group id, 1-200 characters.
     #[serde(rename = "ConsumerGroupId", default, skip_serializing_if = "Option::is_none")]
     pub consumer_group_id: Option<String>,
+    /// Decode records through a schema registry before filtering (AWS's `KafkaSchemaRegistryConfig`).
+    #[serde(rename = "SchemaRegistryConfig", default, skip_serializing_if = "Option::is_none")]
+    pub schema_registry_config: Option<KafkaSchemaRegistryConfig>,
+}
+
+/// `SchemaRegistryConfig` (AWS's `KafkaSchemaRegistryConfig`): which registry decodes the records, how the
+/// target receives them, and which parts (key, value) are decoded and validated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSchemaRegistryConfig {
+    /// A Glue registry ARN (`arn:aws:glue:<region>:<account>:registry/<name>`) or the URL of a
+    /// Confluent-compatible registry; 1-10000 characters.
+    #[serde(rename = "SchemaRegistryURI", default)]
+    pub schema_registry_uri: String,
+    /// `JSON` (decoded key/value as JSON) or `SOURCE` (the original bytes without the schema framing).
+    #[serde(rename = "EventRecordFormat", default, skip_serializing_if = "Option::is_none")]
+    pub event_record_format: Option<EventRecordFormat>,
+    /// Secrets for a Confluent registry (`BASIC_AUTH`, `CLIENT_CERTIFICATE_TLS_AUTH`,
+    /// `SERVER_ROOT_CA_CERTIFICATE`); none for Glue, which the relay's role reaches.
+    #[serde(rename = "AccessConfigs", default, skip_serializing_if = "Vec::is_empty")]
+    pub access_configs: Vec<KafkaSchemaRegistryAccessConfig>,
+    /// Which record parts are decoded and validated: `[{"Attribute": "KEY"}, {"Attribute": "VALUE"}]`.
+    #[serde(rename = "SchemaValidationConfigs", default, skip_serializing_if = "Vec::is_empty")]
+    pub schema_validation_configs: Vec<KafkaSchemaValidationConfig>,
+}
+
+/// `EventRecordFormat` (AWS's `SchemaRegistryEventRecordFormat`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventRecordFormat {
+    /// The key/value decoded to JSON, base64-encoded in the event like any key/value.
+    #[serde(rename = "JSON")]
+    Json,
+    /// The original bytes with the magic byte, schema id / Glue header (and Protobuf message indexes)
+    /// removed.
+    #[serde(rename = "SOURCE")]
+    Source,
+}
+
+/// One `AccessConfigs` entry (AWS's `KafkaSchemaRegistryAccessConfig`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSchemaRegistryAccessConfig {
+    /// `BASIC_AUTH`, `CLIENT_CERTIFICATE_TLS_AUTH` or `SERVER_ROOT_CA_CERTIFICATE`.
+    #[serde(rename = "Type")]
+    pub kind: String,
+    /// The Secrets Manager secret ARN.
+    #[serde(rename = "URI")]
+    pub uri: String,
+}
+
+/// One `SchemaValidationConfigs` entry (AWS's `KafkaSchemaValidationConfig`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSchemaValidationConfig {
+    /// `KEY` or `VALUE`.
+    #[serde(rename = "Attribute")]
+    pub attribute: SchemaValidationAttribute,
+}
+
+/// `KafkaSchemaValidationConfig.Attribute`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum SchemaValidationAttribute {
+    /// The record key.
+    #[serde(rename = "KEY")]
+    Key,
+    /// The record value.
+    #[serde(rename = "VALUE")]
+    Value,
+}
+
+impl SchemaValidationAttribute {
+    /// AWS's name: `KEY` or `VALUE`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SchemaValidationAttribute::Key => "KEY",
+            SchemaValidationAttribute::Value => "VALUE",
+        }
+    }
+}
+
+/// The `AccessConfigs` types the relay supports. AWS also documents `OAUTHBEARER_AUTH`, which the relay
+/// does not implement and rejects by name.
+pub const SCHEMA_REGISTRY_ACCESS_TYPES: &[&str] =
+    &["BASIC_AUTH", "CLIENT_CERTIFICATE_TLS_AUTH", "SERVER_ROOT_CA_CERTIFICATE"];
+
+/// AWS's length limit for `SchemaRegistryURI`.
+pub const SCHEMA_REGISTRY_URI_MAX_LEN: usize = 10_000;
+
+impl KafkaSchemaRegistryConfig {
+    /// Whether `SchemaRegistryURI` names a Glue registry (else it is a Confluent-compatible URL).
+    pub fn is_glue(&self) -> bool {
+        self.schema_registry_uri.starts_with("arn:")
+    }
+
+    /// Whether `attribute` is listed in `SchemaValidationConfigs`.
+    pub fn validates(&self, attribute: SchemaValidationAttribute) -> bool {
+        self.schema_validation_configs.iter().any(|c| c.attribute == attribute)
+    }
+
+    /// Every violation, as (field under `SchemaRegistryConfig`, message).
+    fn violations(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let uri = &self.schema_registry_uri;
+        // AWS's pattern for the field: [a-zA-Z0-9-\/*:_+=.@-]*
+        let pattern_ok = uri.chars().all(|c| c.is_ascii_alphanumeric() || "-/*:_+=.@".contains(c));
+        if uri.is_empty() || uri.len() > SCHEMA_REGISTRY_URI_MAX_LEN {
+            out.push((
+                "SchemaRegistryURI",
+                format!("has {} characters; allowed 1-10000 (a Glue registry ARN or a registry URL)", uri.len()),
+            ));
+        } else if !pattern_ok {
+            out.push((
+                "SchemaRegistryURI",
+                format!("{uri:?} has characters outside AWS's pattern [a-zA-Z0-9-/*:_+=.@]"),
+            ));
+        } else if self.is_glue() {
+            if glue_registry_arn(uri).is_none() {
+                out.push((
+                    "SchemaRegistryURI",
+                    format!("{uri:?} is not a Glue registry ARN (arn:aws:glue:<region>:<account>:registry/<name>)"),
+                ));
+            }
+        } else if !(uri.starts_with("https://") || uri.starts_with("http://"))
+            || uri.split_once("://").is_some_and(|(_, rest)| rest.is_empty())
+        {
+            out.push((
+                "SchemaRegistryURI",
+                format!("{uri:?} is neither a Glue registry ARN nor an http(s) registry URL"),
+            ));
+        } else if uri.split_once("://").is_some_and(|(_, rest)| rest.split('/').next().unwrap_or_default().contains('@')) {
+            // Not quoted: the part before '@' is a credential.
+            out.push((
+                "SchemaRegistryURI",
+                "carries credentials (user:password@host); put them in a BASIC_AUTH secret in AccessConfigs".into(),
+            ));
+        }
+        if self.event_record_format.is_none() {
+            out.push(("EventRecordFormat", "is required: JSON or SOURCE".into()));
+        }
+        if self.schema_validation_configs.is_empty() {
+            out.push((
+                "SchemaValidationConfigs",
+                "is empty; list at least one of {\"Attribute\": \"KEY\"} and {\"Attribute\": \"VALUE\"}".into(),
+            ));
+        }
+        for attribute in [SchemaValidationAttribute::Key, SchemaValidationAttribute::Value] {
+            if self.schema_validation_configs.iter().filter(|c| c.attribute == attribute).count() > 1 {
+                out.push((
+                    "SchemaValidationConfigs",
+                    format!("{} is listed more than once; allowed once", attribute.as_str()),
+                ));
+            }
+        }
+        if self.is_glue() && !self.access_configs.is_empty() {
+            out.push((
+                "AccessConfigs",
+                "is set for a Glue registry; Glue is reached with the relay's role (glue:GetSchemaVersion), leave AccessConfigs empty".into(),
+            ));
+        }
+        for entry in &self.access_configs {
+            if !SCHEMA_REGISTRY_ACCESS_TYPES.contains(&entry.kind.as_str()) {
+                out.push((
+                    "AccessConfigs.Type",
+                    format!("{:?} is not supported; allowed {}", entry.kind, SCHEMA_REGISTRY_ACCESS_TYPES.join(", ")),
+                ));
+            } else if !(entry.uri.starts_with("arn:") && entry.uri.contains(":secretsmanager:")) {
+                out.push((
+                    "AccessConfigs.URI",
+                    format!(
+                        "{:?} for {} is not a Secrets Manager secret ARN (arn:aws:secretsmanager:...)",
+                        entry.uri, entry.kind
+                    ),
+                ));
+            }
+        }
+        for kind in SCHEMA_REGISTRY_ACCESS_TYPES {
+            if self.access_configs.iter().filter(|e| e.kind == *kind).count() > 1 {
+                out.push(("AccessConfigs.Type", format!("{kind} is set more than once; allowed once")));
+            }
+        }
+        out
+    }
+}
+
+/// The region and registry name of a Glue registry ARN `arn:<partition>:glue:<region>:<account>:registry/<name>`.
+pub fn glue_registry_arn(arn: &str) -> Option<(&str, &str)> {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    if parts.len() != 6 || parts[0] != "arn" || !parts[1].starts_with("aws") || parts[2] != "glue" {
+        return None;
+    }
+    let name = parts[5].strip_prefix("registry/")?;
+    let account_ok = parts[4].len() == 12 && parts[4].chars().all(|c| c.is_ascii_digit());
+    (!parts[3].is_empty() && account_ok && !name.is_empty() && !name.contains('/')).then_some((parts[3], name))
 }
 
 /// `StartingPosition`.
@@ -417,6 +610,14 @@ impl Mapping {
         }
     }
 
+    /// The schema registry configuration, from whichever of the two Kafka source configs is set.
+    pub fn schema_registry_config(&self) -> Option<&KafkaSchemaRegistryConfig> {
+        self.self_managed_kafka_event_source_config
+            .as_ref()
+            .or(self.amazon_managed_kafka_event_source_config.as_ref())
+            .and_then(|c| c.schema_registry_config.as_ref())
+    }
+
     /// Bootstrap servers as configured (empty for an MSK mapping without endpoints).
     pub fn bootstrap_servers(&self) -> Vec<String> {
         self.self_managed_event_source
@@ -625,6 +826,20 @@ impl Mapping {
                             quote(group)
                         ),
                     );
+                }
+            }
+        }
+
+        for (prefix, config) in [
+            ("SelfManagedKafkaEventSourceConfig.SchemaRegistryConfig", &self.self_managed_kafka_event_source_config),
+            (
+                "AmazonManagedKafkaEventSourceConfig.SchemaRegistryConfig",
+                &self.amazon_managed_kafka_event_source_config,
+            ),
+        ] {
+            if let Some(registry) = config.as_ref().and_then(|c| c.schema_registry_config.as_ref()) {
+                for (field, message) in registry.violations() {
+                    bad(&format!("{prefix}.{field}"), message);
                 }
             }
         }
@@ -1256,6 +1471,115 @@ mod tests {
         let mut wrong = minimal();
         wrong["MskConnectivity"] = serde_json::json!("INTERNET");
         assert!(RelayConfig::from_json(&serde_json::json!({"Mappings": [wrong]}).to_string()).is_err());
+    }
+
+    fn with_registry(registry: serde_json::Value) -> serde_json::Value {
+        let mut m = minimal();
+        m["SelfManagedKafkaEventSourceConfig"] = serde_json::json!({"SchemaRegistryConfig": registry});
+        m
+    }
+
+    #[test]
+    fn schema_registry_config_parses_with_aws_field_names() {
+        let m = with_registry(serde_json::json!({
+            "SchemaRegistryURI": "https://registry.example.com:8081",
+            "EventRecordFormat": "JSON",
+            "AccessConfigs": [{"Type": "BASIC_AUTH", "URI": "arn:aws:secretsmanager:us-east-1:123456789012:secret:sr"}],
+            "SchemaValidationConfigs": [{"Attribute": "KEY"}, {"Attribute": "VALUE"}]
+        }));
+        let config = config_with(m);
+        config.validate().unwrap();
+        let registry = config.mappings[0].schema_registry_config().expect("set");
+        assert_eq!(registry.event_record_format, Some(EventRecordFormat::Json));
+        assert!(!registry.is_glue());
+        assert!(registry.validates(SchemaValidationAttribute::Key));
+        assert!(registry.validates(SchemaValidationAttribute::Value));
+        assert_eq!(registry.access_configs[0].kind, "BASIC_AUTH");
+    }
+
+    #[test]
+    fn glue_registry_on_msk_mapping_is_valid_and_names_region_and_registry() {
+        let mut m = minimal();
+        m["EventSourceArn"] = serde_json::json!("arn:aws:kafka:us-east-1:123456789012:cluster/demo/abc-1");
+        m["AmazonManagedKafkaEventSourceConfig"] = serde_json::json!({"SchemaRegistryConfig": {
+            "SchemaRegistryURI": "arn:aws:glue:eu-west-1:123456789012:registry/orders",
+            "EventRecordFormat": "SOURCE",
+            "SchemaValidationConfigs": [{"Attribute": "VALUE"}]
+        }});
+        let config = config_with(m);
+        config.validate().unwrap();
+        let registry = config.mappings[0].schema_registry_config().unwrap();
+        assert!(registry.is_glue());
+        assert!(!registry.validates(SchemaValidationAttribute::Key));
+        assert_eq!(glue_registry_arn(&registry.schema_registry_uri), Some(("eu-west-1", "orders")));
+    }
+
+    #[test]
+    fn schema_registry_violations_name_the_field_and_value() {
+        let m = with_registry(serde_json::json!({
+            "SchemaRegistryURI": "arn:aws:glue:us-east-1:123456789012:schema/orders/x",
+            "AccessConfigs": [
+                {"Type": "OAUTHBEARER_AUTH", "URI": "arn:aws:secretsmanager:us-east-1:1:secret:o"},
+                {"Type": "BASIC_AUTH", "URI": "secret"}
+            ],
+            "SchemaValidationConfigs": [{"Attribute": "VALUE"}, {"Attribute": "VALUE"}]
+        }));
+        let v = violations(m);
+        let got: Vec<(String, String)> = v.into_iter().map(|v| (v.field, v.message)).collect();
+        let prefix = "SelfManagedKafkaEventSourceConfig.SchemaRegistryConfig";
+        assert_eq!(
+            got,
+            vec![
+                (format!("{prefix}.SchemaRegistryURI"), "\"arn:aws:glue:us-east-1:123456789012:schema/orders/x\" is not a Glue registry ARN (arn:aws:glue:<region>:<account>:registry/<name>)".to_string()),
+                (format!("{prefix}.EventRecordFormat"), "is required: JSON or SOURCE".to_string()),
+                (format!("{prefix}.SchemaValidationConfigs"), "VALUE is listed more than once; allowed once".to_string()),
+                (format!("{prefix}.AccessConfigs"), "is set for a Glue registry; Glue is reached with the relay's role (glue:GetSchemaVersion), leave AccessConfigs empty".to_string()),
+                (format!("{prefix}.AccessConfigs.Type"), "\"OAUTHBEARER_AUTH\" is not supported; allowed BASIC_AUTH, CLIENT_CERTIFICATE_TLS_AUTH, SERVER_ROOT_CA_CERTIFICATE".to_string()),
+                (format!("{prefix}.AccessConfigs.URI"), "\"secret\" for BASIC_AUTH is not a Secrets Manager secret ARN (arn:aws:secretsmanager:...)".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn schema_registry_uri_length_pattern_and_attributes_are_checked() {
+        let long = format!("https://{}", "a".repeat(10_000));
+        let cases = [
+            (
+                serde_json::json!({"SchemaRegistryURI": "", "EventRecordFormat": "JSON", "SchemaValidationConfigs": [{"Attribute": "KEY"}]}),
+                "has 0 characters; allowed 1-10000 (a Glue registry ARN or a registry URL)".to_string(),
+            ),
+            (
+                serde_json::json!({"SchemaRegistryURI": long, "EventRecordFormat": "JSON", "SchemaValidationConfigs": [{"Attribute": "KEY"}]}),
+                "has 10008 characters; allowed 1-10000 (a Glue registry ARN or a registry URL)".to_string(),
+            ),
+            (
+                serde_json::json!({"SchemaRegistryURI": "https://r.example.com/?a b", "EventRecordFormat": "JSON", "SchemaValidationConfigs": [{"Attribute": "KEY"}]}),
+                "\"https://r.example.com/?a b\" has characters outside AWS's pattern [a-zA-Z0-9-/*:_+=.@]".to_string(),
+            ),
+            (
+                serde_json::json!({"SchemaRegistryURI": "ftp://r.example.com", "EventRecordFormat": "JSON", "SchemaValidationConfigs": [{"Attribute": "KEY"}]}),
+                "\"ftp://r.example.com\" is neither a Glue registry ARN nor an http(s) registry URL".to_string(),
+            ),
+            (
+                serde_json::json!({"SchemaRegistryURI": "https://r.example.com", "EventRecordFormat": "JSON", "SchemaValidationConfigs": []}),
+                "is empty; list at least one of {\"Attribute\": \"KEY\"} and {\"Attribute\": \"VALUE\"}".to_string(),
+            ),
+        ];
+        for (registry, expected) in cases {
+            let v = violations(with_registry(registry));
+            assert_eq!(v.len(), 1, "{v:?}");
+            assert_eq!(v[0].message, expected);
+        }
+        let v = violations(with_registry(serde_json::json!({"SchemaRegistryURI": "https://relay:hunter2@r.example.com",
+            "EventRecordFormat": "JSON", "SchemaValidationConfigs": [{"Attribute": "KEY"}]})));
+        assert_eq!(v.len(), 1);
+        assert!(v[0].message.starts_with("carries credentials") && !v[0].message.contains("hunter2"), "{}", v[0].message);
+        // Unknown enum values fail at parse time, naming the value.
+        let text = serde_json::json!({"Mappings": [with_registry(serde_json::json!({
+            "SchemaRegistryURI": "https://r", "EventRecordFormat": "XML", "SchemaValidationConfigs": [{"Attribute": "KEY"}]}))]})
+        .to_string();
+        let err = RelayConfig::parse_valid(&text).unwrap_err().to_string();
+        assert!(err.contains("XML"), "{err}");
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //!   bootstrap brokers from the cluster ARN and IAM (OAUTHBEARER) tokens in [`auth::msk`].
 //! - [`kafka`]: records, the consumer joining a mapping's group (starting positions, commits), and an
 //!   in-process mock cluster.
+//! - [`schema`]: `SchemaRegistryConfig`: Avro / Protobuf / JSON Schema records decoded through Glue or a
+//!   Confluent-compatible registry, before filtering; undecodable records are given up uninvoked.
 //! - [`filter`]: `FilterCriteria` patterns; records matching none are skipped and committed.
 //! - [`batch`]: per-partition queues → batches (BatchSize, batching window, 6 MB cap).
 //! - [`event`]: the exact event AWS sends, with exact size accounting for the 6 MB cap.
@@ -31,6 +33,7 @@ pub mod error;
 pub mod config;
 pub mod auth;
 pub mod kafka;
+pub mod schema;
 pub mod filter;
 pub mod batch;
 pub mod event;

@@ -23,6 +23,22 @@ fn valid_config(name: &str) -> Result<RelayConfig, Box<dyn Error>> {
 }
 
 #[test]
+fn schema_registry_event_is_a_valid_config_with_a_confluent_and_a_glue_registry() -> TestResult {
+    use kafka_lambda_relay::config::{EventRecordFormat, SchemaValidationAttribute};
+    let config = valid_config("schema-registry-mappings.json")?;
+    let confluent = config.mappings[0].schema_registry_config().ok_or("no SchemaRegistryConfig")?;
+    assert!(!confluent.is_glue());
+    assert_eq!(confluent.event_record_format, Some(EventRecordFormat::Json));
+    assert!(confluent.validates(SchemaValidationAttribute::Key) && confluent.validates(SchemaValidationAttribute::Value));
+    assert_eq!(confluent.access_configs.len(), 2);
+    let glue = config.mappings[1].schema_registry_config().ok_or("no SchemaRegistryConfig")?;
+    assert!(glue.is_glue());
+    assert_eq!(glue.event_record_format, Some(EventRecordFormat::Source));
+    assert!(!glue.validates(SchemaValidationAttribute::Key));
+    Ok(())
+}
+
+#[test]
 fn one_mapping_event_is_a_valid_config() -> TestResult {
     let config = valid_config("one-mapping.json")?;
     assert_eq!(config.mappings.len(), 1);

@@ -44,6 +44,11 @@ fn all_groups() -> serde_json::Value {
     serde_json::json!({"Metrics": ["EventCount", "ErrorCount", "KafkaMetrics"]})
 }
 
+
+/// Mapping UUIDs of the metrics-selection test (UUIDs must be UUIDs).
+const ALL_GROUPS: &str = "6f1c2a7e-0000-4000-8000-000000000001";
+const NO_METRICS_CONFIG: &str = "6f1c2a7e-0000-4000-8000-000000000002";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_target_counts_failed_invoke_events_and_invoke_errors() -> TestResult {
     let h = Harness::start().await?;
@@ -205,13 +210,14 @@ async fn per_interval_deltas_add_up_to_the_report_and_groups_follow_metrics_conf
         &topic,
         &function,
         &unique_name("g"),
-        serde_json::json!({"UUID": "all-groups", "BatchSize": 5, "MetricsConfig": all_groups()}),
+        serde_json::json!({"UUID": ALL_GROUPS, "BatchSize": 5, "MetricsConfig": all_groups()}),
     );
     let mut plain = cfg.mappings[0].clone();
-    plain.uuid = Some("no-metrics-config".into());
+    plain.uuid = Some(NO_METRICS_CONFIG.into());
     plain.metrics_config = None;
     plain.self_managed_kafka_event_source_config = Some(kafka_lambda_relay::config::KafkaEventSourceConfig {
         consumer_group_id: Some(unique_name("g")),
+        schema_registry_config: None,
     });
     cfg.mappings.push(plain);
     let (options, lines) = collecting(until_idle());
@@ -230,7 +236,7 @@ async fn per_interval_deltas_add_up_to_the_report_and_groups_follow_metrics_conf
             .cloned()
             .collect::<Vec<_>>()
     };
-    let all = of("all-groups");
+    let all = of(ALL_GROUPS);
     let intervals = all.iter().filter(|l| l.get("PolledEventCount").is_some()).count();
     assert!(
         intervals >= 3,
@@ -262,7 +268,7 @@ async fn per_interval_deltas_add_up_to_the_report_and_groups_follow_metrics_conf
         "one BatchRecordCount value per invocation"
     );
 
-    let names: std::collections::BTreeSet<String> = of("no-metrics-config")
+    let names: std::collections::BTreeSet<String> = of(NO_METRICS_CONFIG)
         .iter()
         .flat_map(|l| {
             l["_aws"]["CloudWatchMetrics"][0]["Metrics"]

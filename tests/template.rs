@@ -371,6 +371,7 @@ fn statements_on_optional_arn_lists_exist_only_when_the_list_is_not_empty() -> T
         "SecretArns",
         "KmsKeyArns",
         "MskClusterArns",
+        "SchemaRegistryArns",
     ]
     .into_iter()
     .map(String::from)
@@ -431,6 +432,78 @@ fn each_service_gets_exactly_the_actions_the_relay_calls() -> TestResult {
     assert_eq!(
         by_parameter["KmsKeyArns"],
         expected(&["kms:Decrypt", "kms:GenerateDataKey"])
+    );
+    assert_eq!(by_parameter["SchemaRegistryArns"], expected(&["glue:GetSchemaVersion", "glue:GetSchema"]));
+    Ok(())
+}
+
+/// Evaluates the intrinsic functions a policy `Resource` uses (`!Ref` of a list parameter, `!Join`,
+/// `!Split`, `!Sub` with a variable map) for given parameter values.
+fn evaluate_list(value: &Value, parameters: &BTreeMap<&str, Vec<&str>>) -> Result<Vec<String>, Box<dyn Error>> {
+    let one = |value: &Value| -> Result<String, Box<dyn Error>> {
+        let items = evaluate_list(value, parameters)?;
+        match items.as_slice() {
+            [only] => Ok(only.clone()),
+            _ => Err(format!("expected one string, got {items:?}").into()),
+        }
+    };
+    let Some((name, arguments)) = intrinsic(value) else {
+        return Ok(vec![value.as_str().ok_or("neither a string nor an intrinsic")?.to_string()]);
+    };
+    let arguments = match arguments {
+        Value::Sequence(items) => items.clone(),
+        other => vec![other.clone()],
+    };
+    match name.as_str() {
+        "Ref" => Ok(parameters
+            .get(arguments[0].as_str().ok_or("Ref of a non-name")?)
+            .ok_or("unknown parameter")?
+            .iter()
+            .map(|s| s.to_string())
+            .collect()),
+        "Join" => Ok(vec![evaluate_list(&arguments[1], parameters)?.join(arguments[0].as_str().ok_or("delimiter")?)]),
+        "Split" => Ok(one(&arguments[1])?.split(arguments[0].as_str().ok_or("delimiter")?).map(String::from).collect()),
+        "Sub" => {
+            let mut text = arguments[0].as_str().ok_or("Sub template")?.to_string();
+            for (variable, value) in arguments[1].as_mapping().ok_or("Sub variables")? {
+                let variable = variable.as_str().ok_or("variable name")?;
+                text = text.replace(&format!("${{{variable}}}"), &one(value)?);
+            }
+            Ok(vec![text])
+        }
+        other => Err(format!("unsupported intrinsic {other}").into()),
+    }
+}
+
+#[test]
+fn glue_access_is_limited_to_the_named_registries_and_their_schemas() -> TestResult {
+    let template = template()?;
+    let statement = policy_statements(&template)
+        .into_iter()
+        .find(|s| s.actions().contains(&"glue:GetSchemaVersion"))
+        .ok_or("no statement grants glue:GetSchemaVersion")?;
+    assert_eq!(statement.condition.as_deref(), Some("HasSchemaRegistries"));
+    let parameters = BTreeMap::from([(
+        "SchemaRegistryArns",
+        vec![
+            "arn:aws:glue:us-east-1:123456789012:registry/orders",
+            "arn:aws:glue:eu-west-1:123456789012:registry/payments",
+        ],
+    )]);
+    let resources = evaluate_list(&statement.body["Resource"], &parameters)?;
+    assert_eq!(
+        resources,
+        vec![
+            "arn:aws:glue:us-east-1:123456789012:registry/orders",
+            "arn:aws:glue:eu-west-1:123456789012:registry/payments",
+            "arn:aws:glue:us-east-1:123456789012:schema/orders/*",
+            "arn:aws:glue:eu-west-1:123456789012:schema/payments/*",
+        ]
+    );
+    let one = BTreeMap::from([("SchemaRegistryArns", vec!["arn:aws:glue:us-east-1:123456789012:registry/orders"])]);
+    assert_eq!(
+        evaluate_list(&statement.body["Resource"], &one)?,
+        vec!["arn:aws:glue:us-east-1:123456789012:registry/orders", "arn:aws:glue:us-east-1:123456789012:schema/orders/*"]
     );
     Ok(())
 }

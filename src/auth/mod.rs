@@ -37,6 +37,7 @@ use serde::Serialize;
 pub use check::{check, check_resolved, check_with_timeout, CheckError, CheckReport, PartitionReport, TopicReport, CHECK_TIMEOUT};
 pub use diagnose::{ConnectionDiagnostics, DiagnosingContext, PROBE_TIMEOUT};
 pub use secrets::{SecretError, SecretSource, SecretsManagerSource};
+pub(crate) use secrets::SecretFields;
 pub use security::{resolve, resolve_with_msk, validate, KafkaSecurity};
 
 pub use crate::error::ErrorCode;

@@ -138,10 +138,7 @@ impl FailureRecord {
                 condition: given_up.condition,
                 approximate_invoke_count: given_up.approximate_invoke_count,
             },
-            response_context: match given_up.condition {
-                Condition::MaximumPayloadSizeExceeded => None,
-                Condition::RetryAttemptsExhausted => given_up.response.clone(),
-            },
+            response_context: if given_up.condition.uninvoked() { None } else { given_up.response.clone() },
             version: "1.0".to_string(),
             timestamp: rfc3339_millis(now),
             kafka_batch_info: KafkaBatchInfo {
@@ -394,6 +391,23 @@ mod tests {
         assert_eq!(shape(&ours), shape(&fixture("failure-record-payload-too-large.json")));
         assert_eq!(ours["responseContext"], Value::Null);
         assert_eq!(ours["requestContext"]["condition"], "MaximumPayloadSizeExceeded");
+        Ok(())
+    }
+
+    /// AWS sends a record its schema registry cannot decode to the destination with the reason code
+    /// `SCHEMA_NOT_FOUND` / `DESERIALIZATION_ERROR`; it was never invoked, so there is no response.
+    #[test]
+    fn undecodable_records_carry_awss_reason_code_and_no_response() -> Result<(), Box<dyn std::error::Error>> {
+        let records = fixture_records();
+        for (condition, code) in
+            [(Condition::SchemaNotFound, "SCHEMA_NOT_FOUND"), (Condition::DeserializationError, "DESERIALIZATION_ERROR")]
+        {
+            let value = serde_json::to_value(build(&given_up(&records, b"{}", condition), false))?;
+            assert_eq!(value["requestContext"]["condition"], code);
+            assert_eq!(value["responseContext"], serde_json::Value::Null);
+            let parsed: FailureRecord = serde_json::from_value(value)?;
+            assert_eq!(parsed.request_context.condition, condition);
+        }
         Ok(())
     }
 

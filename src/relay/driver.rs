@@ -89,11 +89,16 @@ struct Driver<'a> {
     time_lags: TimeLagTracker,
     /// The invoke call each job made last, until the machine says how it went.
     invocations: std::collections::HashMap<JobId, (Duration, usize, usize)>,
+    /// The schema registry decoding stage, when the mapping has a `SchemaRegistryConfig`.
+    decoder: Option<crate::schema::Decoder>,
+    /// Partitions whose record at this offset waits for an unavailable schema registry: nothing at or after
+    /// it is taken this run, so nothing past it is committed; the next run decodes it again.
+    held: BTreeMap<PartitionKey, i64>,
 }
 
 impl<'a> Driver<'a> {
     fn new(mapping: &'a Mapping, services: &Services, options: &'a RunOptions, shared: &Shared, prepared: Prepared) -> Self {
-        let Prepared { function, sink, filters, consumer, source } = prepared;
+        let Prepared { function, sink, filters, consumer, source, decoder } = prepared;
         let (stop_tx, stop_rx) = watch::channel(false);
         let (commit_tx, commits) = mpsc::unbounded_channel();
         let invoke_cutoff = options.deadline.map(|d| d.checked_sub(function.timeout + options.margin).unwrap_or_else(Instant::now));
@@ -141,6 +146,8 @@ impl<'a> Driver<'a> {
             metrics: MinuteMetrics::for_mapping(mapping, unix_ms()).with_interval(options.metrics_interval),
             time_lags: TimeLagTracker::default(),
             invocations: std::collections::HashMap::new(),
+            decoder,
+            held: BTreeMap::new(),
         }
     }
 
@@ -163,7 +170,7 @@ impl<'a> Driver<'a> {
                 Some((job, event)) = self.events.1.recv() => self.on_job_event(job, event),
                 Some(joined) = self.jobs.join_next(), if !self.jobs.is_empty() => self.on_job_end(joined),
                 Some(outcome) = self.commits.recv() => self.on_commit(outcome),
-                message = consumer.recv() => self.on_message(message),
+                message = consumer.recv() => self.on_message(message).await,
                 _ = sleep_until(window), if window.is_some() => {}
                 _ = sleep_until(cutoff), if !self.stopping && cutoff.is_some() => self.begin_stop("run deadline reached: finishing in-flight invocations"),
                 _ = wait_stop(&mut external_stop), if !self.stopping && external_stop.is_some() => self.begin_stop("stop requested: finishing in-flight invocations"),
@@ -193,6 +200,10 @@ impl<'a> Driver<'a> {
             let delivery = match formed {
                 crate::batch::Formed::Batch(records) => Delivery::new(records, attempts, response, self.policy),
                 crate::batch::Formed::Oversized(record) => Delivery::oversized(record, self.policy),
+                crate::batch::Formed::Undecodable(record) => {
+                    let condition = record.undecodable().expect("set apart because it is undecodable");
+                    Delivery::uninvoked(record, condition, self.policy)
+                }
             };
             let task = job::run(job, delivery, self.context.clone(), self.events.0.clone(), Some(permit), charge);
             // Jobs log inside the mapping's span too.
@@ -304,14 +315,14 @@ impl<'a> Driver<'a> {
         }
     }
 
-    fn on_message(&mut self, message: Result<rdkafka::message::BorrowedMessage<'_>, KafkaError>) {
+    async fn on_message(&mut self, message: Result<rdkafka::message::BorrowedMessage<'_>, KafkaError>) {
         // The poll that returned this record may also have assigned its partition.
         self.apply_group_events();
         match message {
             Ok(message) => {
                 let record = self.to_record(&message);
                 drop(message);
-                self.accept(record);
+                self.accept(record).await;
                 // Take what librdkafka already fetched before forming batches, so a busy topic fills
                 // batches instead of sending one record per invocation.
                 let consumer = self.consumer.clone();
@@ -320,7 +331,7 @@ impl<'a> Driver<'a> {
                         Some(Ok(message)) => {
                             let record = self.to_record(&message);
                             drop(message);
-                            self.accept(record);
+                            self.accept(record).await;
                         }
                         Some(Err(error)) => return self.poll_error(error),
                         None => break,
@@ -343,16 +354,45 @@ impl<'a> Driver<'a> {
         to_record(message, key)
     }
 
-    fn accept(&mut self, record: Record) {
-        if self.stopping {
+    async fn accept(&mut self, record: Record) {
+        if self.stopping || self.held.contains_key(&record.key_partition) {
             // Not registered: the next run fetches it again from the committed offset.
             return;
         }
-        let keep = self.filters.matches(&record);
+        // Decoding comes before filtering, so filters match decoded fields (also with `SOURCE`, through the
+        // decoded view).
+        let Some((record, view)) = self.decode(record).await else { return };
+        let keep = record.undecodable().is_some() || self.filters.matches(view.as_ref().unwrap_or(&record));
         if self.options.metrics.is_on() {
             self.time_lags.fetched(&record.key_partition, record.offset, record.timestamp_ms);
         }
         self.ledger.accept(record, keep, Instant::now());
+    }
+
+    /// The record decoded through the mapping's schema registry (and, with `SOURCE`, its decoded view for
+    /// filtering); an undecodable one marked for its give-up;
+    /// `None` when the registry is unavailable and the record (with its partition) is held for the next run.
+    async fn decode(&mut self, record: Record) -> Option<(Record, Option<Record>)> {
+        let Some(decoder) = &self.decoder else { return Some((record, None)) };
+        let failure = match decoder.decode_with_filter_view(record).await {
+            Ok(decoded) => return Some(decoded),
+            Err(failure) => failure,
+        };
+        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let (key, offset) = (failure.record.key_partition.clone(), failure.record.offset);
+        match crate::schema::disposition(&failure, now_ms, self.mapping.max_record_age()) {
+            crate::schema::Disposition::GiveUp(condition) => {
+                tracing::warn!(error_code = condition.as_str(), mapping = %self.context.mapping_uuid, partition = %key, offset, error = %failure.error, "record cannot be decoded: giving it up");
+                Some((failure.record.into_undecodable(condition), None))
+            }
+            crate::schema::Disposition::Hold => {
+                tracing::warn!(error_code = "SCHEMA_REGISTRY_UNAVAILABLE", mapping = %self.context.mapping_uuid, partition = %key, offset, error = %failure.error, "schema registry unavailable: holding the partition until the next run");
+                // The partition keeps being fetched (and its records dropped): pausing it would keep a run
+                // that stops when caught up from ever catching up.
+                self.held.insert(key, offset);
+                None
+            }
+        }
     }
 
     /// Assignments and revocations the last poll brought.
@@ -373,6 +413,7 @@ impl<'a> Driver<'a> {
                 GroupEvent::Revoked(keys) => {
                     tracing::info!(mapping = %self.context.mapping_uuid, partitions = keys.len(), "partitions revoked");
                     keys.iter().for_each(|k| {
+                        self.held.remove(k);
                         self.ledger.revoked(k);
                         self.time_lags.forget(k);
                         self.consumer.context().forget(k);
@@ -593,11 +634,17 @@ impl<'a> Driver<'a> {
         }
         let mut counts = self.ledger.counts;
         counts.committed = self.ledger.committed_records();
-        let (state, error_code, result) = match (&self.problem, self.ledger.first_blocked()) {
-            (Some(problem), _) => problem.report_fields(),
-            (None, Some((key, b))) => ("Enabled", None, format!("PROBLEM: partition {key} is blocked at offset {}: {}", b.offset, b.reason)),
-            (None, None) if counts.polled == 0 => ("Enabled", None, "No records processed".to_string()),
-            (None, None) => ("Enabled", None, "OK".to_string()),
+        let held = self.held.iter().next();
+        let (state, error_code, result) = match (&self.problem, self.ledger.first_blocked(), held) {
+            (Some(problem), _, _) => problem.report_fields(),
+            (None, Some((key, b)), _) => ("Enabled", None, format!("PROBLEM: partition {key} is blocked at offset {}: {}", b.offset, b.reason)),
+            (None, None, Some((key, offset))) => (
+                "Enabled",
+                None,
+                format!("PROBLEM: partition {key} is held at offset {offset}: the schema registry is unavailable; the next run decodes it again"),
+            ),
+            (None, None, None) if counts.polled == 0 => ("Enabled", None, "No records processed".to_string()),
+            (None, None, None) => ("Enabled", None, "OK".to_string()),
         };
         MappingReport {
             uuid: self.context.mapping_uuid.clone(),

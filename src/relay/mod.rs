@@ -7,7 +7,9 @@
 //!   with AWS's error code and never polls.
 //! - [`driver`]: the thin loop. One `select!` over consumer messages, job events, commit results, the
 //!   batching window, the deadline and the stop signal; each arm hands its input to the ledger and carries
-//!   out the ledger's effects.
+//!   out the ledger's effects. Polled records are decoded through the mapping's schema registry
+//!   ([`crate::schema`]) and then filtered as they are accepted; undecodable ones are set apart and given
+//!   up uninvoked, and a registry outage holds the partition for the rest of the run.
 //! - [`ledger`]: per partition, everything the run knows (queue, offset tracker, retry state, pause state,
 //!   the job holding it); synchronous, no I/O. **Which offset may be committed** and **when a partition
 //!   is paused** are decided here.
@@ -219,6 +221,8 @@ struct Prepared {
     /// The events' header; its `bootstrapServers` are the brokers the consumer uses (looked up for an MSK
     /// cluster ARN without endpoints).
     source: crate::event::EventSource,
+    /// The mapping's schema registry decoding stage (`SchemaRegistryConfig`), run before filtering.
+    decoder: Option<crate::schema::Decoder>,
 }
 
 async fn prepare(mapping: &Mapping, services: &Services, options: &RunOptions) -> Result<Prepared, Problem> {
@@ -258,6 +262,7 @@ async fn prepare(mapping: &Mapping, services: &Services, options: &RunOptions) -
     };
     let filters = Filters::new(mapping.filter_criteria.as_ref())
         .map_err(|error| Problem::cannot(ErrorCode::EsmConfigNotValid, format!("FilterCriteria is not valid: {error}")))?;
+    let decoder = schema_decoder(mapping, services).await?;
     let security = crate::auth::resolve(mapping, services.secrets.as_ref())
         .await
         .map_err(|error| Problem::Cannot { code: error.code, sentence: error.sentence })?;
@@ -281,7 +286,21 @@ async fn prepare(mapping: &Mapping, services: &Services, options: &RunOptions) -
         bootstrap_servers: security.bootstrap_servers_for(mapping),
         ..crate::event::EventSource::for_mapping(mapping)
     };
-    Ok(Prepared { function, sink, filters, consumer, source })
+    Ok(Prepared { function, sink, filters, consumer, source, decoder })
+}
+
+/// The decoding stage of a mapping with a `SchemaRegistryConfig`: a Glue client (the relay's AWS
+/// configuration, in the registry's region) or a Confluent client with its `AccessConfigs` secrets.
+async fn schema_decoder(mapping: &Mapping, services: &Services) -> Result<Option<crate::schema::Decoder>, Problem> {
+    let Some(registry) = mapping.schema_registry_config() else { return Ok(None) };
+    let sdk_config = if registry.is_glue() {
+        aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+    } else {
+        aws_config::SdkConfig::builder().build()
+    };
+    crate::schema::Decoder::for_mapping(mapping, &sdk_config, services.secrets.as_ref())
+        .await
+        .map_err(|error| Problem::cannot(ErrorCode::EsmConfigNotValid, format!("SchemaRegistryConfig cannot be used: {error}")))
 }
 
 /// A target given by name gets a placeholder ARN in failure records when its configuration is not read.

@@ -18,7 +18,8 @@
 //! `cargo bench --bench relay_throughput` runs 1,000,000 records of 200 B over 16 partitions, 5 rounds;
 //! `-- --quick` runs 200,000 records, 3 rounds. A last configuration (16 MiB of 1 KiB records, BatchSize
 //! 10000) is about memory. Records are produced with lz4 compression: the mock cluster keeps at most 5 MiB
-//! per partition, and compressed batches let 1,000,000 records fit in 16 partitions.
+//! per partition, and compressed batches let 1,000,000 records fit in 16 partitions. `BENCH_DEBUG=1` also
+//! prints each relay run's invocation count, mean invoke latency and mean invocations in flight.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

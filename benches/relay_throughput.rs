@@ -18,7 +18,8 @@
 //! `cargo bench --bench relay_throughput` runs 1,000,000 records of 200 B over 16 partitions, 5 rounds;
 //! `-- --quick` runs 200,000 records, 3 rounds. A last configuration (16 MiB of 1 KiB records, BatchSize
 //! 10000) is about memory. Records are produced with lz4 compression: the mock cluster keeps at most 5 MiB
-//! per partition, and compressed batches let 1,000,000 records fit in 16 partitions.
+//! per partition, and compressed batches let 1,000,000 records fit in 16 partitions. `BENCH_DEBUG=1` also
+//! prints each relay run's invocation count, mean invoke latency and mean invocations in flight.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -192,6 +193,10 @@ fn child_relay(bootstrap: &str, topic: &str, records: u64, batch_size: u32, endp
         let total = start.elapsed();
         let counts = report.mappings[0].counts;
         assert_eq!((counts.delivered, counts.committed), (records, records), "every record delivered and committed: {report:?}");
+        if std::env::var_os("BENCH_DEBUG").is_some() {
+            let calls = timing.calls.load(Ordering::SeqCst).max(1);
+            eprintln!("relay: {calls} invocations, mean latency {} us, mean in flight {:.1}", timing.busy_us.load(Ordering::SeqCst) / calls, timing.busy_us.load(Ordering::SeqCst) as f64 / timing.steady().as_micros().max(1) as f64);
+        }
         print_timings(total, timing.steady());
     });
 }
@@ -213,11 +218,13 @@ struct Timing {
     origin: Instant,
     first_sent_us: AtomicI64,
     last_done_us: AtomicI64,
+    busy_us: AtomicI64,
+    calls: AtomicI64,
 }
 
 impl Timing {
     fn new(inner: Arc<dyn Invoke>) -> Self {
-        Self { inner, origin: Instant::now(), first_sent_us: AtomicI64::new(i64::MAX), last_done_us: AtomicI64::new(0) }
+        Self { inner, origin: Instant::now(), first_sent_us: AtomicI64::new(i64::MAX), last_done_us: AtomicI64::new(0), busy_us: AtomicI64::new(0), calls: AtomicI64::new(0) }
     }
 
     fn steady(&self) -> Duration {
@@ -230,7 +237,10 @@ impl Timing {
 impl Invoke for Timing {
     async fn invoke(&self, function_name: &str, payload: Vec<u8>, timeout: Duration) -> InvokeResult {
         self.first_sent_us.fetch_min(self.origin.elapsed().as_micros() as i64, Ordering::SeqCst);
+        let sent = Instant::now();
         let result = self.inner.invoke(function_name, payload, timeout).await;
+        self.busy_us.fetch_add(sent.elapsed().as_micros() as i64, Ordering::SeqCst);
+        self.calls.fetch_add(1, Ordering::SeqCst);
         self.last_done_us.fetch_max(self.origin.elapsed().as_micros() as i64, Ordering::SeqCst);
         result
     }
@@ -257,10 +267,16 @@ fn noop_lambda() {
         let app = axum::Router::new().route(
             "/2015-03-31/functions/{name}/invocations",
             axum::routing::post(|_body: axum::body::Bytes| async { ([("X-Amz-Executed-Version", "$LATEST")], "null") }),
-        );
+        )
+        // Events up to Lambda's 6 MB (axum refuses bodies over 2 MB by default).
+        .layer(axum::extract::DefaultBodyLimit::max(8 << 20));
+        use axum::serve::ListenerExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         println!("http://{}", listener.local_addr().expect("address"));
-        axum::serve(listener, app.into_make_service()).tcp_nodelay(true).await.expect("serve");
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        axum::serve(listener, app.into_make_service()).await.expect("serve");
     });
 }
 

@@ -3,7 +3,8 @@
 #
 #   Debian packages   C toolchain, pkg-config, OpenSSL and zlib headers (rdkafka builds librdkafka with
 #                     ./configure and make), openssl and stunnel4 (TLS test listeners), curl, python3-venv
-#   .venv             cargo-lambda, moto[server], cfn-lint, aws-sam-cli at pinned versions
+#   .venv             cargo-lambda, moto[server], cfn-lint, aws-sam-cli, aws-msk-iam-sasl-signer-python (the
+#                     MSK IAM token golden reference) at pinned versions
 #                     (RELAY_VENV overrides the location)
 #   tansu 0.6.0       the Kafka-protocol broker of the end-to-end tier, via cargo install (about 16 minutes
 #                     on 2 cores, so only when missing or another version)
@@ -13,7 +14,10 @@ set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-python_pins=("cargo-lambda==1.9.2" "moto[server]==5.2.5" "cfn-lint==1.58.0" "aws-sam-cli==1.170.0")
+python_pins=("cargo-lambda==1.9.2" "moto[server]==5.2.5" "cfn-lint==1.58.0" "aws-sam-cli==1.170.0"
+  "aws-msk-iam-sasl-signer-python==1.0.2")
+# Schema registry tests: real producers' framing (Confluent serializers; AWS's Glue serializer).
+python_pins+=("confluent-kafka[avro,json,protobuf,schemaregistry]==2.16.1" "aws-glue-schema-registry==1.1.3")
 tansu_version=0.6.0
 cargo_bin=${CARGO_HOME:-$HOME/.cargo}/bin
 export PATH="$cargo_bin:$PATH"

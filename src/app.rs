@@ -20,7 +20,12 @@ pub async fn run_all(config: &RelayConfig, services: &Services, options: &RunOpt
         let services = services.clone();
         let options = options.clone();
         let shared = shared.clone();
-        tasks.spawn(async move { (index, run_mapping(&mapping, &services, &options, &shared).await) });
+        // Every line the mapping logs carries its UUID (and honours its SystemLogLevel) through this span.
+        let span = crate::logging::mapping_span(&mapping);
+        tasks.spawn(tracing::Instrument::instrument(
+            async move { (index, run_mapping(&mapping, &services, &options, &shared).await) },
+            span,
+        ));
     }
     let mut reports: Vec<Option<MappingReport>> = vec![None; config.mappings.len()];
     while let Some(joined) = tasks.join_next().await {
@@ -147,6 +152,8 @@ pub fn env_seconds(name: &str) -> Option<Duration> {
 pub fn aws_services(sdk_config: &aws_config::SdkConfig) -> Services {
     let invoker = Arc::new(crate::invoke::lambda::LambdaInvoker::new(sdk_config));
     let sdk = sdk_config.clone();
+    // MSK mappings (bootstrap lookup, IAM tokens) use this configuration's one credentials provider too.
+    crate::auth::msk::MskEnvironment::use_for_process(sdk_config);
     Services {
         invoker,
         sinks: Arc::new(move |arn: &str| destination_sink(arn, &sdk)),

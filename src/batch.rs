@@ -74,6 +74,9 @@ pub enum Formed {
     Batch(Vec<Record>),
     /// A single record whose event alone exceeds 6 MB: it cannot be sent (MaximumPayloadSizeExceeded).
     Oversized(Record),
+    /// A single record the schema registry could not decode: given up uninvoked with
+    /// [`Record::undecodable`]'s condition.
+    Undecodable(Record),
 }
 
 impl Formed {
@@ -81,7 +84,7 @@ impl Formed {
     pub fn records(&self) -> &[Record] {
         match self {
             Formed::Batch(records) => records,
-            Formed::Oversized(record) => std::slice::from_ref(record),
+            Formed::Oversized(record) | Formed::Undecodable(record) => std::slice::from_ref(record),
         }
     }
 }
@@ -135,6 +138,13 @@ impl Batcher {
         'partitions: for queue in ready {
             while let Some((_, record)) = queue.records.front() {
                 if batch.len() == self.batch_size {
+                    break 'partitions;
+                }
+                if record.undecodable().is_some() {
+                    // Given up on its own, after the records before it, never invoked.
+                    if batch.is_empty() {
+                        return Some(Formed::Undecodable(queue.pop().expect("front exists")));
+                    }
                     break 'partitions;
                 }
                 if sizer.with(record) > self.max_payload {
@@ -192,6 +202,25 @@ mod tests {
         }
         assert_eq!(offsets(b.next(queues.values_mut(), now, false)), vec![(0, 0), (0, 1), (0, 2)]);
         assert!(b.next(queues.values_mut(), now, false).is_none(), "2 left, window open");
+    }
+
+    #[test]
+    fn undecodable_records_are_set_apart_in_partition_order() {
+        let b = batcher(10, 0, MAX_PAYLOAD_BYTES);
+        let now = Instant::now();
+        let mut queues = BTreeMap::new();
+        let q = queues.entry(PartitionKey::new("t", 0)).or_insert_with(PartitionQueue::default);
+        q.push(now, record(0, 0, 1));
+        q.push(now, record(0, 1, 1).into_undecodable(crate::destination::Condition::SchemaNotFound));
+        q.push(now, record(0, 2, 1));
+        assert_eq!(offsets(b.next(queues.values_mut(), now, false)), vec![(0, 0)], "the batch closes before it");
+        match b.next(queues.values_mut(), now, false) {
+            Some(Formed::Undecodable(r)) => {
+                assert_eq!((r.offset, r.undecodable()), (1, Some(crate::destination::Condition::SchemaNotFound)))
+            }
+            other => panic!("expected the undecodable record alone, got {other:?}"),
+        }
+        assert_eq!(offsets(b.next(queues.values_mut(), now, false)), vec![(0, 2)]);
     }
 
     #[test]

@@ -23,6 +23,12 @@ pub enum ErrorCode {
     /// The relay's own: the group did not take the run's final commit (broker down, group rebalancing).
     /// Nothing is lost: the records after the group's older offset are delivered again by the next run.
     CommitFailed,
+    /// The relay's own: the run is shorter than the target's timeout plus the final-commit margin, so no
+    /// invocation could finish within it and none was started.
+    RunShorterThanTargetTimeout,
+    /// The relay's own: the starting position (LATEST, AT_TIMESTAMP) of partitions without a committed
+    /// offset could not be looked up; those partitions were not consumed, so nothing was skipped.
+    StartingPositionUnresolved,
 }
 
 impl ErrorCode {
@@ -34,6 +40,8 @@ impl ErrorCode {
             ErrorCode::EsmConfigNotValid => "ESM_CONFIG_NOT_VALID",
             ErrorCode::FunctionConfigNotValid => "FUNCTION_CONFIG_NOT_VALID",
             ErrorCode::CommitFailed => "COMMIT_FAILED",
+            ErrorCode::RunShorterThanTargetTimeout => "RUN_SHORTER_THAN_TARGET_TIMEOUT",
+            ErrorCode::StartingPositionUnresolved => "STARTING_POSITION_UNRESOLVED",
         }
     }
 }
@@ -56,6 +64,8 @@ mod tests {
             ErrorCode::EsmConfigNotValid,
             ErrorCode::FunctionConfigNotValid,
             ErrorCode::CommitFailed,
+            ErrorCode::RunShorterThanTargetTimeout,
+            ErrorCode::StartingPositionUnresolved,
         ] {
             assert_eq!(serde_json::to_value(code).unwrap(), serde_json::Value::String(code.as_str().into()));
         }

@@ -194,6 +194,39 @@ mod tests {
         }
     }
 
+    /// A record decoded through a schema registry carries AWS's `keySchemaMetadata` / `valueSchemaMetadata`
+    /// (`dataFormat`, `schemaId`) after its headers; key and value stay base64 (of the decoded JSON here).
+    #[test]
+    fn decoded_record_event_matches_schema_registry_fixture() {
+        use crate::kafka::SchemaMetadata;
+        let key_metadata = SchemaMetadata { data_format: "JSON".into(), schema_id: "7".into() };
+        let value_metadata =
+            SchemaMetadata { data_format: "AVRO".into(), schema_id: "0f8e8a3c-3b8e-4a51-9c55-0d5c7a7e1b11".into() };
+        let record = Record::with_schema_metadata(
+            PartitionKey::new("mytopic", 0),
+            15,
+            1545084650987,
+            TimestampType::CreateTime,
+            Some(br#"{"id":42}"#.to_vec()),
+            Some(br#"{"id":42,"status":"PAID"}"#.to_vec()),
+            vec![("headerKey".into(), b"headerValue".to_vec())],
+            Some(key_metadata),
+            Some(value_metadata),
+        );
+        let source = EventSource {
+            event_source: "aws:kafka".into(),
+            event_source_arn: Some("arn:aws:kafka:us-east-1:123456789012:cluster/vpc-2priv-2pub/751d2973-a626-431c-9d4e-d7975eb44dd7-2".into()),
+            bootstrap_servers: "b-2.demo-cluster-1.a1bcde.c1.kafka.us-east-1.amazonaws.com:9092,b-1.demo-cluster-1.a1bcde.c1.kafka.us-east-1.amazonaws.com:9092".into(),
+        };
+        let bytes = source.encode(std::slice::from_ref(&record));
+        let ours: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(ours, fixture("msk-event-schema-registry.json"));
+        // The sizer stays exact with the extra fields, and the official event type still reads the event.
+        assert_eq!(source.sizer().with(&record), bytes.len());
+        let parsed: aws_lambda_events::event::kafka::KafkaEvent = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(parsed.records["mytopic-0"][0].offset, 15);
+    }
+
     #[test]
     fn absent_key_and_value_are_null_and_high_header_bytes_parse_as_signed() {
         let record = Record::new(

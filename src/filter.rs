@@ -47,7 +47,7 @@ use std::net::IpAddr;
 
 use serde_json::{Map, Number, Value};
 
-use crate::config::FilterCriteria;
+use crate::config::{quote, FilterCriteria};
 use crate::kafka::{Record, TimestampType};
 
 /// AWS allows at most this many patterns per mapping.
@@ -83,6 +83,18 @@ pub enum PatternError {
     /// More patterns than AWS allows.
     #[error("{0} patterns given; allowed at most {MAX_PATTERNS}")]
     TooMany(usize),
+}
+
+/// A JSON value for an error message: its compact JSON (already escaped), cut like [`quote`] cuts strings.
+fn short(value: &Value) -> String {
+    let text = value.to_string();
+    let count = text.chars().count();
+    if count <= crate::config::QUOTED_CHARS {
+        text
+    } else {
+        let prefix: String = text.chars().take(crate::config::QUOTED_CHARS).collect();
+        format!("{prefix}... ({count} characters)")
+    }
 }
 
 /// Builds a [`PatternError::Invalid`].
@@ -135,7 +147,7 @@ impl Pattern {
         }
         let raw: Value = serde_json::from_str(text)?;
         let Value::Object(map) = &raw else {
-            return invalid("$", format!("a pattern must be a JSON object, got {raw}"));
+            return invalid("$", format!("a pattern must be a JSON object, got {}", short(&raw)));
         };
         Ok(Self { root: ObjectPattern::compile(map, "$", true)? })
     }
@@ -267,13 +279,13 @@ impl ObjectPattern {
             if record_level && !RECORD_FIELDS.contains(&name.as_str()) {
                 return invalid(
                     &field_path,
-                    format!("{name:?} is not a record field; allowed: {}", RECORD_FIELDS.join(", ")),
+                    format!("{} is not a record field; allowed: {}", quote(name), RECORD_FIELDS.join(", ")),
                 );
             }
             let field = match value {
                 Value::Object(inner) => FieldPattern::Nested(Self::compile(inner, &field_path, false)?),
                 Value::Array(items) => FieldPattern::Leaf(compile_leaf(items, &field_path)?),
-                other => return invalid(&field_path, format!("{other} must be inside an array, as [{other}]")),
+                other => return invalid(&field_path, format!("{} must be inside an array, as [{}]", short(other), short(other))),
             };
             fields.push((name.clone(), field));
         }
@@ -291,14 +303,14 @@ fn compile_or(value: &Value, path: &str, record_level: bool) -> Result<Vec<Objec
     let or_path = format!("{path}.$or");
     let items = match value {
         Value::Array(items) if items.len() >= 2 => items,
-        other => return invalid(&or_path, format!("\"$or\" takes an array of at least two objects, got {other}")),
+        other => return invalid(&or_path, format!("\"$or\" takes an array of at least two objects, got {}", short(other))),
     };
     items
         .iter()
         .enumerate()
         .map(|(i, item)| match item {
             Value::Object(map) => ObjectPattern::compile(map, &format!("{or_path}[{i}]"), record_level),
-            other => invalid(&or_path, format!("\"$or\" takes objects only, got {other}")),
+            other => invalid(&or_path, format!("\"$or\" takes objects only, got {}", short(other))),
         })
         .collect()
 }
@@ -322,7 +334,8 @@ fn compile_leaf(items: &[Value], path: &str) -> Result<Vec<Matcher>, PatternErro
                 Value::Array(_) => return invalid(
                     &item_path,
                     format!(
-                        "{item} is not a match value; use a string, number, true, false, null or an operator object"
+                        "{} is not a match value; use a string, number, true, false, null or an operator object",
+                        short(item)
                     ),
                 ),
             })
@@ -336,12 +349,12 @@ fn compile_expression(expression: &Map<String, Value>, path: &str) -> Result<Mat
     let (Some((operator, argument)), None) = (entries.next(), entries.next()) else {
         return invalid(
             path,
-            format!("a match expression takes exactly one operator, got {}", Value::from(expression.clone())),
+            format!("a match expression takes exactly one operator, got {}", short(&Value::from(expression.clone()))),
         );
     };
     let string_argument = || match argument {
         Value::String(s) => Ok(s.clone()),
-        other => invalid(path, format!("\"{operator}\" takes a string, got {other}")),
+        other => invalid(path, format!("\"{operator}\" takes a string, got {}", short(other))),
     };
     Ok(match operator.as_str() {
         "prefix" => match ignore_case_argument(argument, operator, path)? {
@@ -358,10 +371,10 @@ fn compile_expression(expression: &Map<String, Value>, path: &str) -> Result<Mat
         "numeric" => Matcher::Numeric(compile_range(argument, path)?),
         "exists" => match argument {
             Value::Bool(b) => Matcher::Exists(*b),
-            other => return invalid(path, format!("\"exists\" takes true or false, got {other}")),
+            other => return invalid(path, format!("\"exists\" takes true or false, got {}", short(other))),
         },
         "cidr" => Matcher::Cidr(Cidr::parse(&string_argument()?, path)?),
-        unknown => return invalid(path, format!("unknown operator {unknown:?}; allowed: {OPERATORS}")),
+        unknown => return invalid(path, format!("unknown operator {}; allowed: {OPERATORS}", quote(unknown))),
     })
 }
 
@@ -374,7 +387,7 @@ fn ignore_case_argument(argument: &Value, operator: &str, path: &str) -> Result<
         }
         _ => invalid(
             path,
-            format!("\"{operator}\" takes a string or {{\"equals-ignore-case\": string}}, got {argument}"),
+            format!("\"{operator}\" takes a string or {{\"equals-ignore-case\": string}}, got {}", short(argument)),
         ),
     }
 }
@@ -382,7 +395,7 @@ fn ignore_case_argument(argument: &Value, operator: &str, path: &str) -> Result<
 fn compile_anything_but(argument: &Value, path: &str) -> Result<AnythingBut, PatternError> {
     let bad = |what: &str| PatternError::Invalid {
         path: path.to_string(),
-        problem: format!("\"anything-but\" {what}, got {argument}"),
+        problem: format!("\"anything-but\" {what}, got {}", short(argument)),
     };
     match argument {
         Value::String(s) => Ok(AnythingBut::Strings(vec![s.clone()])),
@@ -431,7 +444,7 @@ fn compile_anything_but(argument: &Value, path: &str) -> Result<AnythingBut, Pat
 fn compile_range(argument: &Value, path: &str) -> Result<Range, PatternError> {
     let bad = |why: &str| PatternError::Invalid {
         path: path.to_string(),
-        problem: format!("\"numeric\" {why}, got {argument}"),
+        problem: format!("\"numeric\" {why}, got {}", short(argument)),
     };
     let Value::Array(items) = argument else { return Err(bad("takes an array such as [\">\", 0, \"<=\", 5]")) };
     let bound = |i: usize| -> Result<(&str, f64), PatternError> {
@@ -477,7 +490,7 @@ impl Wildcard {
         while let Some(c) = chars.next() {
             let literal = match c {
                 '*' if after_star => {
-                    return invalid(path, format!("wildcard {text:?} has consecutive wildcard characters"));
+                    return invalid(path, format!("wildcard {} has consecutive wildcard characters", quote(text)));
                 }
                 '*' => {
                     pieces.push(String::new());
@@ -489,7 +502,7 @@ impl Wildcard {
                     _ => {
                         return invalid(
                             path,
-                            format!("wildcard {text:?} has a backslash that escapes neither * nor \\"),
+                            format!("wildcard {} has a backslash that escapes neither * nor \\", quote(text)),
                         )
                     }
                 },
@@ -526,7 +539,7 @@ impl Cidr {
             text.split_once('/').and_then(|(ip, bits)| Some((ip.parse::<IpAddr>().ok()?, bits.parse::<u8>().ok()?)));
         match parsed {
             Some((network, bits)) if bits <= if network.is_ipv4() { 32 } else { 128 } => Ok(Self { network, bits }),
-            _ => invalid(path, format!("{text:?} is not a CIDR block such as \"10.0.0.0/24\" or \"2001:db8::/32\"")),
+            _ => invalid(path, format!("{} is not a CIDR block such as \"10.0.0.0/24\" or \"2001:db8::/32\"", quote(text))),
         }
     }
 

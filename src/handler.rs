@@ -26,10 +26,12 @@ pub async fn serve() -> Result<(), Error> {
 /// Handles one invocation.
 pub async fn handle(event: LambdaEvent<Value>, services: &crate::relay::Services) -> Result<RunReport, Error> {
     let config = app::resolve_config(&event.payload)?;
-    let options = app::lambda_options(event.context.deadline);
-    let report = app::run_all(&config, services, &options).await;
-    emit_metrics(&report);
-    Ok(report)
+    let mut options = app::lambda_options(event.context.deadline);
+    // Embedded Metric Format on stdout, every minute and at the end of each mapping's run: CloudWatch turns
+    // these lines into metrics without API calls.
+    options.metrics = crate::metrics::EmfSink::Stdout;
+    options.metrics_interval = crate::metrics::emit_interval();
+    Ok(app::run_all(&config, services, &options).await)
 }
 
 /// Handles one invocation as coordinator or worker: a worker's payload (see [`crate::scale::worker_payload`])
@@ -45,6 +47,10 @@ pub async fn handle_scaled(
     let (payload, hand_over) = crate::scale::split_hand_over(&payload);
     let config = app::resolve_config(&payload)?;
     let mut options = app::lambda_options(event.context.deadline);
+    // Embedded Metric Format on stdout, every minute and at the end of each mapping's run: CloudWatch turns
+    // these lines into metrics without API calls.
+    options.metrics = crate::metrics::EmfSink::Stdout;
+    options.metrics_interval = crate::metrics::emit_interval();
     let continuous = crate::scale::continuous_from_env() && worker.is_none();
     if continuous {
         // A run of the chain polls until its deadline; the schedule only restarts a chain that stopped.
@@ -102,14 +108,5 @@ pub async fn handle_scaled(
     for mapping in &report.mappings {
         rates.observe(&mapping.uuid, mapping.counts.delivered, started.elapsed());
     }
-    emit_metrics(&report);
     Ok(report)
-}
-
-fn emit_metrics(report: &RunReport) {
-    let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
-    // Embedded Metric Format: CloudWatch turns these stdout lines into metrics without API calls.
-    for line in report.emf_lines(now_ms) {
-        println!("{line}");
-    }
 }

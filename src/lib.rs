@@ -7,9 +7,12 @@
 //!
 //! - [`error`]: the error codes a mapping's run reports (AWS's, and the relay's own in the same style).
 //! - [`config`]: the mappings (Lambda `CreateEventSourceMapping` field names), defaults, `validate()`.
-//! - [`auth`]: `SourceAccessConfigurations` and Secrets Manager → librdkafka TLS/SASL settings.
+//! - [`auth`]: `SourceAccessConfigurations` and Secrets Manager → librdkafka TLS/SASL settings; Amazon MSK
+//!   bootstrap brokers from the cluster ARN and IAM (OAUTHBEARER) tokens in [`auth::msk`].
 //! - [`kafka`]: records, the consumer joining a mapping's group (starting positions, commits), and an
 //!   in-process mock cluster.
+//! - [`schema`]: `SchemaRegistryConfig`: Avro / Protobuf / JSON Schema records decoded through Glue or a
+//!   Confluent-compatible registry, before filtering; undecodable records are given up uninvoked.
 //! - [`filter`]: `FilterCriteria` patterns; records matching none are skipped and committed.
 //! - [`batch`]: per-partition queues → batches (BatchSize, batching window, 6 MB cap).
 //! - [`event`]: the exact event AWS sends, with exact size accounting for the 6 MB cap.
@@ -18,16 +21,20 @@
 //!   decided**.
 //! - [`destination`]: invocation records for given-up batches, written to SQS, SNS or S3.
 //! - [`commit`]: which offset may be committed per partition, and retry state kept in commit metadata.
-//! - [`metrics`]: the run report and CloudWatch Embedded Metric Format lines.
+//! - [`metrics`]: the run report and CloudWatch Embedded Metric Format lines (AWS's metric names, per
+//!   minute, as deltas).
 //! - [`relay`]: the engine that carries the decisions out: a thin driver per mapping, a per-partition
 //!   ledger (what may be committed, what is paused), and each batch's delivery as a pure state machine
 //!   interpreted by an async job.
 //! - [`app`], [`handler`], [`demo`]: running all mappings, the Lambda entry point, the embedded demo.
 //! - [`scale`]: how many workers (AWS's pollers) a mapping's run starts, from its lag and measured rate.
+//! - [`logging`], [`status`]: log format, levels and the span per mapping; `status`, the groups' state read
+//!   without consuming.
 pub mod error;
 pub mod config;
 pub mod auth;
 pub mod kafka;
+pub mod schema;
 pub mod filter;
 pub mod batch;
 pub mod event;
@@ -41,3 +48,5 @@ pub mod app;
 pub mod scale;
 pub mod handler;
 pub mod demo;
+pub mod logging;
+pub mod status;

@@ -1,6 +1,10 @@
 //! The `kafka-lambda-relay` binary: a Lambda function when `AWS_LAMBDA_RUNTIME_API` is set, otherwise a
-//! command-line program (`run`, `validate`, `demo`). Everything that decides anything lives in the library.
+//! command-line program (`run`, `status`, `validate`, `demo`). Everything that decides anything lives in the library.
 
+// The Lambda handler's future (coordinator, hand-over, run) nests deeper than rustc's default layout limit.
+#![recursion_limit = "256"]
+
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -34,7 +38,8 @@ enum Command {
         /// such as `cargo lambda watch`. Also RELAY_TARGET_TIMEOUT_SECONDS.
         #[arg(long)]
         target_timeout: Option<u64>,
-        /// Also print CloudWatch Embedded Metric Format lines on stderr.
+        /// Also print CloudWatch Embedded Metric Format lines on stderr, every minute and at the end (every
+        /// RELAY_METRICS_INTERVAL_SECONDS instead, when set).
         #[arg(long)]
         metrics: bool,
         /// Connect, read secrets, list each topic's partitions, watermarks and the group's offsets, and
@@ -54,6 +59,16 @@ enum Command {
         #[arg(long)]
         workers: Option<u32>,
     },
+    /// Per mapping and partition: committed offset, log end, lag in records and seconds, and the offset a
+    /// partition is blocked on (from the commit metadata). Reads only: consumes nothing, commits nothing.
+    Status {
+        /// Configuration file; defaults to RELAY_CONFIG or RELAY_CONFIG_FILE.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a configuration without connecting; exit 0 when valid, 2 with every violation listed.
     Validate {
         /// Configuration file; defaults to RELAY_CONFIG or RELAY_CONFIG_FILE.
@@ -71,15 +86,25 @@ enum Command {
     },
 }
 
-fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,librdkafka=warn,aws_config=warn,aws_smithy_runtime=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if json {
-        builder.json().with_current_span(false).init();
-    } else {
-        builder.with_target(false).init();
+fn init_tracing() {
+    kafka_lambda_relay::logging::init(&kafka_lambda_relay::logging::LogSettings::current());
+}
+
+/// Progress lines on stderr about every 5 s per mapping, only when stderr is a terminal.
+fn terminal_progress() -> Option<kafka_lambda_relay::relay::Progress> {
+    if !std::io::stderr().is_terminal() {
+        return None;
     }
+    let meters = std::sync::Mutex::new(std::collections::HashMap::<String, (i64, kafka_lambda_relay::metrics::ProgressMeter)>::new());
+    Some(std::sync::Arc::new(move |uuid: &str, counts: &kafka_lambda_relay::metrics::Counts| {
+        let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+        let mut meters = meters.lock().expect("progress lock");
+        let (last, meter) = meters.entry(uuid.to_string()).or_insert((0, Default::default()));
+        if now - *last >= 5_000 {
+            *last = now;
+            eprintln!("{}", meter.line(uuid, now, counts, None));
+        }
+    }))
 }
 
 fn load_config(path: Option<&PathBuf>) -> Result<RelayConfig, kafka_lambda_relay::config::ConfigError> {
@@ -89,6 +114,17 @@ fn load_config(path: Option<&PathBuf>) -> Result<RelayConfig, kafka_lambda_relay
     };
     config.validate()?;
     Ok(config)
+}
+
+/// `validate` and `run --check`: a run length and target timeout that are both known and leave no room for
+/// one invocation are worth a warning before any run reports it as a problem.
+fn warn_if_the_run_cannot_fit_an_invocation(run_length: Option<Duration>, target_timeout: Option<Duration>) {
+    let margin = kafka_lambda_relay::relay::RunOptions::default().margin;
+    if let (Some(run_length), Some(target_timeout)) = (run_length, target_timeout) {
+        if let Some(problem) = kafka_lambda_relay::config::run_length_problem(run_length, target_timeout, margin) {
+            eprintln!("warning: {problem}");
+        }
+    }
 }
 
 /// Flips to true on Ctrl-C or SIGTERM so runs finish in-flight work, commit and leave their groups.
@@ -109,7 +145,7 @@ fn stop_signal() -> tokio::sync::watch::Receiver<bool> {
 #[tokio::main]
 async fn main() -> ExitCode {
     if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
-        init_tracing(true);
+        init_tracing();
         return match kafka_lambda_relay::handler::serve().await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
@@ -121,9 +157,13 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { config } => {
-            init_tracing(false);
+            init_tracing();
             match load_config(config.as_ref()) {
                 Ok(config) => {
+                    warn_if_the_run_cannot_fit_an_invocation(
+                        app::env_seconds("RELAY_MAX_SECONDS"),
+                        app::env_seconds("RELAY_TARGET_TIMEOUT_SECONDS"),
+                    );
                     println!("valid: {} mapping(s)", config.mappings.len());
                     ExitCode::SUCCESS
                 }
@@ -134,7 +174,7 @@ async fn main() -> ExitCode {
             }
         }
         Command::Run { config, max_seconds, until_idle, target_timeout, metrics, check, max_in_flight, buffer_mib, workers } => {
-            init_tracing(false);
+            init_tracing();
             let config = match load_config(config.as_ref()) {
                 Ok(config) => config,
                 Err(error) => {
@@ -145,6 +185,10 @@ async fn main() -> ExitCode {
             let sdk_config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
             let services = app::aws_services(&sdk_config);
             if check {
+                warn_if_the_run_cannot_fit_an_invocation(
+                    max_seconds.map(Duration::from_secs).or_else(|| app::env_seconds("RELAY_MAX_SECONDS")),
+                    target_timeout.map(Duration::from_secs).or_else(|| app::env_seconds("RELAY_TARGET_TIMEOUT_SECONDS")),
+                );
                 let (report, failed) = app::check_all(&config, &services).await;
                 println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));
                 return if failed { ExitCode::from(1) } else { ExitCode::SUCCESS };
@@ -154,6 +198,10 @@ async fn main() -> ExitCode {
                 until_idle,
                 target_timeout: target_timeout.map(Duration::from_secs).or_else(|| app::env_seconds("RELAY_TARGET_TIMEOUT_SECONDS")),
                 stop: Some(stop_signal()),
+                progress: terminal_progress(),
+                // EMF lines on stderr every minute and at the end of each mapping's run (stdout has the report).
+                metrics: if metrics { kafka_lambda_relay::metrics::EmfSink::Stderr } else { kafka_lambda_relay::metrics::EmfSink::Off },
+                metrics_interval: kafka_lambda_relay::metrics::emit_interval(),
                 max_in_flight: max_in_flight.filter(|n| *n > 0).or_else(|| app::env_number("RELAY_MAX_IN_FLIGHT")).unwrap_or(kafka_lambda_relay::relay::DEFAULT_MAX_IN_FLIGHT),
                 buffer_bytes: buffer_mib.filter(|n| *n > 0).or_else(|| app::env_number("RELAY_BUFFER_MIB")).map_or(kafka_lambda_relay::relay::DEFAULT_BUFFER_BYTES, |mib| mib << 20),
                 ..Default::default()
@@ -172,12 +220,6 @@ async fn main() -> ExitCode {
                 println!("{}", serde_json::to_string_pretty(&merged).expect("report serializes"));
                 return if workers_ok && !report.has_errors() { ExitCode::SUCCESS } else { ExitCode::from(1) };
             }
-            if metrics {
-                let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
-                for line in report.emf_lines(now_ms) {
-                    eprintln!("{line}");
-                }
-            }
             println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));
             if report.has_errors() {
                 ExitCode::from(1)
@@ -185,8 +227,31 @@ async fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
         }
+        Command::Status { config, json } => {
+            init_tracing();
+            let config = match load_config(config.as_ref()) {
+                Ok(config) => config,
+                Err(error) => {
+                    eprintln!("{error}");
+                    return ExitCode::from(2);
+                }
+            };
+            let sdk_config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+            let secrets = kafka_lambda_relay::auth::SecretsManagerSource::new(&sdk_config);
+            let report = kafka_lambda_relay::status::status_all(&config, &secrets).await;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report).expect("status serializes"));
+            } else {
+                print!("{}", report.table());
+            }
+            if report.mappings.iter().any(|m| m.state == "Failed") {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
         Command::Demo { records, partitions } => {
-            init_tracing(false);
+            init_tracing();
             match kafka_lambda_relay::demo::run(records, partitions).await {
                 Ok(report) => {
                     println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));

@@ -144,7 +144,7 @@ fn parse_partial(payload: &[u8], records: &[Record]) -> Result<BTreeMap<Partitio
         return Ok(BTreeMap::new());
     }
     let parsed: PartialResponse = serde_json::from_value(value)
-        .map_err(|e| format!("batchItemFailures is malformed: {e}"))?;
+        .map_err(|e| format!("batchItemFailures is malformed: {}", crate::config::quote(&e.to_string())))?;
     let mut checkpoints = BTreeMap::new();
     for failure in parsed.batch_item_failures.unwrap_or_default() {
         let identifier = failure
@@ -158,11 +158,13 @@ fn parse_partial(payload: &[u8], records: &[Record]) -> Result<BTreeMap<Partitio
             Some(serde_json::Value::String(s)) => s.parse::<i64>().ok(),
             _ => None,
         }
-        .ok_or_else(|| format!("itemIdentifier for {partition:?} has no integer offset"))?;
+        .ok_or_else(|| format!("itemIdentifier for {} has no integer offset", crate::config::quote(&partition)))?;
         let record = records
             .iter()
             .find(|r| r.offset == offset && r.key_partition.to_string() == partition)
-            .ok_or_else(|| format!("itemIdentifier {partition}@{offset} names a record not in the batch"))?;
+            .ok_or_else(|| {
+                format!("itemIdentifier {}@{offset} names a record not in the batch", crate::config::quote(&partition))
+            })?;
         let entry = checkpoints.entry(record.key_partition.clone()).or_insert(offset);
         *entry = (*entry).min(offset);
     }

@@ -104,14 +104,15 @@ async fn store_secret(
     Ok(output.arn().ok_or("no ARN")?.to_string())
 }
 
+/// The SCRAM user the listeners accept, as a secret's JSON.
+fn scram_credentials() -> serde_json::Value {
+    serde_json::json!({"username": var("RELAY_TEST_SCRAM_USER"), "password": var("RELAY_TEST_SCRAM_PASSWORD")})
+}
+
 async fn scram_secret(
     client: &aws_sdk_secretsmanager::Client,
 ) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
-    store_secret(
-        client,
-        serde_json::json!({"username": var("RELAY_TEST_SCRAM_USER"), "password": var("RELAY_TEST_SCRAM_PASSWORD")}),
-    )
-    .await
+    store_secret(client, scram_credentials()).await
 }
 
 async fn ca_secret(
@@ -296,107 +297,129 @@ async fn scram_512_over_tls_delivers_records_and_check_reports_offsets() -> Test
     Ok(())
 }
 
-#[tokio::test]
-async fn wrong_password_is_an_authn_error_naming_user_and_secret() -> TestResult {
+/// A connection that must fail with `EVENT_SOURCE_AUTHN_ERROR`: one row of the table the tests below fill in.
+struct FailingConnection {
+    /// The variable naming the listener (`RELAY_TEST_SCRAM_TLS`, `RELAY_TEST_TLS_BADHOST`, `RELAY_TEST_MTLS`).
+    listener: &'static str,
+    /// The `SourceAccessConfigurations` type and the secret stored for it, if any.
+    credentials: Option<(&'static str, serde_json::Value)>,
+    /// Whether the private CA is configured (`SERVER_ROOT_CA_CERTIFICATE`).
+    with_ca: bool,
+    /// The sentence's start, from the listener's address and the credentials' secret ARN.
+    sentence: fn(listener: &str, credentials_arn: &str) -> String,
+    /// Secret values of this case that must appear nowhere.
+    secrets: Vec<String>,
+}
+
+/// Stores the case's secrets, checks the mapping and returns the diagnosis (see [`expect_authn`]).
+async fn diagnose(case: FailingConnection) -> Result<auth::AuthError, Box<dyn std::error::Error + Send + Sync>> {
     captured_logs();
     let client = common::moto_secrets_manager().await;
-    let wrong = format!("wrong-{}", uuid::Uuid::new_v4().simple());
-    let scram =
-        store_secret(&client, serde_json::json!({"username": var("RELAY_TEST_SCRAM_USER"), "password": wrong})).await?;
-    let ca = ca_secret(&client).await?;
-    let m = mapping(
-        &var("RELAY_TEST_SCRAM_TLS"),
-        &topic_name(),
-        serde_json::json!([{"Type": "SASL_SCRAM_512_AUTH", "URI": scram}, {"Type": "SERVER_ROOT_CA_CERTIFICATE", "URI": ca}]),
-    );
+    let mut access = Vec::new();
+    let mut credentials_arn = String::new();
+    if let Some((kind, secret)) = case.credentials {
+        credentials_arn = store_secret(&client, secret).await?;
+        access.push(serde_json::json!({"Type": kind, "URI": credentials_arn}));
+    }
+    if case.with_ca {
+        access.push(serde_json::json!({"Type": "SERVER_ROOT_CA_CERTIFICATE", "URI": ca_secret(&client).await?}));
+    }
+    let listener = var(case.listener);
+    let m = mapping(&listener, &topic_name(), serde_json::Value::Array(access));
     let source = SecretsManagerSource::from_client(client);
-    let start = format!(
-        "SASL authentication failed: broker {} rejected user {:?} with SCRAM-SHA-512; check \"username\" and \"password\" in secret {scram:?}",
-        var("RELAY_TEST_SCRAM_TLS"),
-        var("RELAY_TEST_SCRAM_USER")
-    );
-    expect_authn(&m, &source, &start, &[&wrong]).await?;
+    let start = (case.sentence)(&listener, &credentials_arn);
+    let secrets: Vec<&str> = case.secrets.iter().map(String::as_str).collect();
+    expect_authn(&m, &source, &start, &secrets).await
+}
+
+fn wrong_secret() -> String {
+    format!("wrong-{}", uuid::Uuid::new_v4().simple())
+}
+
+#[tokio::test]
+async fn wrong_password_is_an_authn_error_naming_user_and_secret() -> TestResult {
+    let wrong = wrong_secret();
+    diagnose(FailingConnection {
+        listener: "RELAY_TEST_SCRAM_TLS",
+        credentials: Some((
+            "SASL_SCRAM_512_AUTH",
+            serde_json::json!({"username": var("RELAY_TEST_SCRAM_USER"), "password": wrong}),
+        )),
+        with_ca: true,
+        sentence: |listener, arn| {
+            format!(
+                "SASL authentication failed: broker {listener} rejected user {:?} with SCRAM-SHA-512; check \"username\" and \"password\" in secret {arn:?}",
+                var("RELAY_TEST_SCRAM_USER")
+            )
+        },
+        secrets: vec![wrong],
+    })
+    .await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn untrusted_server_certificate_is_an_authn_error_asking_for_the_root_ca() -> TestResult {
-    captured_logs();
-    let client = common::moto_secrets_manager().await;
-    let scram = scram_secret(&client).await?;
-    let m = mapping(
-        &var("RELAY_TEST_SCRAM_TLS"),
-        &topic_name(),
-        serde_json::json!([{"Type": "SASL_SCRAM_256_AUTH", "URI": scram}]),
-    );
-    let source = SecretsManagerSource::from_client(client);
-    let start = format!(
-        "Lambda failed to authenticate server: the certificate of broker {} is not signed by a publicly trusted CA",
-        var("RELAY_TEST_SCRAM_TLS")
-    );
-    let error = expect_authn(&m, &source, &start, &[]).await?;
+    let error = diagnose(FailingConnection {
+        listener: "RELAY_TEST_SCRAM_TLS",
+        credentials: Some(("SASL_SCRAM_256_AUTH", scram_credentials())),
+        with_ca: false,
+        sentence: |listener, _| {
+            format!("Lambda failed to authenticate server: the certificate of broker {listener} is not signed by a publicly trusted CA")
+        },
+        secrets: vec![],
+    })
+    .await?;
     assert!(!error.sentence.contains("does not name the host"), "the probe ruled the hostname out: {error}");
     Ok(())
 }
 
 #[tokio::test]
 async fn hostname_mismatch_is_an_authn_error() -> TestResult {
-    captured_logs();
-    let client = common::moto_secrets_manager().await;
-    let (scram, ca) = (scram_secret(&client).await?, ca_secret(&client).await?);
-    let m = mapping(
-        &var("RELAY_TEST_TLS_BADHOST"),
-        &topic_name(),
-        serde_json::json!([{"Type": "SASL_SCRAM_256_AUTH", "URI": scram}, {"Type": "SERVER_ROOT_CA_CERTIFICATE", "URI": ca}]),
-    );
-    let source = SecretsManagerSource::from_client(client);
-    let start = format!(
-        "Lambda failed to authenticate server: the certificate of broker {} does not name the host",
-        var("RELAY_TEST_TLS_BADHOST")
-    );
-    expect_authn(&m, &source, &start, &[]).await?;
+    diagnose(FailingConnection {
+        listener: "RELAY_TEST_TLS_BADHOST",
+        credentials: Some(("SASL_SCRAM_256_AUTH", scram_credentials())),
+        with_ca: true,
+        sentence: |listener, _| {
+            format!("Lambda failed to authenticate server: the certificate of broker {listener} does not name the host")
+        },
+        secrets: vec![],
+    })
+    .await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn missing_client_certificate_is_an_authn_error_asking_for_one() -> TestResult {
-    captured_logs();
-    let client = common::moto_secrets_manager().await;
-    let ca = ca_secret(&client).await?;
-    let m = mapping(
-        &var("RELAY_TEST_MTLS"),
-        &topic_name(),
-        serde_json::json!([{"Type": "SERVER_ROOT_CA_CERTIFICATE", "URI": ca}]),
-    );
-    let source = SecretsManagerSource::from_client(client);
-    let start = format!(
-        "Server failed to authenticate Lambda: broker {} requires a client certificate (mTLS)",
-        var("RELAY_TEST_MTLS")
-    );
-    expect_authn(&m, &source, &start, &[]).await?;
+    diagnose(FailingConnection {
+        listener: "RELAY_TEST_MTLS",
+        credentials: None,
+        with_ca: true,
+        sentence: |listener, _| {
+            format!("Server failed to authenticate Lambda: broker {listener} requires a client certificate (mTLS)")
+        },
+        secrets: vec![],
+    })
+    .await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn wrong_private_key_password_is_an_invalid_key_error() -> TestResult {
-    captured_logs();
-    let client = common::moto_secrets_manager().await;
-    let ca = ca_secret(&client).await?;
-    let wrong = format!("wrong-{}", uuid::Uuid::new_v4().simple());
-    let certificate = store_secret(
-        &client,
-        serde_json::json!({"certificate": file("client-chain.pem"), "privateKey": file("client-key-pbes2.pem"), "privateKeyPassword": wrong}),
-    )
+    let wrong = wrong_secret();
+    diagnose(FailingConnection {
+        listener: "RELAY_TEST_MTLS",
+        credentials: Some((
+            "CLIENT_CERTIFICATE_TLS_AUTH",
+            serde_json::json!({"certificate": file("client-chain.pem"), "privateKey": file("client-key-pbes2.pem"), "privateKeyPassword": wrong}),
+        )),
+        with_ca: true,
+        sentence: |_, arn| {
+            format!("Provided certificate or private key is invalid: check that \"certificate\" in secret {arn:?}")
+        },
+        secrets: vec![wrong],
+    })
     .await?;
-    let m = mapping(
-        &var("RELAY_TEST_MTLS"),
-        &topic_name(),
-        serde_json::json!([{"Type": "CLIENT_CERTIFICATE_TLS_AUTH", "URI": certificate}, {"Type": "SERVER_ROOT_CA_CERTIFICATE", "URI": ca}]),
-    );
-    let source = SecretsManagerSource::from_client(client);
-    let start =
-        format!("Provided certificate or private key is invalid: check that \"certificate\" in secret {certificate:?}");
-    expect_authn(&m, &source, &start, &[&wrong]).await?;
     Ok(())
 }
 

@@ -65,3 +65,25 @@ fn a_misspelled_field_is_an_error_naming_it() -> Result<(), Box<dyn std::error::
     assert!(String::from_utf8(out.stderr)?.contains("StartingPositon"));
     Ok(())
 }
+
+#[test]
+fn validate_warns_when_the_run_cannot_fit_one_invocation() -> Result<(), Box<dyn std::error::Error>> {
+    let out = relay()
+        .args(["validate", "--config", &events("one-mapping.json")])
+        .env("RELAY_MAX_SECONDS", "10")
+        .env("RELAY_TARGET_TIMEOUT_SECONDS", "30")
+        .output()?;
+    assert_eq!(out.status.code(), Some(0), "a warning, not an invalid configuration");
+    let stderr = String::from_utf8(out.stderr)?;
+    assert!(
+        stderr.contains("warning: the run lasts 10 s but the target function's timeout is 30 s (plus 3 s kept for the final commit)"),
+        "{stderr}"
+    );
+    let out = relay()
+        .args(["validate", "--config", &events("one-mapping.json")])
+        .env("RELAY_MAX_SECONDS", "60")
+        .env("RELAY_TARGET_TIMEOUT_SECONDS", "30")
+        .output()?;
+    assert_eq!(String::from_utf8(out.stderr)?, "", "a run that fits says nothing");
+    Ok(())
+}

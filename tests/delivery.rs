@@ -1,22 +1,22 @@
 //! The delivery core on an in-process Kafka and Lambda: order, completeness, commits, restarts, starting
 //! positions, batch limits.
 
-mod support;
+mod common;
 
 use kafka_lambda_relay::app::run_all;
 use kafka_lambda_relay::invoke::server::{always, echo_success, handler, Reply};
-use support::*;
+use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivers_every_record_in_order_and_commits_last_plus_one() -> TestResult {
     let h = Harness::start().await?;
-    let (topic, group, function) = (unique("orders"), unique("group"), unique("fn"));
+    let (topic, group, function) = (unique_name("orders"), unique_name("group"), unique_name("fn"));
     h.seed(&topic, 16, 50)?;
     h.register(&function, echo_success());
 
     let report = run_all(&config(h.kafka.bootstrap_servers(), &topic, &function, &group, serde_json::json!({"BatchSize": 10})), &h.services, &until_idle()).await;
 
-    let delivered = by_partition(&h.delivered(&function));
+    let delivered = offsets_by_partition(&h.delivered(&function));
     assert_eq!(delivered.len(), 16);
     for (partition, offsets) in &delivered {
         assert_eq!(offsets, &(0..50).collect::<Vec<i64>>(), "partition {partition}: every record once, in order");
@@ -33,7 +33,7 @@ async fn delivers_every_record_in_order_and_commits_last_plus_one() -> TestResul
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_run_resumes_exactly_where_the_last_one_committed() -> TestResult {
     let h = Harness::start().await?;
-    let (topic, group, function) = (unique("orders"), unique("group"), unique("fn"));
+    let (topic, group, function) = (unique_name("orders"), unique_name("group"), unique_name("fn"));
     h.seed(&topic, 16, 10)?;
     h.register(&function, echo_success());
     let cfg = config(h.kafka.bootstrap_servers(), &topic, &function, &group, serde_json::json!({}));
@@ -43,7 +43,7 @@ async fn restarted_run_resumes_exactly_where_the_last_one_committed() -> TestRes
     h.produce(&topic, 16, 10, 15)?;
     let report = run_all(&cfg, &h.services, &until_idle()).await;
 
-    let delivered = by_partition(&h.delivered(&function));
+    let delivered = offsets_by_partition(&h.delivered(&function));
     for offsets in delivered.values() {
         assert_eq!(offsets, &(0..15).collect::<Vec<i64>>(), "no loss and no duplicate across a clean restart");
     }
@@ -55,7 +55,7 @@ async fn restarted_run_resumes_exactly_where_the_last_one_committed() -> TestRes
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn existing_group_offsets_win_over_starting_position() -> TestResult {
     let h = Harness::start().await?;
-    let (topic, group, function) = (unique("orders"), unique("group"), unique("fn"));
+    let (topic, group, function) = (unique_name("orders"), unique_name("group"), unique_name("fn"));
     h.seed(&topic, 16, 5)?;
     h.register(&function, echo_success());
     run_all(&config(h.kafka.bootstrap_servers(), &topic, &function, &group, serde_json::json!({})), &h.services, &until_idle()).await;
@@ -65,7 +65,7 @@ async fn existing_group_offsets_win_over_starting_position() -> TestResult {
     let latest = config(h.kafka.bootstrap_servers(), &topic, &function, &group, serde_json::json!({"StartingPosition": "LATEST"}));
     run_all(&latest, &h.services, &until_idle()).await;
 
-    for offsets in by_partition(&h.delivered(&function)).values() {
+    for offsets in offsets_by_partition(&h.delivered(&function)).values() {
         assert_eq!(offsets, &(0..8).collect::<Vec<i64>>());
     }
     Ok(())
@@ -74,7 +74,7 @@ async fn existing_group_offsets_win_over_starting_position() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latest_skips_existing_records_and_remembers_where_it_started() -> TestResult {
     let h = Harness::start().await?;
-    let (topic, group, function) = (unique("orders"), unique("group"), unique("fn"));
+    let (topic, group, function) = (unique_name("orders"), unique_name("group"), unique_name("fn"));
     h.seed(&topic, 16, 4)?;
     h.register(&function, echo_success());
     let cfg = config(h.kafka.bootstrap_servers(), &topic, &function, &group, serde_json::json!({"StartingPosition": "LATEST"}));
@@ -87,7 +87,7 @@ async fn latest_skips_existing_records_and_remembers_where_it_started() -> TestR
     // Records produced between runs are not lost to a second LATEST start.
     h.produce(&topic, 16, 4, 6)?;
     run_all(&cfg, &h.services, &until_idle()).await;
-    for offsets in by_partition(&h.delivered(&function)).values() {
+    for offsets in offsets_by_partition(&h.delivered(&function)).values() {
         assert_eq!(offsets, &vec![4, 5]);
     }
     Ok(())
@@ -96,7 +96,7 @@ async fn latest_skips_existing_records_and_remembers_where_it_started() -> TestR
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_size_limits_every_invocation() -> TestResult {
     let h = Harness::start().await?;
-    let (topic, group, function) = (unique("orders"), unique("group"), unique("fn"));
+    let (topic, group, function) = (unique_name("orders"), unique_name("group"), unique_name("fn"));
     h.seed(&topic, 16, 20)?;
     h.register(&function, echo_success());
     run_all(&config(h.kafka.bootstrap_servers(), &topic, &function, &group, serde_json::json!({"BatchSize": 7})), &h.services, &until_idle()).await;
@@ -111,7 +111,7 @@ async fn batch_size_limits_every_invocation() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batching_window_gathers_records_into_one_invocation() -> TestResult {
     let h = Harness::start().await?;
-    let (topic, group, function) = (unique("orders"), unique("group"), unique("fn"));
+    let (topic, group, function) = (unique_name("orders"), unique_name("group"), unique_name("fn"));
     h.seed(&topic, 1, 30)?;
     h.register(&function, echo_success());
     let cfg = config(h.kafka.bootstrap_servers(), &topic, &function, &group, serde_json::json!({"BatchSize": 10000, "MaximumBatchingWindowInSeconds": 1}));
@@ -124,7 +124,7 @@ async fn batching_window_gathers_records_into_one_invocation() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn six_megabyte_cap_splits_batches() -> TestResult {
     let h = Harness::start().await?;
-    let (topic, group, function) = (unique("blobs"), unique("group"), unique("fn"));
+    let (topic, group, function) = (unique_name("blobs"), unique_name("group"), unique_name("fn"));
     h.kafka.create_topic(&topic, 8)?;
     // 1.1 MB values are 1.47 MB in base64: four fit in 6 MiB (6,291,456 bytes), five do not.
     let value = vec![b'x'; 1_100_000];
@@ -149,7 +149,7 @@ async fn six_megabyte_cap_splits_batches() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_partition_blocks_only_itself_and_nothing_past_the_failure_is_committed() -> TestResult {
     let h = Harness::start().await?;
-    let (topic, group, function) = (unique("orders"), unique("group"), unique("fn"));
+    let (topic, group, function) = (unique_name("orders"), unique_name("group"), unique_name("fn"));
     h.seed(&topic, 4, 10)?;
     // Any batch holding partition 2's offset 5 fails; everything else succeeds.
     h.register(
@@ -170,7 +170,7 @@ async fn failing_partition_blocks_only_itself_and_nothing_past_the_failure_is_co
     let stuck_at = committed[2].expect("partition 2 committed what came before the failing batch");
     assert!(stuck_at <= 5, "nothing past the failing record 5 is committed: {committed:?}");
     assert_eq!([committed[0], committed[1], committed[3]], [Some(10); 3], "other partitions flow");
-    let delivered = by_partition(&h.delivered(&function));
+    let delivered = offsets_by_partition(&h.delivered(&function));
     let m = &report.mappings[0];
     let blocked = m.partitions.iter().find(|p| p.partition == 2).and_then(|p| p.blocked.clone()).expect("partition 2 is blocked");
     assert_eq!(blocked.offset, stuck_at, "the report names the offset the partition is stuck on");
@@ -188,7 +188,7 @@ async fn failing_partition_blocks_only_itself_and_nothing_past_the_failure_is_co
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_target_is_reported_as_function_config_not_valid() -> TestResult {
     let h = Harness::start().await?;
-    let (topic, group) = (unique("orders"), unique("group"));
+    let (topic, group) = (unique_name("orders"), unique_name("group"));
     h.seed(&topic, 1, 1)?;
     h.register("other", always(Reply::success("{}")));
     let report = run_all(&config(h.kafka.bootstrap_servers(), &topic, "missing", &group, serde_json::json!({})), &h.services, &until_idle()).await;
@@ -202,7 +202,7 @@ async fn a_missing_target_is_reported_as_function_config_not_valid() -> TestResu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_matching_no_filter_are_skipped_and_committed() -> TestResult {
     let h = Harness::start().await?;
-    let (topic, group, function) = (unique("orders"), unique("group"), unique("fn"));
+    let (topic, group, function) = (unique_name("orders"), unique_name("group"), unique_name("fn"));
     h.kafka.create_topic(&topic, 1)?;
     for (i, kind) in ["premium", "basic", "premium", "basic", "basic"].iter().enumerate() {
         h.kafka.produce(&topic, 0, None, Some(format!(r#"{{"id": {i}, "tier": "{kind}"}}"#).as_bytes()))?;
@@ -233,7 +233,7 @@ async fn members_joining_and_leaving_never_overlap_a_partition_and_every_returne
     use std::time::Duration;
 
     let h = Harness::start().await?;
-    let (topic, group, function) = (unique("orders"), unique("group"), unique("fn"));
+    let (topic, group, function) = (unique_name("orders"), unique_name("group"), unique_name("fn"));
     h.seed(&topic, 8, 300)?;
     let in_flight: Arc<Mutex<HashSet<i32>>> = Arc::default();
     let overlaps = Arc::new(AtomicUsize::new(0));
@@ -274,7 +274,7 @@ async fn members_joining_and_leaving_never_overlap_a_partition_and_every_returne
     assert_eq!(overlaps.load(Ordering::SeqCst), 0, "a partition was in two invocations at once");
     let second_polled = second.mappings[0].counts.polled;
     assert!(second_polled > 0, "the second member took partitions over: {second:?}");
-    let delivered = by_partition(&h.delivered(&function));
+    let delivered = offsets_by_partition(&h.delivered(&function));
     for p in 0..8 {
         let offsets: std::collections::BTreeSet<i64> = delivered.get(&p).into_iter().flatten().copied().collect();
         assert_eq!(offsets.len(), 300, "partition {p}: every record delivered; first member: {:?}", first.mappings[0].partitions);

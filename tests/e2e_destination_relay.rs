@@ -3,7 +3,7 @@
 //! nothing is committed past the given-up record and the report says why; once the queue exists, the
 //! invocation record goes out and the offsets are committed.
 
-mod support;
+mod common;
 
 use std::sync::Arc;
 
@@ -11,7 +11,7 @@ use kafka_lambda_relay::app::run_all;
 use kafka_lambda_relay::destination::OnFailureDestination;
 use kafka_lambda_relay::invoke::server::{handler, Reply};
 use kafka_lambda_relay::relay::FailureSink;
-use support::*;
+use common::*;
 
 async fn moto_config() -> aws_config::SdkConfig {
     let moto = std::env::var("RELAY_TEST_MOTO").expect("RELAY_TEST_MOTO names moto_server (scripts/test.sh sets it)");
@@ -26,7 +26,7 @@ async fn moto_config() -> aws_config::SdkConfig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_wait_for_a_missing_queue_and_go_out_once_it_exists() -> TestResult {
     let mut h = Harness::start().await?;
-    let (topic, group, function, queue) = (unique("t"), unique("g"), unique("fn"), unique("dlq"));
+    let (topic, group, function, queue) = (unique_name("t"), unique_name("g"), unique_name("fn"), unique_name("dlq"));
     h.seed(&topic, 1, 3)?;
     h.register(&function, handler(|_| async { Reply::unhandled("Boom", "always fails") }));
     let sdk = moto_config().await;

@@ -13,13 +13,6 @@ use common::*;
 use kafka_lambda_relay::invoke::server::{handler, LocalLambda, Reply};
 use serde_json::json;
 
-const RECORDING: &str = "recording-target";
-
-/// (partition, offset) of every record the recording target received for `topic`, with repeats.
-fn received(topic: &str) -> TestResult<Vec<(i32, i64)>> {
-    Ok(delivered(RECORDING, topic)?.into_iter().map(|d| (d.partition, d.offset)).collect())
-}
-
 /// Every record below a partition's committed offset was received: nothing is committed past a record
 /// that was not delivered.
 fn assert_committed_only_delivered(committed: &[Option<i64>], produced: &[Produced], received: &BTreeSet<(i32, i64)>) {
@@ -34,60 +27,80 @@ fn assert_committed_only_delivered(committed: &[Option<i64>], produced: &[Produc
 #[test]
 fn sigkill_at_random_points_loses_nothing_and_redelivers_at_most_the_batches_in_flight() -> TestResult {
     const PARTITIONS: i32 = 4;
-    const BATCH_SIZE: usize = 100;
+    const BATCH_SIZE: usize = 20;
     const KILLS: usize = 3;
     let topic = unique_name("kill");
     let group = unique_name("group");
     create_topic(&tansu(), &topic, PARTITIONS)?;
     let produced = populate_topic(&tansu(), &topic, PARTITIONS, 20_000, |i| format!("r{i}"))?;
-    let mut mapping = tansu_mapping(RECORDING, &topic, &group);
-    mapping["BatchSize"] = json!(BATCH_SIZE);
+    // An in-process target taking 20 ms per batch: a batch outlasts a commit's round trip, so what a kill
+    // redelivers is what was in flight, not how fast the target is.
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let lambda = runtime.block_on(LocalLambda::start())?;
+    lambda.register("target", Duration::from_secs(3), handler(|_| async { Reply::success("{}").after(Duration::from_millis(20)) }));
+    let received = || -> Vec<(i32, i64)> { lambda.invocations("target").iter().flat_map(|i| event_offsets(&i.payload)).collect() };
+    let mapping = json!({
+        "UUID": uuid::Uuid::new_v4().to_string(), "FunctionName": "target", "Topics": [topic], "StartingPosition": "TRIM_HORIZON",
+        "SelfManagedEventSource": {"Endpoints": {"KAFKA_BOOTSTRAP_SERVERS": [tansu()]}},
+        "SelfManagedKafkaEventSourceConfig": {"ConsumerGroupId": group}, "BatchSize": BATCH_SIZE
+    });
     let config = json!({"Mappings": [mapping]});
     let dir = TempDir::new("kill-config")?;
     let file = dir.path().join("config.json");
     std::fs::write(&file, serde_json::to_vec(&config)?)?;
+    let relay = |log: &std::path::Path| -> TestResult<std::process::Child> {
+        Ok(Command::new(relay_bin())
+            .args(["run", "--until-idle", "--target-timeout", "3", "--max-seconds", "120", "--config"])
+            .arg(&file)
+            .env("AWS_ENDPOINT_URL_LAMBDA", lambda.endpoint())
+            .envs([("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_REGION", "us-east-1"), ("RUST_LOG", "info")])
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log)?)
+            .spawn()?)
+    };
 
     let mut kills = 0;
     for round in 0..KILLS {
-        let mut child = Command::new(relay_bin())
-            .args(["run", "--until-idle", "--target-timeout", "30", "--max-seconds", "120", "--config"])
-            .arg(&file)
-            .envs(relay_env())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        // A random point after the group join (a killed member's successor waits out its session first).
-        let started = Instant::now();
-        let until = Duration::from_millis(rand::random_range(800..2500) + if round == 0 { 0 } else { 10_000 });
-        while started.elapsed() < until && child.try_wait()?.is_none() {
+        let log = dir.path().join(format!("run-{round}.log"));
+        let mut child = relay(&log)?;
+        // A random point while this run delivers: after its group join (a member killed while it joins can
+        // hold the group's next rebalance up), once more records arrive.
+        let joined_by = Instant::now() + Duration::from_secs(90);
+        while !std::fs::read_to_string(&log)?.contains("partitions assigned") && Instant::now() < joined_by && child.try_wait()?.is_none() {
             std::thread::sleep(Duration::from_millis(20));
         }
+        let before = received().len();
+        let flowing_by = Instant::now() + Duration::from_secs(30);
+        while received().len() == before && Instant::now() < flowing_by && child.try_wait()?.is_none() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(rand::random_range(50..1500)));
         if child.try_wait()?.is_none() {
             child.kill()?; // SIGKILL: no commit, no leaving the group.
             kills += 1;
         }
         child.wait()?;
-        let seen: BTreeSet<(i32, i64)> = received(&topic)?.into_iter().collect();
+        let seen: BTreeSet<(i32, i64)> = received().into_iter().collect();
         let committed = committed_offsets(&tansu(), &group, &topic, PARTITIONS)?;
         assert_committed_only_delivered(&committed, &produced, &seen);
     }
     assert!(kills >= 1, "at least one run was killed mid-way");
 
-    let report = run_relay_ok(&config)?;
-    let uuid = config["Mappings"][0]["UUID"].as_str().unwrap_or_default();
-    assert_eq!(mapping_report(&report, uuid)?["LastProcessingResult"], "OK", "{report}");
-    let all = received(&topic)?;
+    let log = dir.path().join("final.log");
+    let finished = relay(&log)?.wait_with_output()?;
+    let report: serde_json::Value = serde_json::from_slice(&finished.stdout)?;
+    assert_eq!(report["Mappings"][0]["LastProcessingResult"], "OK", "{report}\n{}", std::fs::read_to_string(&log)?);
+    let all = received();
     let unique: BTreeSet<(i32, i64)> = all.iter().copied().collect();
     let expected: BTreeSet<(i32, i64)> = produced.iter().map(|p| (p.partition, p.offset)).collect();
     assert_eq!(unique, expected, "every record delivered");
     assert_eq!(committed_offsets(&tansu(), &group, &topic, PARTITIONS)?, next_offsets(&produced, PARTITIONS));
-    // A kill loses what was in flight (one batch per partition) and what was acknowledged since the last
-    // commit (commits follow acknowledgements within 100 ms, about one more batch per partition).
+    // A kill redelivers what was in flight (one batch per partition) and what was acknowledged while the
+    // last commit was on its way (commits follow acknowledgements within 20 ms: a batch or two).
     let redelivered = all.len() - unique.len();
-    let bound = kills * PARTITIONS as usize * BATCH_SIZE * 2;
+    let bound = kills * PARTITIONS as usize * BATCH_SIZE * 3;
     assert!(redelivered <= bound, "{redelivered} redeliveries after {kills} kills; at most {bound} were in flight");
-    // Per partition, in order: within each run offsets only grow, so the first time each record was seen
-    // follows offset order.
+    // Per partition, in order: the first time each record was seen follows offset order.
     let mut first_seen: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
     let mut seen = BTreeSet::new();
     for (partition, offset) in all {
@@ -98,7 +111,20 @@ fn sigkill_at_random_points_loses_nothing_and_redelivers_at_most_the_batches_in_
     for (partition, offsets) in first_seen {
         assert!(offsets.windows(2).all(|w| w[0] < w[1]), "partition {partition}: first deliveries in offset order");
     }
+    drop(runtime);
     Ok(())
+}
+
+/// (partition, offset) of every record of an event.
+fn event_offsets(payload: &[u8]) -> Vec<(i32, i64)> {
+    let event: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
+    event["records"]
+        .as_object()
+        .into_iter()
+        .flat_map(|groups| groups.values())
+        .flat_map(|records| records.as_array().cloned().unwrap_or_default())
+        .map(|r| (r["partition"].as_i64().unwrap_or(-1) as i32, r["offset"].as_i64().unwrap_or(-1)))
+        .collect()
 }
 
 /// A tansu broker of the test's own, on a port and SQLite file that survive a restart.
@@ -162,7 +188,7 @@ fn a_broker_that_goes_away_ends_the_run_by_its_deadline_with_commit_failed_and_t
     let lambda = runtime.block_on(LocalLambda::start())?;
     lambda.register("slow", Duration::from_secs(3), handler(|_| async { Reply::success("{}").after(Duration::from_millis(20)) }));
     let mapping = json!({
-        "UUID": unique_name("mapping"), "FunctionName": "slow", "Topics": [topic], "StartingPosition": "TRIM_HORIZON",
+        "UUID": uuid::Uuid::new_v4().to_string(), "FunctionName": "slow", "Topics": [topic], "StartingPosition": "TRIM_HORIZON",
         "SelfManagedEventSource": {"Endpoints": {"KAFKA_BOOTSTRAP_SERVERS": [broker.bootstrap()]}},
         "SelfManagedKafkaEventSourceConfig": {"ConsumerGroupId": group}, "BatchSize": 10
     });
@@ -212,16 +238,7 @@ fn a_broker_that_goes_away_ends_the_run_by_its_deadline_with_commit_failed_and_t
     broker.restart()?;
     let next = run_captured("relay run", run(&["--until-idle", "--max-seconds", "60"]), PROCESS_TIMEOUT)?;
     assert_eq!(next.code(), Some(0), "{}", next.stderr_tail());
-    let received: BTreeSet<(i32, i64)> = lambda
-        .invocations("slow")
-        .iter()
-        .flat_map(|i| {
-            let event: serde_json::Value = serde_json::from_slice(&i.payload).unwrap_or_default();
-            event["records"].as_object().into_iter().flat_map(|r| r.values()).flat_map(|v| v.as_array().cloned().unwrap_or_default()).map(|r| {
-                (r["partition"].as_i64().unwrap_or(-1) as i32, r["offset"].as_i64().unwrap_or(-1))
-            }).collect::<Vec<_>>()
-        })
-        .collect();
+    let received: BTreeSet<(i32, i64)> = lambda.invocations("slow").iter().flat_map(|i| event_offsets(&i.payload)).collect();
     let expected: BTreeSet<(i32, i64)> = produced.iter().map(|p| (p.partition, p.offset)).collect();
     assert_eq!(received, expected, "every record delivered across the two runs");
     assert_eq!(committed_offsets(&broker.bootstrap(), &group, &topic, 2)?, next_offsets(&produced, 2));

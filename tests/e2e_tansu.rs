@@ -203,7 +203,7 @@ fn relay_under_watch_delivers(
         sample_event("one-mapping.json", json!({"Mappings": [tansu_mapping(RECORDING, &topic, &group)]}))?["Mappings"]
             [0]
         .take();
-    let uuid = unique_name("mapping");
+    let uuid = uuid::Uuid::new_v4().to_string();
     mapping["UUID"] = json!(uuid);
     mapping["FunctionName"] = json!(RECORDING);
     mapping["Topics"] = json!([topic]);

@@ -2,7 +2,7 @@
 //! Kafka and Lambda. Every test checks that no offset is committed past a record that was neither
 //! delivered nor handed to the destination.
 
-mod support;
+mod common;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +12,7 @@ use std::time::Duration;
 use kafka_lambda_relay::app::run_all;
 use kafka_lambda_relay::invoke::server::{handler, script, Reply};
 use kafka_lambda_relay::relay::RunOptions;
-use support::*;
+use common::*;
 
 const DLQ: &str = "arn:aws:sqs:us-east-1:123456789012:relay-dlq";
 
@@ -32,7 +32,7 @@ fn invocations(h: &Harness, function: &str) -> Vec<Vec<(i32, i64)>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partial_failure_retries_from_the_lowest_offset_of_each_named_partition() -> TestResult {
     let h = Harness::start().await?;
-    let (topic, group, function) = (unique("t"), unique("g"), unique("fn"));
+    let (topic, group, function) = (unique_name("t"), unique_name("g"), unique_name("fn"));
     h.seed(&topic, 3, 10)?;
     h.register(
         &function,
@@ -62,7 +62,7 @@ async fn malformed_item_identifiers_fail_the_whole_batch() -> TestResult {
         serde_json::json!({"batchItemFailures": [{}]}),
     ] {
         let h = Harness::start().await?;
-        let (topic, group, function) = (unique("t"), unique("g"), unique("fn"));
+        let (topic, group, function) = (unique_name("t"), unique_name("g"), unique_name("fn"));
         h.seed(&topic, 1, 5)?;
         let bad = serde_json::from_str(&bad.to_string().replace("PLACEHOLDER", &format!("{topic}-0")))?;
         h.register(&function, script(vec![Reply::json(&bad)], Reply::success("{}")));
@@ -80,7 +80,7 @@ async fn malformed_item_identifiers_fail_the_whole_batch() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partial_response_is_ignored_without_report_batch_item_failures() -> TestResult {
     let h = Harness::start().await?;
-    let (topic, group, function) = (unique("t"), unique("g"), unique("fn"));
+    let (topic, group, function) = (unique_name("t"), unique_name("g"), unique_name("fn"));
     h.seed(&topic, 1, 5)?;
     h.register(&function, script(vec![failures(&[(format!("{topic}-0"), 0)])], Reply::success("{}")));
     let cfg = config(h.kafka.bootstrap_servers(), &topic, &function, &group, serde_json::json!({"MaximumBatchingWindowInSeconds": 1}));
@@ -93,7 +93,7 @@ async fn a_partial_response_is_ignored_without_report_batch_item_failures() -> T
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bisection_isolates_one_poison_record_among_a_thousand() -> TestResult {
     let h = Harness::start().await?;
-    let (topic, group, function) = (unique("t"), unique("g"), unique("fn"));
+    let (topic, group, function) = (unique_name("t"), unique_name("g"), unique_name("fn"));
     h.seed(&topic, 1, 1000)?;
     h.register(
         &function,
@@ -125,9 +125,9 @@ async fn bisection_isolates_one_poison_record_among_a_thousand() -> TestResult {
     Ok(())
 }
 
-async fn invocations_until_given_up(retries: i64, destination: bool) -> Result<(usize, Harness, String, String), Box<dyn std::error::Error>> {
+async fn invocations_until_given_up(retries: i64, destination: bool) -> TestResult<(usize, Harness, String, String)> {
     let h = Harness::start().await?;
-    let (topic, group, function) = (unique("t"), unique("g"), unique("fn"));
+    let (topic, group, function) = (unique_name("t"), unique_name("g"), unique_name("fn"));
     h.seed(&topic, 1, 1)?;
     h.register(&function, handler(|_| async { Reply::unhandled("Boom", "always fails") }));
     let mut extra = serde_json::json!({"MaximumRetryAttempts": retries});
@@ -164,7 +164,7 @@ async fn maximum_retry_attempts_zero_two_and_infinite() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_records_are_given_up_without_being_invoked() -> TestResult {
     let h = Harness::start().await?;
-    let (topic, group, function) = (unique("t"), unique("g"), unique("fn"));
+    let (topic, group, function) = (unique_name("t"), unique_name("g"), unique_name("fn"));
     h.kafka.create_topic(&topic, 1)?;
     let two_hours_ago = time::OffsetDateTime::now_utc().unix_timestamp() * 1000 - 2 * 3600 * 1000;
     for i in 0..3 {
@@ -192,7 +192,7 @@ async fn old_records_are_given_up_without_being_invoked() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttles_and_server_errors_never_exhaust_retries() -> TestResult {
     let h = Harness::start().await?;
-    let (topic, group, function) = (unique("t"), unique("g"), unique("fn"));
+    let (topic, group, function) = (unique_name("t"), unique_name("g"), unique_name("fn"));
     h.seed(&topic, 1, 3)?;
     h.register(
         &function,
@@ -210,7 +210,7 @@ async fn throttles_and_server_errors_never_exhaust_retries() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attempt_counts_carry_across_separate_runs() -> TestResult {
     let h = Harness::start().await?;
-    let (topic, group, function) = (unique("t"), unique("g"), unique("fn"));
+    let (topic, group, function) = (unique_name("t"), unique_name("g"), unique_name("fn"));
     h.seed(&topic, 1, 2)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
@@ -244,7 +244,7 @@ async fn attempt_counts_carry_across_separate_runs() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_committed_while_the_destination_is_down_and_records_go_out_when_it_returns() -> TestResult {
     let h = Harness::start().await?;
-    let (topic, group, function) = (unique("t"), unique("g"), unique("fn"));
+    let (topic, group, function) = (unique_name("t"), unique_name("g"), unique_name("fn"));
     h.seed(&topic, 1, 6)?;
     h.register(
         &function,
@@ -278,7 +278,7 @@ async fn nothing_is_committed_while_the_destination_is_down_and_records_go_out_w
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_destination_write_and_commit_duplicates_but_never_loses() -> TestResult {
     let h = Harness::start().await?;
-    let (topic, group, function) = (unique("t"), unique("g"), unique("fn"));
+    let (topic, group, function) = (unique_name("t"), unique_name("g"), unique_name("fn"));
     h.seed(&topic, 1, 3)?;
     h.register(&function, handler(|_| async { Reply::unhandled("Boom", "always") }));
     let crashing = Arc::new(CrashAfterWrite { inner: h.destination.clone(), crashed: AtomicBool::new(false) });
@@ -320,7 +320,7 @@ impl kafka_lambda_relay::relay::FailureSink for CrashAfterWrite {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_record_goes_to_the_destination_without_an_invocation() -> TestResult {
     let h = Harness::start().await?;
-    let (topic, group, function) = (unique("t"), unique("g"), unique("fn"));
+    let (topic, group, function) = (unique_name("t"), unique_name("g"), unique_name("fn"));
     h.kafka.create_topic(&topic, 1)?;
     h.kafka.produce(&topic, 0, None, Some(b"small"))?;
     // 4.8 MB is 6.4 MB in base64: alone it exceeds the 6 MB event limit.

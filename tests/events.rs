@@ -23,6 +23,22 @@ fn valid_config(name: &str) -> Result<RelayConfig, Box<dyn Error>> {
 }
 
 #[test]
+fn schema_registry_event_is_a_valid_config_with_a_confluent_and_a_glue_registry() -> TestResult {
+    use kafka_lambda_relay::config::{EventRecordFormat, SchemaValidationAttribute};
+    let config = valid_config("schema-registry-mappings.json")?;
+    let confluent = config.mappings[0].schema_registry_config().ok_or("no SchemaRegistryConfig")?;
+    assert!(!confluent.is_glue());
+    assert_eq!(confluent.event_record_format, Some(EventRecordFormat::Json));
+    assert!(confluent.validates(SchemaValidationAttribute::Key) && confluent.validates(SchemaValidationAttribute::Value));
+    assert_eq!(confluent.access_configs.len(), 2);
+    let glue = config.mappings[1].schema_registry_config().ok_or("no SchemaRegistryConfig")?;
+    assert!(glue.is_glue());
+    assert_eq!(glue.event_record_format, Some(EventRecordFormat::Source));
+    assert!(!glue.validates(SchemaValidationAttribute::Key));
+    Ok(())
+}
+
+#[test]
 fn one_mapping_event_is_a_valid_config() -> TestResult {
     let config = valid_config("one-mapping.json")?;
     assert_eq!(config.mappings.len(), 1);
@@ -40,7 +56,11 @@ fn several_mappings_event_is_a_valid_config_using_every_delivery_setting() -> Te
     let uuids: Vec<String> = config.mappings.iter().map(|m| m.uuid()).collect();
     assert_eq!(
         uuids,
-        vec!["orders-to-billing", "payments-audit", "clickstream-sampler"]
+        vec![
+            "6d2a0c1e-3f4b-4a5c-9d8e-7f6a5b4c3d21",
+            "0b9c8d7e-6f5a-4b3c-8d2e-1f0a9b8c7d62",
+            "f1e2d3c4-b5a6-4978-8a9b-0c1d2e3f4a53"
+        ]
     );
 
     let billing = &config.mappings[0];
@@ -132,5 +152,20 @@ fn scheduled_event_is_what_eventbridge_sends_and_not_a_config() -> TestResult {
         RelayConfig::from_json(&text),
         Err(ConfigError::Parse(_))
     ));
+    Ok(())
+}
+
+/// AWS's MSK CLI example (cluster ARN, topic, LATEST, nothing else) and a multi-VPC (cross-account) cluster.
+#[test]
+fn msk_iam_event_is_a_valid_config_without_endpoints() -> TestResult {
+    use kafka_lambda_relay::auth::msk::Connectivity;
+    let config = valid_config("msk-iam.json")?;
+    assert_eq!(config.mappings.len(), 2);
+    for mapping in &config.mappings {
+        assert!(mapping.is_msk() && mapping.bootstrap_servers().is_empty() && mapping.source_access_configurations.is_empty());
+        assert_eq!(mapping.event_source(), "aws:kafka");
+    }
+    assert_eq!(config.mappings[0].msk_connectivity, None);
+    assert_eq!(config.mappings[1].msk_connectivity, Some(Connectivity::MultiVpc));
     Ok(())
 }

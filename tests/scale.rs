@@ -1,7 +1,7 @@
 //! Several relays (workers) on one consumer group, on the in-process Kafka (librdkafka's mock cluster, which
 //! serves the cooperative-sticky assignor's incremental rebalances) and the in-process Lambda.
 
-mod support;
+mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,7 +15,7 @@ use kafka_lambda_relay::invoke::server::{handler, Reply};
 use kafka_lambda_relay::kafka::consumer::{self, GroupEvent, RelayConsumer, RelayContext};
 use kafka_lambda_relay::relay::RunOptions;
 use rdkafka::consumer::{Consumer, RebalanceProtocol};
-use support::*;
+use common::*;
 
 /// A target that records every invocation's records and counts a partition found in two invocations at
 /// once (across every member), after holding each invocation `hold` long.
@@ -99,7 +99,7 @@ async fn poll_until(consumers: &[&RelayConsumer], done: impl Fn() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joining_member_takes_only_the_partitions_that_move_and_the_others_stay_assigned() -> TestResult {
     let h = Harness::start().await?;
-    let (topic, group) = (unique("orders"), unique("group"));
+    let (topic, group) = (unique_name("orders"), unique_name("group"));
     h.seed(&topic, 8, 5)?;
     let first = relay_consumer(h.kafka.bootstrap_servers(), &group, &topic);
     poll_until(&[&first], || assigned(&first) == 8).await;
@@ -126,7 +126,7 @@ async fn a_joining_member_takes_only_the_partitions_that_move_and_the_others_sta
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_workers_on_one_group_never_overlap_a_partition_and_deliver_everything_in_order() -> TestResult {
     let h = Harness::start().await?;
-    let (topic, group, function) = (unique("orders"), unique("group"), unique("fn"));
+    let (topic, group, function) = (unique_name("orders"), unique_name("group"), unique_name("fn"));
     h.seed(&topic, 12, 300)?;
     let recorder = Recorder::default();
     h.register(&function, recorder.handler(Duration::from_millis(100)));
@@ -164,7 +164,7 @@ async fn three_workers_on_one_group_never_overlap_a_partition_and_deliver_everyt
 async fn a_joining_member_waits_out_the_rebalance_for_its_partitions_and_revoke_waits_for_the_invocation() -> TestResult
 {
     let h = Harness::start().await?;
-    let (topic, group, function) = (unique("orders"), unique("group"), unique("fn"));
+    let (topic, group, function) = (unique_name("orders"), unique_name("group"), unique_name("fn"));
     h.seed(&topic, 2, 4)?;
     let recorder = Recorder::default();
     h.register(&function, recorder.handler(Duration::from_millis(2000)));
@@ -208,11 +208,11 @@ async fn the_coordinator_starts_as_many_workers_as_its_decision_says_through_the
     use kafka_lambda_relay::scale::{self, Coordinator, Demand, RateMemory};
 
     let h = Harness::start().await?;
-    let (busy, quiet, group) = (unique("busy"), unique("quiet"), unique("group"));
+    let (busy, quiet, group) = (unique_name("busy"), unique_name("quiet"), unique_name("group"));
     // 12 partitions with 300 records each; the other mapping's 4 partitions are empty.
     h.seed(&busy, 12, 300)?;
     h.kafka.create_topic(&quiet, 4)?;
-    let quiet_group = unique("group");
+    let quiet_group = unique_name("group");
     let mut config = config(h.kafka.bootstrap_servers(), &busy, "target", &group, serde_json::json!({
         "ProvisionedPollerConfig": {"MinimumPollers": 1, "MaximumPollers": 5}}));
     config.mappings.extend(config_of(h.kafka.bootstrap_servers(), &quiet, "target", &quiet_group).mappings);
@@ -282,7 +282,7 @@ async fn a_continuous_run_polls_until_its_deadline_and_starts_its_successor_befo
     // Only this test of the file reads these variables.
     std::env::set_var("RELAY_CONTINUOUS", "true");
     let h = Harness::start().await?;
-    let (topic, group, function) = (unique("chain"), unique("group"), unique("fn"));
+    let (topic, group, function) = (unique_name("chain"), unique_name("group"), unique_name("fn"));
     h.seed(&topic, 2, 5)?;
     // A target timeout of 1 s: the run invokes until 4 s before its deadline (1 s and the 3 s margin).
     h.lambda.register(&function, Duration::from_secs(1), handler(|_| async { Reply::success("{}") }));

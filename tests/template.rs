@@ -370,6 +370,8 @@ fn statements_on_optional_arn_lists_exist_only_when_the_list_is_not_empty() -> T
         "DestinationBucketArns",
         "SecretArns",
         "KmsKeyArns",
+        "MskClusterArns",
+        "SchemaRegistryArns",
     ]
     .into_iter()
     .map(String::from)
@@ -393,7 +395,8 @@ fn each_service_gets_exactly_the_actions_the_relay_calls() -> TestResult {
         .filter_map(|statement| {
             let mut referenced = BTreeSet::new();
             references(&statement.body["Resource"], &mut referenced);
-            let parameter = referenced.into_iter().find(|name| name.ends_with("Arns"))?;
+            // MSK has four statements on its one list: checked by msk_statements_name_the_clusters_topics_and_groups.
+            let parameter = referenced.into_iter().find(|name| name.ends_with("Arns") && name != "MskClusterArns")?;
             Some((
                 parameter,
                 statement.actions().into_iter().map(String::from).collect(),
@@ -429,6 +432,78 @@ fn each_service_gets_exactly_the_actions_the_relay_calls() -> TestResult {
     assert_eq!(
         by_parameter["KmsKeyArns"],
         expected(&["kms:Decrypt", "kms:GenerateDataKey"])
+    );
+    assert_eq!(by_parameter["SchemaRegistryArns"], expected(&["glue:GetSchemaVersion", "glue:GetSchema"]));
+    Ok(())
+}
+
+/// Evaluates the intrinsic functions a policy `Resource` uses (`!Ref` of a list parameter, `!Join`,
+/// `!Split`, `!Sub` with a variable map) for given parameter values.
+fn evaluate_list(value: &Value, parameters: &BTreeMap<&str, Vec<&str>>) -> Result<Vec<String>, Box<dyn Error>> {
+    let one = |value: &Value| -> Result<String, Box<dyn Error>> {
+        let items = evaluate_list(value, parameters)?;
+        match items.as_slice() {
+            [only] => Ok(only.clone()),
+            _ => Err(format!("expected one string, got {items:?}").into()),
+        }
+    };
+    let Some((name, arguments)) = intrinsic(value) else {
+        return Ok(vec![value.as_str().ok_or("neither a string nor an intrinsic")?.to_string()]);
+    };
+    let arguments = match arguments {
+        Value::Sequence(items) => items.clone(),
+        other => vec![other.clone()],
+    };
+    match name.as_str() {
+        "Ref" => Ok(parameters
+            .get(arguments[0].as_str().ok_or("Ref of a non-name")?)
+            .ok_or("unknown parameter")?
+            .iter()
+            .map(|s| s.to_string())
+            .collect()),
+        "Join" => Ok(vec![evaluate_list(&arguments[1], parameters)?.join(arguments[0].as_str().ok_or("delimiter")?)]),
+        "Split" => Ok(one(&arguments[1])?.split(arguments[0].as_str().ok_or("delimiter")?).map(String::from).collect()),
+        "Sub" => {
+            let mut text = arguments[0].as_str().ok_or("Sub template")?.to_string();
+            for (variable, value) in arguments[1].as_mapping().ok_or("Sub variables")? {
+                let variable = variable.as_str().ok_or("variable name")?;
+                text = text.replace(&format!("${{{variable}}}"), &one(value)?);
+            }
+            Ok(vec![text])
+        }
+        other => Err(format!("unsupported intrinsic {other}").into()),
+    }
+}
+
+#[test]
+fn glue_access_is_limited_to_the_named_registries_and_their_schemas() -> TestResult {
+    let template = template()?;
+    let statement = policy_statements(&template)
+        .into_iter()
+        .find(|s| s.actions().contains(&"glue:GetSchemaVersion"))
+        .ok_or("no statement grants glue:GetSchemaVersion")?;
+    assert_eq!(statement.condition.as_deref(), Some("HasSchemaRegistries"));
+    let parameters = BTreeMap::from([(
+        "SchemaRegistryArns",
+        vec![
+            "arn:aws:glue:us-east-1:123456789012:registry/orders",
+            "arn:aws:glue:eu-west-1:123456789012:registry/payments",
+        ],
+    )]);
+    let resources = evaluate_list(&statement.body["Resource"], &parameters)?;
+    assert_eq!(
+        resources,
+        vec![
+            "arn:aws:glue:us-east-1:123456789012:registry/orders",
+            "arn:aws:glue:eu-west-1:123456789012:registry/payments",
+            "arn:aws:glue:us-east-1:123456789012:schema/orders/*",
+            "arn:aws:glue:eu-west-1:123456789012:schema/payments/*",
+        ]
+    );
+    let one = BTreeMap::from([("SchemaRegistryArns", vec!["arn:aws:glue:us-east-1:123456789012:registry/orders"])]);
+    assert_eq!(
+        evaluate_list(&statement.body["Resource"], &one)?,
+        vec!["arn:aws:glue:us-east-1:123456789012:registry/orders", "arn:aws:glue:us-east-1:123456789012:schema/orders/*"]
     );
     Ok(())
 }
@@ -541,6 +616,7 @@ fn every_vpc_endpoint_is_behind_a_condition_that_tests_the_endpoint_switch() -> 
         ("secretsmanager", "Interface"),
         ("sqs", "Interface"),
         ("sns", "Interface"),
+        ("kafka", "Interface"),
         ("s3", "Gateway"),
     ]
     .into_iter()
@@ -785,4 +861,149 @@ fn the_relay_may_invoke_only_itself_to_start_workers_and_its_concurrency_is_maxi
 
 fn properties_of(function: &Value) -> &Value {
     &function["Properties"]
+
+}
+
+/// What an intrinsic expression evaluates to, for the few functions the policy uses on ARN lists.
+#[derive(Debug, Clone, PartialEq)]
+enum Evaluated {
+    Text(String),
+    List(Vec<String>),
+}
+
+/// Evaluates `Ref` (to `parameters`), `Join`, `Split`, `Sub` (with a variable map) and literals.
+fn evaluate(value: &Value, parameters: &BTreeMap<&str, Vec<String>>) -> Result<Evaluated, Box<dyn Error>> {
+    let text = |v: &Value| -> Result<String, Box<dyn Error>> {
+        match evaluate(v, parameters)? {
+            Evaluated::Text(t) => Ok(t),
+            other => Err(format!("expected text, got {other:?}").into()),
+        }
+    };
+    let list = |v: &Value| -> Result<Vec<String>, Box<dyn Error>> {
+        match evaluate(v, parameters)? {
+            Evaluated::List(items) => Ok(items),
+            Evaluated::Text(t) => Err(format!("expected a list, got {t:?}").into()),
+        }
+    };
+    // Intrinsics first: serde_yaml's `as_str` looks through tags (`!Ref X` would read as "X").
+    let Some((name, argument)) = intrinsic(value) else {
+        return match value {
+            Value::String(s) => Ok(Evaluated::Text(s.clone())),
+            Value::Sequence(items) => Ok(Evaluated::List(items.iter().map(text).collect::<Result<_, _>>()?)),
+            other => Err(format!("cannot evaluate {other:?}").into()),
+        };
+    };
+    let arguments = argument.as_sequence();
+    Ok(match (name.as_str(), arguments.map(Vec::as_slice)) {
+        ("Ref", _) => {
+            let parameter = argument.as_str().ok_or("Ref of a non-name")?;
+            Evaluated::List(parameters.get(parameter).cloned().ok_or_else(|| format!("unknown parameter {parameter}"))?)
+        }
+        ("Join", Some([separator, items])) => Evaluated::Text(list(items)?.join(&text(separator)?)),
+        ("Split", Some([separator, whole])) => {
+            Evaluated::List(text(whole)?.split(text(separator)?.as_str()).map(String::from).collect())
+        }
+        ("Sub", Some([template, variables])) => {
+            let mut out = template.as_str().ok_or("Sub template is not text")?.to_string();
+            for (key, variable) in variables.as_mapping().ok_or("Sub variables are not a map")? {
+                let key = key.as_str().ok_or("Sub variable name")?;
+                out = out.replace(&format!("${{{key}}}"), &text(variable)?);
+            }
+            Evaluated::Text(out)
+        }
+        (other, _) => return Err(format!("cannot evaluate {other}").into()),
+    })
+}
+
+/// MSK: the control-plane and data-plane statements exist only with clusters listed, and name the listed
+/// clusters, their topics (`topic/NAME/UUID/*`) and their groups (`group/NAME/UUID/*`): never `*` or another
+/// cluster's resources.
+#[test]
+fn msk_statements_name_the_clusters_topics_and_groups() -> TestResult {
+    let template = template()?;
+    let clusters = vec![
+        "arn:aws:kafka:us-east-1:123456789012:cluster/orders/751d2973-a626-431c-9d4e-d7975eb44dd7-2".to_string(),
+        "arn:aws:kafka:eu-west-1:210987654321:cluster/serverless-x/0a1b2c3d-4e5f-6789-abcd-ef0123456789-s3".to_string(),
+    ];
+    let parameters: BTreeMap<&str, Vec<String>> = [("MskClusterArns", clusters.clone())].into_iter().collect();
+    let mut found: BTreeMap<BTreeSet<String>, Vec<String>> = BTreeMap::new();
+    for statement in policy_statements(&template) {
+        let mut referenced = BTreeSet::new();
+        references(&statement.body["Resource"], &mut referenced);
+        if !referenced.contains("MskClusterArns") {
+            assert!(
+                !statement.actions().iter().any(|a| a.starts_with("kafka:") || a.starts_with("kafka-cluster:")),
+                "{}: MSK actions on resources other than the listed clusters",
+                statement.origin
+            );
+            continue;
+        }
+        let condition = statement.condition.as_deref().ok_or("MSK statement without a condition")?;
+        assert!(condition_parameters(&template, condition).contains("MskClusterArns"), "{condition}");
+        let resources = match evaluate(&statement.body["Resource"], &parameters)? {
+            Evaluated::List(items) => items,
+            Evaluated::Text(one) => vec![one],
+        };
+        found.insert(statement.actions().into_iter().map(String::from).collect(), resources);
+    }
+    let actions = |list: &[&str]| list.iter().map(|a| a.to_string()).collect::<BTreeSet<_>>();
+    let with = |kind: &str| -> Vec<String> {
+        clusters.iter().map(|arn| format!("{}/*", arn.replace(":cluster/", &format!(":{kind}/")))).collect()
+    };
+    let expected: BTreeMap<BTreeSet<String>, Vec<String>> = [
+        (actions(&["kafka:GetBootstrapBrokers", "kafka:DescribeClusterV2"]), clusters.clone()),
+        (actions(&["kafka-cluster:Connect", "kafka-cluster:DescribeClusterDynamicConfiguration"]), clusters.clone()),
+        (actions(&["kafka-cluster:DescribeTopic", "kafka-cluster:ReadData"]), with("topic")),
+        (actions(&["kafka-cluster:DescribeGroup", "kafka-cluster:AlterGroup"]), with("group")),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(found, expected);
+    assert_eq!(
+        with("topic")[0],
+        "arn:aws:kafka:us-east-1:123456789012:topic/orders/751d2973-a626-431c-9d4e-d7975eb44dd7-2/*"
+    );
+    Ok(())
+}
+
+/// The dashboard and the alarms are optional (one switch), their thresholds are parameters, and every
+/// metric they read is one the relay emits (`kafka_lambda_relay::metrics::METRIC_UNITS`).
+#[test]
+fn dashboard_and_alarms_hang_on_one_switch_and_read_metrics_the_relay_emits() -> TestResult {
+    let template = template()?;
+    let condition = &template["Conditions"]["CreateMonitoring"];
+    let (name, argument) = intrinsic(condition).ok_or("CreateMonitoring is not an intrinsic")?;
+    assert_eq!(name, "Equals");
+    assert_eq!(ref_name(&argument[0]), Some("CreateDashboardAndAlarms"));
+    let emitted: BTreeSet<&str> = kafka_lambda_relay::metrics::METRIC_UNITS.iter().map(|(n, _)| *n).collect();
+    let resources = template["Resources"].as_mapping().ok_or("no Resources")?;
+    let mut alarms = 0;
+    let mut dashboards = 0;
+    for (logical_id, resource) in resources {
+        let kind = resource["Type"].as_str().unwrap_or_default();
+        if !matches!(kind, "AWS::CloudWatch::Alarm" | "AWS::CloudWatch::Dashboard") {
+            continue;
+        }
+        assert_eq!(resource["Condition"].as_str(), Some("CreateMonitoring"), "{logical_id:?} must hang on the switch");
+        let text = serde_yaml::to_string(&resource["Properties"])?;
+        let words: BTreeSet<&str> = text.split(|c: char| !c.is_ascii_alphanumeric()).filter(|w| !w.is_empty()).collect();
+        let named: Vec<&&str> = words.iter().filter(|w| emitted.contains(**w)).collect();
+        for word in &words {
+            let group = kafka_lambda_relay::config::METRIC_GROUPS.contains(word);
+            if !group && (word.ends_with("EventCount") || word.ends_with("ErrorCount") || word.ends_with("Lag")) {
+                assert!(emitted.contains(word), "{logical_id:?} reads {word}, which the relay does not emit");
+            }
+        }
+        assert!(!named.is_empty(), "{logical_id:?} reads no metric the relay emits");
+        assert!(text.contains("KafkaLambdaRelay"), "{logical_id:?} reads another namespace");
+        if kind == "AWS::CloudWatch::Alarm" {
+            alarms += 1;
+            let threshold = ref_name(&resource["Properties"]["Threshold"]).ok_or("a threshold must be a parameter")?;
+            assert!(template["Parameters"][threshold].is_mapping(), "{threshold} is not a parameter");
+        } else {
+            dashboards += 1;
+        }
+    }
+    assert_eq!((dashboards, alarms), (1, 3));
+    Ok(())
 }

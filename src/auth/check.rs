@@ -117,6 +117,16 @@ pub async fn check_with_timeout(
     timeout: Duration,
 ) -> Result<CheckReport, CheckError> {
     let security = resolve(mapping, secrets).await?;
+    check_resolved(mapping, security, timeout).await
+}
+
+/// [`check_with_timeout`] with security settings already resolved (e.g. by
+/// [`super::resolve_with_msk`] with an explicit MSK environment).
+pub async fn check_resolved(
+    mapping: &Mapping,
+    security: KafkaSecurity,
+    timeout: Duration,
+) -> Result<CheckReport, CheckError> {
     let mapping = mapping.clone();
     // librdkafka's calls block; keep them off the async workers.
     tokio::task::spawn_blocking(move || check_blocking(&mapping, &security, timeout))
@@ -125,7 +135,7 @@ pub async fn check_with_timeout(
 }
 
 fn check_blocking(mapping: &Mapping, security: &KafkaSecurity, timeout: Duration) -> Result<CheckReport, CheckError> {
-    let bootstrap_servers = mapping.bootstrap_servers().join(",");
+    let bootstrap_servers = security.bootstrap_servers_for(mapping);
     let group = mapping.consumer_group_id();
     let diagnostics = Arc::new(ConnectionDiagnostics::new(security, mapping));
     let timeout_ms = timeout.as_millis().max(1000).to_string();
@@ -141,6 +151,8 @@ fn check_blocking(mapping: &Mapping, security: &KafkaSecurity, timeout: Duration
     let consumer: BaseConsumer<DiagnosingContext> = config
         .create_with_context(DiagnosingContext::new(diagnostics.clone()))
         .map_err(|error| diagnostics.creation_error(&error))?;
+    // Before the first metadata request: nothing polls this consumer until then.
+    super::msk::set_initial_token(consumer.client(), diagnostics.msk_iam())?;
 
     let deadline = Instant::now() + timeout;
     let waiter = Waiter {

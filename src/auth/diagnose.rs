@@ -85,6 +85,8 @@ pub struct ConnectionDiagnostics {
     /// Secret values to strip from librdkafka text (kept only for redaction).
     redactions: Vec<String>,
     observed: Mutex<Observed>,
+    /// The OAUTHBEARER token source of an MSK mapping using IAM, for the client context's token refresh.
+    msk_iam: Option<Arc<super::msk::MskIamAuth>>,
 }
 
 impl std::fmt::Debug for ConnectionDiagnostics {
@@ -108,6 +110,22 @@ impl ConnectionDiagnostics {
             redactions: security.secret_fragments(),
             security: security.clone(),
             observed: Mutex::new(Observed::default()),
+            msk_iam: security.msk_iam().cloned(),
+        }
+    }
+
+    /// The MSK IAM token source when the mapping authenticates with IAM: a client context's
+    /// `generate_oauth_token` answers from it (as [`DiagnosingContext`] does), and
+    /// [`super::msk::set_initial_token`] sets the first token right after the client is created.
+    pub fn msk_iam(&self) -> Option<&super::msk::MskIamAuth> {
+        self.msk_iam.as_deref()
+    }
+
+    /// An OAUTHBEARER token for librdkafka's refresh (synchronous, never blocks; see [`super::msk`]).
+    pub fn oauth_token(&self) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        match &self.msk_iam {
+            Some(auth) => auth.oauth_token(),
+            None => Err("no OAUTHBEARER token source: only MSK mappings authenticating with IAM use OAUTHBEARER".into()),
         }
     }
 
@@ -252,6 +270,22 @@ fn classify(subject: &Subject, code: Option<RDKafkaErrorCode>, text: &str) -> Op
         _ if has("cluster authorization failed") || has("cluster_authorization_failed") => Some("cluster"),
         _ => None,
     };
+    if let (Some(resource), Some(iam)) = (authz, &security.msk_iam) {
+        let actions = match resource {
+            "topic" => "kafka-cluster:DescribeTopic and kafka-cluster:ReadData on the topic ARN(s)",
+            "group" => "kafka-cluster:DescribeGroup and kafka-cluster:AlterGroup on the group ARN",
+            _ => "kafka-cluster:Connect and kafka-cluster:DescribeClusterDynamicConfiguration on the cluster ARN",
+        };
+        return Some(Finding::settled(
+            Rank::Specific,
+            AuthError::authz(format!(
+                "Cluster failed to authorize Lambda: {resource} authorization failed for the function's IAM role on MSK cluster {:?}; allow {actions} in the role's policy (topics {}, consumer group {:?}; template parameter MskClusterArns) ({detail})",
+                iam.cluster_arn,
+                subject.topics.join(", "),
+                subject.group
+            )),
+        ));
+    }
     if let Some(resource) = authz {
         let principal = match (&security.sasl, &security.client_certificate_arn) {
             (Some(sasl), _) => format!("user {:?}", sasl.username),
@@ -283,6 +317,34 @@ fn classify(subject: &Subject, code: Option<RDKafkaErrorCode>, text: &str) -> Op
             || has("sasl authentication error")
             || has("sasl authentication failed")
             || has("invalid credentials");
+    if let (true, Some(iam)) = (sasl_failed, &security.msk_iam) {
+        // librdkafka's text when generate_oauth_token failed: no token was sent, nothing was rejected.
+        if has("failed to acquire sasl oauthbearer token") {
+            return Some(Finding::settled(
+                Rank::Specific,
+                AuthError::authn(format!(
+                    "SASL authentication failed: the relay could not sign an MSK IAM token for cluster {:?}; check that the function's execution role credentials can be loaded and are not expired ({detail})",
+                    iam.cluster_arn
+                )),
+            ));
+        }
+        if has("access denied") || has("not authorized") || has("accessdenied") {
+            return Some(Finding::settled(
+                Rank::Specific,
+                AuthError::authz(format!(
+                    "Cluster failed to authorize Lambda: {broker} accepted the IAM signature but the function's role may not connect to MSK cluster {:?}; allow kafka-cluster:Connect on the cluster ARN in the role's policy ({detail})",
+                    iam.cluster_arn
+                )),
+            ));
+        }
+        return Some(Finding::settled(
+            Rank::Specific,
+            AuthError::authn(format!(
+                "SASL authentication failed: {broker} rejected the MSK IAM token (SASL/OAUTHBEARER, signed for region {:?}); check that IAM access control is on for cluster {:?}, that the function's role credentials are valid and the clock is right ({detail})",
+                iam.region, iam.cluster_arn
+            )),
+        ));
+    }
     if sasl_failed {
         let fix = match &security.sasl {
             Some(sasl) => format!(
@@ -496,6 +558,16 @@ impl DiagnosingContext {
 }
 
 impl ClientContext for DiagnosingContext {
+    /// MSK IAM mappings authenticate with SASL/OAUTHBEARER; for every other client librdkafka never asks.
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        _oauthbearer_config: Option<&str>,
+    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        self.diagnostics.oauth_token()
+    }
+
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         self.diagnostics.record_log(level, facility, message);
         let message = redact_with(&self.diagnostics.redactions, message);
@@ -561,6 +633,79 @@ mod tests {
         ]);
         let security = resolve(&m, &source).await.expect("resolves");
         ConnectionDiagnostics::new(&security, &m)
+    }
+
+    fn msk_iam_diagnostics() -> ConnectionDiagnostics {
+        let m: Mapping = serde_json::from_value(serde_json::json!({
+            "FunctionName": "target",
+            "Topics": ["orders"],
+            "StartingPosition": "LATEST",
+            "EventSourceArn": MSK_ARN,
+            "AmazonManagedKafkaEventSourceConfig": {"ConsumerGroupId": "orders-relay"}
+        }))
+        .expect("mapping");
+        ConnectionDiagnostics::new(&KafkaSecurity::msk_iam_for_tests(MSK_ARN, "us-east-1"), &m)
+    }
+
+    const MSK_ARN: &str = "arn:aws:kafka:us-east-1:123456789012:cluster/orders/751d2973-a626-431c-9d4e-d7975eb44dd7-2";
+    const TOKEN: &str = "aHR0cHM6Ly9rYWZrYS51cy1lYXN0LTEuYW1hem9uYXdzLmNvbS8_QWN0aW9uPWthZmthLWNsdXN0ZXIlM0FDb25uZWN0";
+
+    #[test]
+    fn rejected_msk_iam_token_is_authn_naming_cluster_and_region_without_the_token() {
+        let d = msk_iam_diagnostics();
+        d.record(
+            &KafkaError::Global(RDKafkaErrorCode::Authentication),
+            &format!("sasl_ssl://b-1.orders.kafka.us-east-1.amazonaws.com:9098/bootstrap: SASL authentication error: [f00] Invalid authentication payload {TOKEN} (after 3ms in state AUTH_REQ)"),
+        );
+        let error = d.diagnose().expect("diagnosed");
+        assert_eq!(error.code, ErrorCode::EventSourceAuthnError);
+        assert!(
+            error.sentence.starts_with("SASL authentication failed: broker b-1.orders.kafka.us-east-1.amazonaws.com:9098 rejected the MSK IAM token (SASL/OAUTHBEARER, signed for region \"us-east-1\")"),
+            "{error}"
+        );
+        assert!(error.sentence.contains(MSK_ARN), "{error}");
+        assert!(!error.sentence.contains(TOKEN), "{error}");
+    }
+
+    #[test]
+    fn unsigned_msk_iam_token_is_authn_about_the_roles_credentials() {
+        let d = msk_iam_diagnostics();
+        d.record(
+            &KafkaError::Global(RDKafkaErrorCode::Authentication),
+            "Failed to acquire SASL OAUTHBEARER token: the function's AWS credentials expire at Unix time 1700000000; a refresh has been started",
+        );
+        let error = d.diagnose().expect("diagnosed");
+        assert_eq!(error.code, ErrorCode::EventSourceAuthnError);
+        assert!(error.sentence.contains("could not sign an MSK IAM token"), "{error}");
+        assert!(error.sentence.contains("execution role credentials"), "{error}");
+    }
+
+    #[test]
+    fn msk_access_denied_is_authz_naming_kafka_cluster_connect() {
+        let d = msk_iam_diagnostics();
+        d.record(
+            &KafkaError::Global(RDKafkaErrorCode::Authentication),
+            "sasl_ssl://b-1:9098/bootstrap: SASL authentication error: [1a2b] Access denied (after 5ms in state AUTH_REQ)",
+        );
+        let error = d.diagnose().expect("diagnosed");
+        assert_eq!(error.code, ErrorCode::EventSourceAuthzError);
+        assert!(error.sentence.contains("allow kafka-cluster:Connect on the cluster ARN"), "{error}");
+    }
+
+    #[test]
+    fn msk_topic_and_group_refusals_name_the_kafka_cluster_actions() {
+        for (code, actions) in [
+            (RDKafkaErrorCode::TopicAuthorizationFailed, "kafka-cluster:DescribeTopic and kafka-cluster:ReadData"),
+            (RDKafkaErrorCode::GroupAuthorizationFailed, "kafka-cluster:DescribeGroup and kafka-cluster:AlterGroup"),
+        ] {
+            let d = msk_iam_diagnostics();
+            d.record(&KafkaError::Global(code), "");
+            let error = d.diagnose().expect("diagnosed");
+            assert_eq!(error.code, ErrorCode::EventSourceAuthzError);
+            assert!(error.sentence.contains(actions), "{error}");
+            assert!(error.sentence.contains("function's IAM role") && error.sentence.contains(MSK_ARN), "{error}");
+            assert!(error.sentence.contains("\"orders-relay\""), "{error}");
+        }
     }
 
     #[tokio::test]

@@ -21,19 +21,24 @@
 //! - Secrets Manager refusing access (`AccessDeniedException`, KMS `DecryptionFailure`) is reported as
 //!   `ESM_CONFIG_NOT_VALID`: the fix is in the relay's own configuration (its role's policy or the key
 //!   policy), not in the cluster; the sentence names the permission to add.
+//! - An MSK mapping (`EventSourceArn`) without SASL or client-certificate types authenticates with IAM
+//!   (SASL_SSL + OAUTHBEARER, [`msk`]), and one without endpoints gets its brokers from
+//!   `kafka:GetBootstrapBrokers`, as in AWS. Its tokens are redacted by shape wherever librdkafka text goes.
 
 mod check;
 mod diagnose;
+pub mod msk;
 mod secrets;
 mod security;
 
 
 use serde::Serialize;
 
-pub use check::{check, check_with_timeout, CheckError, CheckReport, PartitionReport, TopicReport, CHECK_TIMEOUT};
+pub use check::{check, check_resolved, check_with_timeout, CheckError, CheckReport, PartitionReport, TopicReport, CHECK_TIMEOUT};
 pub use diagnose::{ConnectionDiagnostics, DiagnosingContext, PROBE_TIMEOUT};
 pub use secrets::{SecretError, SecretSource, SecretsManagerSource};
-pub use security::{resolve, validate, KafkaSecurity};
+pub(crate) use secrets::SecretFields;
+pub use security::{resolve, resolve_with_msk, validate, KafkaSecurity};
 
 pub use crate::error::ErrorCode;
 

@@ -182,6 +182,12 @@ impl<'a> SecretFields<'a> {
         match self.object.get(name) {
             None | Some(serde_json::Value::Null) => Ok(None),
             Some(serde_json::Value::String(text)) if text.is_empty() => Ok(None),
+            // librdkafka takes settings as C strings: a NUL would make the client fail to start with an
+            // error that says nothing about the secret.
+            Some(serde_json::Value::String(text)) if text.contains('\0') => Err(AuthError::config(format!(
+                "field {name:?} of secret {:?} for {} contains a NUL character; expected {}",
+                self.arn, self.kind, self.expected
+            ))),
             Some(serde_json::Value::String(text)) => Ok(Some(text.clone())),
             Some(other) => Err(AuthError::config(format!(
                 "field {name:?} of secret {:?} for {} is a JSON {}, not a string; expected {}",
@@ -290,5 +296,18 @@ mod tests {
                 "ESM_CONFIG_NOT_VALID: secret {ARN:?} does not exist in Secrets Manager (ResourceNotFoundException)"
             )
         );
+    }
+
+    #[test]
+    fn a_nul_character_in_a_field_is_refused_without_content() -> Result<(), AuthError> {
+        let fields =
+            SecretFields::parse(ARN, "BASIC_AUTH", SHAPE, r#"{"username": "alice", "password": "hun\u0000ter2"}"#)?;
+        let error = fields.required("password").unwrap_err();
+        assert_eq!(error.code, ErrorCode::EsmConfigNotValid);
+        assert_eq!(
+            error.sentence,
+            format!("field \"password\" of secret {ARN:?} for BASIC_AUTH contains a NUL character; expected {SHAPE}")
+        );
+        Ok(())
     }
 }

@@ -1,10 +1,12 @@
 //! From `SourceAccessConfigurations` and their secrets to librdkafka settings.
 
 use std::fmt;
+use std::sync::Arc;
 
 use rdkafka::ClientConfig;
 
 use super::secrets::{SecretFields, SecretSource};
+use super::msk::{MskEnvironment, MskIamAuth};
 use super::{AccessType, AuthError};
 use crate::config::Mapping;
 
@@ -63,6 +65,17 @@ pub(crate) struct SecurityContext {
     pub(crate) client_certificate_arn: Option<String>,
     /// The `SERVER_ROOT_CA_CERTIFICATE` secret ARN, if any.
     pub(crate) root_ca_arn: Option<String>,
+    /// MSK IAM authentication: the cluster ARN and the region tokens are signed for.
+    pub(crate) msk_iam: Option<MskIamContext>,
+}
+
+/// An MSK mapping authenticating with IAM, for diagnosis sentences.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MskIamContext {
+    /// The cluster ARN (`EventSourceArn`).
+    pub(crate) cluster_arn: String,
+    /// The cluster's region.
+    pub(crate) region: String,
 }
 
 /// librdkafka security settings for one mapping: `security.protocol`, SASL and TLS keys.
@@ -75,14 +88,24 @@ pub struct KafkaSecurity {
     protocol: &'static str,
     settings: Vec<(&'static str, Value)>,
     pub(crate) context: SecurityContext,
+    /// Bootstrap brokers looked up from an MSK cluster ARN (`kafka:GetBootstrapBrokers`).
+    bootstrap: Option<String>,
+    /// The OAUTHBEARER token source of an MSK mapping using IAM.
+    pub(crate) msk_iam: Option<Arc<MskIamAuth>>,
 }
 
 impl fmt::Debug for KafkaSecurity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut map = f.debug_map();
         map.entry(&"security.protocol", &self.protocol);
+        if let Some(bootstrap) = &self.bootstrap {
+            map.entry(&"bootstrap.servers", bootstrap);
+        }
         for (key, value) in &self.settings {
             map.entry(key, value);
+        }
+        if let Some(iam) = &self.msk_iam {
+            map.entry(&"oauthbearer token", &format_args!("<MSK IAM, region {}>", iam.region()));
         }
         map.finish()
     }
@@ -91,13 +114,25 @@ impl fmt::Debug for KafkaSecurity {
 impl KafkaSecurity {
     /// No TLS, no SASL: for a mapping without `SourceAccessConfigurations`.
     pub fn plaintext() -> Self {
-        Self { protocol: "plaintext", settings: Vec::new(), context: SecurityContext::default() }
+        Self {
+            protocol: "plaintext",
+            settings: Vec::new(),
+            context: SecurityContext::default(),
+            bootstrap: None,
+            msk_iam: None,
+        }
     }
 
     /// Puts the settings on `config`, replacing any earlier value of the same keys (so a `security.protocol`
     /// set before cannot downgrade the connection).
+    ///
+    /// For an MSK mapping whose brokers were looked up, this also sets `bootstrap.servers` (so callers that
+    /// built the configuration from the mapping's empty endpoint list get the cluster's brokers).
     pub fn apply(&self, config: &mut ClientConfig) {
         config.set("security.protocol", self.protocol);
+        if let Some(bootstrap) = &self.bootstrap {
+            config.set("bootstrap.servers", bootstrap);
+        }
         for (key, value) in &self.settings {
             config.set(*key, value.as_str());
         }
@@ -108,15 +143,36 @@ impl KafkaSecurity {
         self.protocol
     }
 
-    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512` when SASL is configured.
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512` when SASL is configured, `OAUTHBEARER` for MSK IAM.
     pub fn sasl_mechanism(&self) -> Option<&'static str> {
-        self.context.sasl.as_ref().map(|sasl| sasl.mechanism)
+        match &self.context.sasl {
+            Some(sasl) => Some(sasl.mechanism),
+            None => self.msk_iam.as_ref().map(|_| "OAUTHBEARER"),
+        }
+    }
+
+    /// The bootstrap brokers looked up from the MSK cluster ARN, when the mapping lists none.
+    pub fn bootstrap_servers(&self) -> Option<&str> {
+        self.bootstrap.as_deref()
+    }
+
+    /// The bootstrap servers a client of `mapping` connects to: the looked-up ones, else the mapping's.
+    pub fn bootstrap_servers_for(&self, mapping: &Mapping) -> String {
+        self.bootstrap.clone().unwrap_or_else(|| mapping.bootstrap_servers().join(","))
+    }
+
+    /// The MSK IAM token source, when the mapping authenticates with IAM.
+    pub fn msk_iam(&self) -> Option<&Arc<MskIamAuth>> {
+        self.msk_iam.as_ref()
     }
 
     /// The value librdkafka will use for `key`, unless it is secret (then `None`, as for absent keys).
     pub fn public_setting(&self, key: &str) -> Option<&str> {
         if key == "security.protocol" {
             return Some(self.protocol);
+        }
+        if key == "bootstrap.servers" && self.bootstrap.is_some() {
+            return self.bootstrap.as_deref();
         }
         self.settings.iter().find(|(k, _)| *k == key).and_then(|(_, value)| match value {
             Value::Secret(_) => None,
@@ -153,8 +209,21 @@ impl KafkaSecurity {
     }
 }
 
+impl KafkaSecurity {
+    /// An MSK IAM mapping's settings without a token source, for diagnosis tests.
+    #[cfg(test)]
+    pub(crate) fn msk_iam_for_tests(cluster_arn: &str, region: &str) -> Self {
+        let mut security = Self { protocol: "sasl_ssl", ..Self::plaintext() };
+        security.settings.push(("sasl.mechanism", Value::Text("OAUTHBEARER".into())));
+        security.context.msk_iam =
+            Some(MskIamContext { cluster_arn: cluster_arn.to_string(), region: region.to_string() });
+        security
+    }
+}
+
 pub(crate) fn redact_with(fragments: &[String], text: &str) -> String {
-    let mut out = text.to_string();
+    // MSK IAM tokens are made while the client runs, so they are recognized by shape, not listed.
+    let mut out = super::msk::redact_tokens(text);
     for fragment in fragments {
         if out.contains(fragment.as_str()) {
             out = out.replace(fragment.as_str(), "<redacted>");
@@ -170,6 +239,8 @@ struct Plan<'a> {
     sasl: Option<(AccessType, &'static str, &'a str)>,
     client_certificate: Option<&'a str>,
     root_ca: Option<&'a str>,
+    /// An MSK mapping without SASL or client-certificate types: IAM (SASL/OAUTHBEARER), as in AWS.
+    msk_iam: bool,
 }
 
 impl<'a> Plan<'a> {
@@ -207,13 +278,20 @@ impl<'a> Plan<'a> {
                 )));
             }
         }
-        let protocol = match (sasl.is_some(), client_certificate.is_some() || root_ca.is_some()) {
+        // AWS: an MSK mapping without SASL/SCRAM or mTLS access configurations authenticates with IAM.
+        let msk_iam = mapping.is_msk() && sasl.is_none() && client_certificate.is_none();
+        let protocol = match (sasl.is_some() || msk_iam, client_certificate.is_some() || root_ca.is_some()) {
             (true, _) => "sasl_ssl",
             (false, true) => "ssl",
             (false, false) => "plaintext",
         };
-        refuse_protocol_prefixes(mapping, protocol, sasl.map(|(_, kind, _)| kind))?;
-        Ok(Self { protocol, sasl, client_certificate, root_ca })
+        let sasl_kind = match sasl {
+            Some((_, kind, _)) => Some(kind),
+            None if msk_iam => Some("MSK IAM authentication"),
+            None => None,
+        };
+        refuse_protocol_prefixes(mapping, protocol, sasl_kind)?;
+        Ok(Self { protocol, sasl, client_certificate, root_ca, msk_iam })
     }
 }
 
@@ -230,9 +308,57 @@ pub fn validate(mapping: &Mapping) -> Result<(), AuthError> {
 /// not the documented JSON or lacks a field, or an encrypted key without `privateKeyPassword`;
 /// `EVENT_SOURCE_AUTHN_ERROR` when a certificate or key is not PEM (AWS: "Provided certificate or private
 /// key is invalid").
+///
+/// An MSK mapping (`EventSourceArn` of a cluster) also gets, through the process-wide
+/// [`MskEnvironment::shared`]: its bootstrap brokers from `kafka:GetBootstrapBrokers` when it lists none, and
+/// IAM authentication (SASL/OAUTHBEARER, tokens from the function's credentials) when it has no SASL or
+/// client-certificate type. See [`resolve_with_msk`] for the errors.
 pub async fn resolve(mapping: &Mapping, secrets: &dyn SecretSource) -> Result<KafkaSecurity, AuthError> {
-    let Plan { protocol, sasl, client_certificate, root_ca } = Plan::of(mapping)?;
-    let mut security = KafkaSecurity { protocol, settings: Vec::new(), context: SecurityContext::default() };
+    if mapping.is_msk() {
+        return resolve_with_msk(mapping, secrets, MskEnvironment::shared().await).await;
+    }
+    resolve_secrets(mapping, secrets).await
+}
+
+/// [`resolve`] with an explicit MSK environment (control-plane client and credentials provider).
+///
+/// MSK errors: those of [`super::msk::bootstrap_brokers`]; `EVENT_SOURCE_AUTHN_ERROR` when no AWS
+/// credentials can be loaded for IAM.
+pub async fn resolve_with_msk(
+    mapping: &Mapping,
+    secrets: &dyn SecretSource,
+    msk: &MskEnvironment,
+) -> Result<KafkaSecurity, AuthError> {
+    let mut security = resolve_secrets(mapping, secrets).await?;
+    let Some(arn) = mapping.event_source_arn.as_deref().filter(|_| mapping.is_msk()) else {
+        return Ok(security);
+    };
+    let region = super::msk::cluster_region(arn)
+        .ok_or_else(|| AuthError::config(format!("EventSourceArn {arn:?} names no region")))?;
+    if mapping.bootstrap_servers().is_empty() {
+        let client = msk.kafka_client(region);
+        let brokers = super::msk::bootstrap_brokers(
+            &client,
+            arn,
+            super::msk::msk_auth_of(mapping),
+            mapping.msk_connectivity.unwrap_or_default(),
+        )
+        .await?;
+        security.bootstrap = Some(brokers);
+    }
+    if Plan::of(mapping)?.msk_iam {
+        let auth = MskIamAuth::start(msk.credentials_provider()?, region).await?;
+        security.settings.push(("sasl.mechanism", Value::Text("OAUTHBEARER".into())));
+        security.msk_iam = Some(Arc::new(auth));
+        security.context.msk_iam = Some(MskIamContext { cluster_arn: arn.to_string(), region: region.to_string() });
+    }
+    Ok(security)
+}
+
+/// The `SourceAccessConfigurations` part of [`resolve`]: secrets → settings.
+async fn resolve_secrets(mapping: &Mapping, secrets: &dyn SecretSource) -> Result<KafkaSecurity, AuthError> {
+    let Plan { protocol, sasl, client_certificate, root_ca, msk_iam: _ } = Plan::of(mapping)?;
+    let mut security = KafkaSecurity { protocol, ..KafkaSecurity::plaintext() };
     if protocol != "plaintext" {
         // Both are librdkafka defaults today; set anyway so a changed default cannot turn verification off.
         security.settings.push(("enable.ssl.certificate.verification", Value::Text("true".into())));
@@ -760,7 +886,7 @@ pub(crate) mod tests {
         let security = KafkaSecurity {
             protocol: "sasl_ssl",
             settings: vec![("sasl.password", Value::Secret(PASSWORD.into())), ("ssl.key.pem", Value::Secret(key))],
-            context: SecurityContext::default(),
+            ..KafkaSecurity::plaintext()
         };
         assert_eq!(security.redact(&format!("bad password {PASSWORD}!")), "bad password <redacted>!");
         // A truncated key still loses its lines.

@@ -43,6 +43,12 @@ pub enum Condition {
     RetryAttemptsExhausted,
     /// A single record whose event alone exceeds 6 MB.
     MaximumPayloadSizeExceeded,
+    /// Schema registry decoding: the registry has no schema with the record's id (never invoked).
+    #[serde(rename = "SCHEMA_NOT_FOUND")]
+    SchemaNotFound,
+    /// Schema registry decoding: the record's bytes do not decode or validate (never invoked).
+    #[serde(rename = "DESERIALIZATION_ERROR")]
+    DeserializationError,
 }
 
 impl Condition {
@@ -51,7 +57,14 @@ impl Condition {
         match self {
             Condition::RetryAttemptsExhausted => "RetryAttemptsExhausted",
             Condition::MaximumPayloadSizeExceeded => "MaximumPayloadSizeExceeded",
+            Condition::SchemaNotFound => "SCHEMA_NOT_FOUND",
+            Condition::DeserializationError => "DESERIALIZATION_ERROR",
         }
+    }
+
+    /// Whether records given up this way were never invoked (so there is no response to report).
+    pub fn uninvoked(self) -> bool {
+        !matches!(self, Condition::RetryAttemptsExhausted)
     }
 }
 

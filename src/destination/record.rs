@@ -54,9 +54,10 @@ pub struct RequestContext {
 pub struct KafkaBatchInfo {
     /// Records in the batch.
     pub batch_size: usize,
-    /// The MSK cluster ARN. Self-managed clusters have no ARN, so the field is omitted rather than written
-    /// as `null` or a made-up value: consumers that read it only ever see a real ARN.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The MSK cluster ARN; `null` for a self-managed cluster, which has no ARN. The key is always written,
+    /// as on AWS's page for self-managed Kafka destinations, so consumers that parse the record with a fixed
+    /// schema find it; `null` rather than a made-up ARN, so a value is always a real cluster.
+    #[serde(default)]
     pub event_source_arn: Option<String>,
     /// Comma-separated bootstrap servers.
     pub bootstrap_servers: String,
@@ -137,10 +138,7 @@ impl FailureRecord {
                 condition: given_up.condition,
                 approximate_invoke_count: given_up.approximate_invoke_count,
             },
-            response_context: match given_up.condition {
-                Condition::MaximumPayloadSizeExceeded => None,
-                Condition::RetryAttemptsExhausted => given_up.response.clone(),
-            },
+            response_context: if given_up.condition.uninvoked() { None } else { given_up.response.clone() },
             version: "1.0".to_string(),
             timestamp: rfc3339_millis(now),
             kafka_batch_info: KafkaBatchInfo {
@@ -396,6 +394,23 @@ mod tests {
         Ok(())
     }
 
+    /// AWS sends a record its schema registry cannot decode to the destination with the reason code
+    /// `SCHEMA_NOT_FOUND` / `DESERIALIZATION_ERROR`; it was never invoked, so there is no response.
+    #[test]
+    fn undecodable_records_carry_awss_reason_code_and_no_response() -> Result<(), Box<dyn std::error::Error>> {
+        let records = fixture_records();
+        for (condition, code) in
+            [(Condition::SchemaNotFound, "SCHEMA_NOT_FOUND"), (Condition::DeserializationError, "DESERIALIZATION_ERROR")]
+        {
+            let value = serde_json::to_value(build(&given_up(&records, b"{}", condition), false))?;
+            assert_eq!(value["requestContext"]["condition"], code);
+            assert_eq!(value["responseContext"], serde_json::Value::Null);
+            let parsed: FailureRecord = serde_json::from_value(value)?;
+            assert_eq!(parsed.request_context.condition, condition);
+        }
+        Ok(())
+    }
+
     #[test]
     fn field_order_is_aws_order() -> Result<(), Box<dyn std::error::Error>> {
         let records = fixture_records();
@@ -435,12 +450,26 @@ mod tests {
     }
 
     #[test]
-    fn self_managed_record_omits_event_source_arn() -> Result<(), Box<dyn std::error::Error>> {
+    fn self_managed_record_writes_event_source_arn_as_null() -> Result<(), Box<dyn std::error::Error>> {
         let records = fixture_records();
         let mut given_up = given_up(&records, b"{}", Condition::RetryAttemptsExhausted);
         given_up.event_source_arn = None;
         let ours = serde_json::to_value(build(&given_up, false))?;
-        assert_eq!(ours["KafkaBatchInfo"].get("eventSourceArn"), None);
+        // The key is present (a fixed-schema consumer finds it) and null (no made-up ARN).
+        assert_eq!(ours["KafkaBatchInfo"].get("eventSourceArn"), Some(&Value::Null));
+        let keys: Vec<&str> =
+            ours["KafkaBatchInfo"].as_object().ok_or("an object")?.keys().map(String::as_str).collect();
+        let fixture_keys: Vec<String> = fixture("failure-record-sqs-sns.json")["KafkaBatchInfo"]
+            .as_object()
+            .ok_or("an object")?
+            .keys()
+            .cloned()
+            .collect();
+        assert_eq!(keys, fixture_keys, "the same keys as AWS's record");
+        // A record written before this change (no key) still parses.
+        let mut old = ours.clone();
+        old["KafkaBatchInfo"].as_object_mut().ok_or("an object")?.remove("eventSourceArn");
+        assert_eq!(serde_json::from_value::<FailureRecord>(old)?.kafka_batch_info.event_source_arn, None);
         Ok(())
     }
 

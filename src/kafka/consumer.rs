@@ -2,8 +2,15 @@
 //!
 //! Offsets are never auto-committed or auto-stored: the relay commits explicitly what
 //! [`crate::commit::OffsetTracker`] allows. `StartingPosition` applies only to partitions without a
-//! committed offset: LATEST and TRIM_HORIZON through `auto.offset.reset`, AT_TIMESTAMP by looking the
-//! offsets up when the partitions are assigned.
+//! committed offset: TRIM_HORIZON through `auto.offset.reset`, LATEST and AT_TIMESTAMP by looking the
+//! offsets up (`ListOffsets`) when the partitions are assigned.
+//!
+//! Rule enforced in [`RelayContext`]'s assignment: **a LATEST or AT_TIMESTAMP partition is consumed only from
+//! a starting offset the relay resolved itself** (and the run commits that offset, so the next run starts
+//! there). The lookup is retried with backoff; a partition whose start is still unknown is left out of the
+//! consumer's assignment, so librdkafka never fetches it (its reset policy would silently start at the log
+//! end, and records produced between two runs would be skipped), and is reported through
+//! [`AssignedPartition::unresolved_start`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +31,21 @@ use crate::kafka::PartitionKey;
 /// How long broker round trips made inside the rebalance callback may take.
 const GROUP_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Partitions per OffsetFetch or ListOffsets request made in the rebalance callback. librdkafka matches a
+/// response's partitions against its request list one by one, so one request's cost grows with the square
+/// of its size: measured on the mock cluster, ListOffsets for 10,000 partitions in one request took 6.8 s and
+/// for 20,000 about 25 s, longer than the session timeout (the member was evicted and the group rebalanced
+/// again, issue 13). In requests of this size the whole lookup stays linear.
+const LOOKUP_CHUNK: usize = 500;
+
+/// One partition's committed offset and metadata, as the group answered.
+struct Committed {
+    topic: String,
+    partition: i32,
+    offset: Offset,
+    metadata: String,
+}
+
 /// A partition handed to this consumer, with what the group remembers of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AssignedPartition {
@@ -37,6 +59,49 @@ pub struct AssignedPartition {
     /// (LATEST, AT_TIMESTAMP): committed at the end of the run even if no record arrives, so records
     /// produced before the next run are not skipped by another LATEST start.
     pub start: Option<i64>,
+    /// Why the starting offset of this LATEST or AT_TIMESTAMP partition without a committed offset could not
+    /// be resolved (after retries). Such a partition is not in the consumer's assignment: nothing of it is
+    /// fetched, delivered or committed in this run, and the mapping must report it as failing.
+    pub unresolved_start: Option<String>,
+}
+
+/// How the starting offsets of partitions without a committed offset are looked up when partitions are
+/// assigned: `attempts` tries of the group's committed offsets and of `ListOffsets`, waiting
+/// `initial_backoff`, doubled after each failure, all within `budget` (the lookup runs inside the rebalance
+/// callback, where it holds up polling).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartLookup {
+    /// Tries in all, the first included.
+    pub attempts: u32,
+    /// The wait after the first failure; doubled after each later one.
+    pub initial_backoff: Duration,
+    /// Upper bound on one assignment's lookups, waits included.
+    pub budget: Duration,
+}
+
+impl Default for StartLookup {
+    /// Five tries with about 3 s of waits in all, within the 10 s one broker round trip may take.
+    fn default() -> Self {
+        Self { attempts: 5, initial_backoff: Duration::from_millis(200), budget: GROUP_CALL_TIMEOUT }
+    }
+}
+
+impl StartLookup {
+    /// The wait before try number `attempt` (0-based); `None` when no try is left or the wait would end
+    /// past `deadline`.
+    fn wait_before(&self, attempt: u32, deadline: Instant) -> Option<Duration> {
+        if attempt >= self.attempts {
+            return None;
+        }
+        let wait =
+            if attempt == 0 { Duration::ZERO } else { self.initial_backoff.saturating_mul(1 << (attempt - 1).min(16)) };
+        (Instant::now() + wait < deadline).then_some(wait)
+    }
+
+    /// The timeout of one broker round trip starting now.
+    fn call_timeout(deadline: Instant) -> Duration {
+        deadline.saturating_duration_since(Instant::now()).clamp(Duration::from_millis(100), GROUP_CALL_TIMEOUT)
+    }
 }
 
 /// A change of the group's assignment, seen by the relay loop after a poll.
@@ -139,6 +204,7 @@ impl InFlight {
 pub struct RelayContext {
     starting_position: StartingPosition,
     starting_timestamp_ms: Option<i64>,
+    start_lookup: StartLookup,
     events: Mutex<Vec<GroupEvent>>,
     /// What may be committed now, per partition, with its metadata; kept current by the relay loop so a
     /// revocation commits progress before the partitions move to another consumer.
@@ -154,6 +220,9 @@ pub struct RelayContext {
     last_change: Mutex<Instant>,
     /// Whether the group is rebalancing (from librdkafka's statistics: the join state is not steady).
     rebalancing: AtomicBool,
+    /// Client errors reported by librdkafka's error callback (a broker gone, a transport failure) since
+    /// the driver last took them: they count as `PollingErrorCount`.
+    client_errors: std::sync::atomic::AtomicU64,
 }
 
 /// What the group answered to a commit made off the run's loop.
@@ -175,6 +244,7 @@ impl RelayContext {
         Self {
             starting_position,
             starting_timestamp_ms,
+            start_lookup: StartLookup::default(),
             events: Mutex::new(Vec::new()),
             committable: Mutex::new(BTreeMap::new()),
             diagnosing: crate::auth::DiagnosingContext::new(diagnostics),
@@ -182,7 +252,14 @@ impl RelayContext {
             revoke_wait: Mutex::new(Duration::from_secs(30)),
             last_change: Mutex::new(Instant::now()),
             rebalancing: AtomicBool::new(false),
+            client_errors: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// The same context with `lookup` as its starting-offset lookup policy.
+    pub fn with_start_lookup(mut self, lookup: StartLookup) -> Self {
+        self.start_lookup = lookup;
+        self
     }
 
     /// Partitions held by delivery jobs (jobs register there; revocations wait on it).
@@ -214,6 +291,11 @@ impl RelayContext {
         self.diagnosing.diagnostics()
     }
 
+    /// Client errors since the last call (`PollingErrorCount`).
+    pub fn take_client_errors(&self) -> u64 {
+        self.client_errors.swap(0, std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Assignment changes since the last call.
     pub fn take_events(&self) -> Vec<GroupEvent> {
         std::mem::take(&mut *self.events.lock().expect("events lock"))
@@ -230,50 +312,68 @@ impl RelayContext {
     }
 
     fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
-        let committed = consumer.committed_offsets(tpl.clone(), GROUP_CALL_TIMEOUT);
+        let deadline = Instant::now() + self.start_lookup.budget;
+        let resolves_starts = self.starting_position != StartingPosition::TrimHorizon;
         let mut assigned = Vec::new();
         let mut without_offset = TopicPartitionList::new();
-        match &committed {
+        // Partition → why its start is unknown.
+        let mut unresolved: BTreeMap<(String, i32), String> = BTreeMap::new();
+        match self.committed_offsets(consumer, tpl, deadline) {
             Ok(list) => {
-                for element in list.elements() {
-                    let key = PartitionKey::new(element.topic(), element.partition());
-                    let offset = match element.offset() {
+                for element in list {
+                    let key = PartitionKey::new(element.topic.as_str(), element.partition);
+                    let offset = match element.offset {
                         Offset::Offset(n) if n >= 0 => Some(n),
                         _ => None,
                     };
-                    let retry = offset.and(RetryState::decode(element.metadata())).filter(|r| Some(r.offset) == offset);
+                    let retry = offset.and(RetryState::decode(&element.metadata)).filter(|r| Some(r.offset) == offset);
                     if let Some(n) = offset {
                         // Start exactly where the group left off.
-                        let _ = tpl.set_partition_offset(element.topic(), element.partition(), Offset::Offset(n));
+                        let _ = tpl.set_partition_offset(&element.topic, element.partition, Offset::Offset(n));
                     } else {
                         without_offset
-                            .add_partition_offset(element.topic(), element.partition(), Offset::Offset(self.starting_timestamp_ms.unwrap_or(0)))
+                            .add_partition_offset(&element.topic, element.partition, Offset::Offset(self.starting_timestamp_ms.unwrap_or(0)))
                             .ok();
                     }
-                    assigned.push(AssignedPartition { key, committed: offset, retry, start: None });
+                    assigned.push(AssignedPartition {
+                        key,
+                        committed: offset,
+                        retry,
+                        start: None,
+                        unresolved_start: None,
+                    });
                 }
             }
             Err(error) => {
-                // Without the group's offsets, librdkafka still resumes from them (it fetches committed
-                // offsets itself when the assignment has none); only AT_TIMESTAMP needs them here.
+                // librdkafka still resumes partitions that have a committed offset (it reads them itself when
+                // the assignment has none), and TRIM_HORIZON's reset policy (the oldest record) loses nothing.
+                // LATEST and AT_TIMESTAMP cannot tell which partitions need a start: none is consumed.
                 tracing::warn!(error_code = "COMMITTED_OFFSETS_UNAVAILABLE", %error, "cannot read committed offsets");
                 for element in tpl.elements() {
+                    let key = PartitionKey::new(element.topic(), element.partition());
+                    if resolves_starts {
+                        unresolved.insert(
+                            (key.topic.to_string(), key.partition),
+                            format!("cannot read the group's committed offsets to choose a starting position: {error}"),
+                        );
+                    }
                     assigned.push(AssignedPartition {
-                        key: PartitionKey::new(element.topic(), element.partition()),
+                        key,
                         committed: None,
                         retry: None,
                         start: None,
+                        unresolved_start: None,
                     });
                 }
             }
         }
-        drop(committed);
-        if without_offset.count() > 0 && self.starting_position != StartingPosition::TrimHorizon {
+        if without_offset.count() > 0 && resolves_starts {
             // One ListOffsets round trip for all partitions: by timestamp, or -1 (the log end) for LATEST.
             if self.starting_position == StartingPosition::Latest {
                 let _ = without_offset.set_all_offsets(Offset::End);
             }
-            let mut resolved = self.list_offsets(consumer, without_offset);
+            let (mut resolved, failed) = self.list_offsets(consumer, &without_offset, deadline);
+            unresolved.extend(failed);
             let past_end: Vec<(String, i32)> = resolved
                 .iter()
                 .filter(|(_, offset)| offset.is_none())
@@ -285,21 +385,55 @@ impl RelayContext {
                 for (topic, partition) in &past_end {
                     let _ = ends.add_partition_offset(topic, *partition, Offset::End);
                 }
-                resolved.extend(self.list_offsets(consumer, ends));
+                resolved.retain(|(_, offset)| offset.is_some());
+                let (at_end, failed) = self.list_offsets(consumer, &ends, deadline);
+                resolved.extend(at_end);
+                unresolved.extend(failed);
             }
+            let index: std::collections::HashMap<(String, i32), usize> = assigned
+                .iter()
+                .enumerate()
+                .map(|(i, a)| ((a.key.topic.to_string(), a.key.partition), i))
+                .collect();
             for ((topic, partition), offset) in resolved {
-                let Some(offset) = offset else { continue };
+                let Some(offset) = offset else {
+                    unresolved
+                        .insert((topic, partition), "LIST_OFFSETS_FAILED: the log end offset was not returned".into());
+                    continue;
+                };
                 let _ = tpl.set_partition_offset(&topic, partition, Offset::Offset(offset));
-                if let Some(entry) = assigned.iter_mut().find(|a| *a.key.topic == *topic && a.key.partition == partition) {
-                    entry.start = Some(offset);
+                if let Some(&i) = index.get(&(topic, partition)) {
+                    assigned[i].start = Some(offset);
                 }
             }
         }
         self.in_flight.stay(assigned.iter().map(|a| a.key.clone()));
+        let consumable = if unresolved.is_empty() {
+            tpl.clone()
+        } else {
+            // Leave unresolved partitions out of the assignment rather than pausing them: a paused partition
+            // is resumed by flow control and would then start wherever librdkafka's reset policy puts it.
+            tracing::error!(
+                error_code = "STARTING_POSITION_UNRESOLVED",
+                partitions = unresolved.len(),
+                reason = %unresolved.values().next().map(String::as_str).unwrap_or_default(),
+                "not consuming partitions whose starting position could not be resolved"
+            );
+            for entry in &mut assigned {
+                entry.unresolved_start = unresolved.get(&(entry.key.topic.to_string(), entry.key.partition)).cloned();
+            }
+            let mut consumable = TopicPartitionList::new();
+            for element in tpl.elements() {
+                if !unresolved.contains_key(&(element.topic().to_string(), element.partition())) {
+                    let _ = consumable.add_partition_offset(element.topic(), element.partition(), element.offset());
+                }
+            }
+            consumable
+        };
         // With the cooperative protocol the list holds only the partitions added to the assignment.
         let result = match consumer.rebalance_protocol() {
-            RebalanceProtocol::Cooperative => consumer.incremental_assign(tpl),
-            _ => consumer.assign(tpl),
+            RebalanceProtocol::Cooperative => consumer.incremental_assign(&consumable),
+            _ => consumer.assign(&consumable),
         };
         if let Err(error) = result {
             tracing::error!(error_code = "ASSIGN_FAILED", %error, "cannot take the assigned partitions");
@@ -314,28 +448,121 @@ impl RelayContext {
         self.events.lock().expect("events lock").push(GroupEvent::Assigned(assigned));
     }
 
-    /// `ListOffsets` for `query` (offsets are timestamps, or -1 for the log end). Partitions that could not
-    /// be resolved are left out: librdkafka then applies `auto.offset.reset`, which for AT_TIMESTAMP is
-    /// the oldest record (duplicates, never loss).
-    fn list_offsets(&self, consumer: &BaseConsumer<Self>, query: TopicPartitionList) -> Vec<((String, i32), Option<i64>)> {
-        match consumer.offsets_for_times(query, GROUP_CALL_TIMEOUT) {
-            Ok(found) => found
-                .elements()
-                .iter()
-                .filter(|e| e.error().is_ok())
-                .map(|e| {
-                    let offset = match e.offset() {
-                        Offset::Offset(n) if n >= 0 => Some(n),
-                        _ => None,
-                    };
-                    ((e.topic().to_string(), e.partition()), offset)
-                })
-                .collect(),
-            Err(error) => {
-                tracing::warn!(error_code = "LIST_OFFSETS_FAILED", %error, "cannot resolve starting offsets; librdkafka's reset policy applies");
-                Vec::new()
+    /// The group's committed offsets for `tpl`, in requests of [`LOOKUP_CHUNK`] partitions, each retried as
+    /// [`StartLookup`] says.
+    fn committed_offsets(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &TopicPartitionList,
+        deadline: Instant,
+    ) -> KafkaResult<Vec<Committed>> {
+        let elements = tpl.elements();
+        let mut out = Vec::with_capacity(elements.len());
+        for chunk in elements.chunks(LOOKUP_CHUNK) {
+            let mut request = TopicPartitionList::with_capacity(chunk.len());
+            for e in chunk {
+                request.add_partition(e.topic(), e.partition());
+            }
+            let mut attempt = 0;
+            let list = loop {
+                let result = consumer.committed_offsets(request.clone(), StartLookup::call_timeout(deadline));
+                attempt += 1;
+                match (result, self.start_lookup.wait_before(attempt, deadline)) {
+                    (Err(error), Some(wait)) => {
+                        tracing::warn!(error_code = "COMMITTED_OFFSETS_RETRY", %error, attempt, "reading committed offsets failed; retrying");
+                        std::thread::sleep(wait);
+                    }
+                    (result, _) => break result?,
+                }
+            };
+            out.extend(list.elements().iter().map(|e| Committed {
+                topic: e.topic().to_string(),
+                partition: e.partition(),
+                offset: e.offset(),
+                metadata: e.metadata().to_string(),
+            }));
+            // librdkafka hangs destroying a consumer while a list it returned is alive.
+            drop(list);
+        }
+        Ok(out)
+    }
+
+    /// `ListOffsets` for `query` (offsets are timestamps, or -1 for the log end), retried with backoff for
+    /// the partitions that failed. Returns the partitions resolved (`None`: no record at or after the
+    /// timestamp) and those still failing, each with a sentence naming the last error.
+    #[allow(clippy::type_complexity)]
+    fn list_offsets(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        query: &TopicPartitionList,
+        deadline: Instant,
+    ) -> (Vec<((String, i32), Option<i64>)>, BTreeMap<(String, i32), String>) {
+        let mut pending: BTreeMap<(String, i32), Offset> =
+            query.elements().iter().map(|e| ((e.topic().to_string(), e.partition()), e.offset())).collect();
+        let mut resolved = Vec::new();
+        let mut errors: BTreeMap<(String, i32), String> = BTreeMap::new();
+        let mut attempt = 0;
+        while !pending.is_empty() {
+            let Some(wait) = self.start_lookup.wait_before(attempt, deadline) else {
+                break;
+            };
+            if attempt > 0 {
+                tracing::warn!(
+                    error_code = "LIST_OFFSETS_RETRY",
+                    partitions = pending.len(),
+                    attempt,
+                    "retrying the starting-offset lookup"
+                );
+                std::thread::sleep(wait);
+            }
+            attempt += 1;
+            let keys: Vec<((String, i32), Offset)> = pending.iter().map(|(k, o)| (k.clone(), *o)).collect();
+            for chunk in keys.chunks(LOOKUP_CHUNK) {
+                if Instant::now() >= deadline {
+                    for (key, _) in chunk {
+                        errors.entry(key.clone()).or_insert_with(|| "the lookup ran out of time".into());
+                    }
+                    continue;
+                }
+                let mut request = TopicPartitionList::with_capacity(chunk.len());
+                for ((topic, partition), offset) in chunk {
+                    let _ = request.add_partition_offset(topic, *partition, *offset);
+                }
+                match consumer.offsets_for_times(request, StartLookup::call_timeout(deadline)) {
+                    Ok(found) => {
+                        for e in found.elements() {
+                            let key = (e.topic().to_string(), e.partition());
+                            match e.error() {
+                                Ok(()) if pending.remove(&key).is_some() => {
+                                    let offset = match e.offset() {
+                                        Offset::Offset(n) if n >= 0 => Some(n),
+                                        _ => None,
+                                    };
+                                    resolved.push((key, offset));
+                                }
+                                Ok(()) => {}
+                                Err(error) => {
+                                    errors.insert(key, error.to_string());
+                                }
+                            }
+                        }
+                    }
+                    Err(error) => {
+                        for (key, _) in chunk {
+                            errors.insert(key.clone(), error.to_string());
+                        }
+                    }
+                }
             }
         }
+        let failed = pending
+            .into_keys()
+            .map(|key| {
+                let error = errors.remove(&key).unwrap_or_else(|| "no answer for the partition".into());
+                (key, format!("LIST_OFFSETS_FAILED: the starting offset lookup failed {attempt} time(s): {error}"))
+            })
+            .collect();
+        (resolved, failed)
     }
 
     fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
@@ -381,6 +608,16 @@ impl RelayContext {
 }
 
 impl ClientContext for RelayContext {
+    /// MSK IAM mappings authenticate with SASL/OAUTHBEARER (tokens from [`crate::auth::msk`]).
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        oauthbearer_config: Option<&str>,
+    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        self.diagnosing.generate_oauth_token(oauthbearer_config)
+    }
+
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         self.diagnosing.log(level, fac, log_message);
     }
@@ -390,6 +627,7 @@ impl ClientContext for RelayContext {
             // Reaching the end of a partition is how idleness is noticed, not an error.
             return;
         }
+        self.client_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.diagnosing.error(error, reason);
     }
 
@@ -497,13 +735,14 @@ pub fn consumer_config(
         // Fetching never waits on the relay: librdkafka's defaults make a paused-then-resumed partition,
         // or a full prefetch queue, wait out `fetch.wait.max.ms` (500 ms) and `fetch.queue.backoff.ms`
         // (1 s), which measured as 60-80 % of a busy run's time. The relay's own flow control (by bytes,
-        // per process) decides what is buffered; librdkafka only keeps a small prefetch per consumer.
+        // per process) decides what is buffered; librdkafka keeps a bounded prefetch per consumer.
         .set("fetch.wait.max.ms", "100")
         .set("fetch.queue.backoff.ms", "5")
-        .set("queued.max.messages.kbytes", "8192")
+        .set("queued.max.messages.kbytes", "16384")
         .set("queued.min.messages", "10000")
-        // One fetch response is bounded too (the default is 50 MB), so memory follows the budget.
-        .set("fetch.max.bytes", "8388608")
+        // One fetch response is bounded too (the default is 50 MB), so memory follows the budget. Not
+        // lower: with 8 MB, tansu 0.6.0 stopped answering fetches once the prefetch queue had filled.
+        .set("fetch.max.bytes", "16777216")
         .set("socket.keepalive.enable", "true")
         // Several relays (workers) may share the group: a member joining or leaving moves only the
         // partitions that change hands, and the others keep consuming meanwhile.
@@ -512,12 +751,25 @@ pub fn consumer_config(
         .set("statistics.interval.ms", "1000")
         .set("session.timeout.ms", session_timeout.as_millis().to_string())
         .set("heartbeat.interval.ms", (session_timeout.as_millis() / 3).max(100).to_string());
+    // For measurements: librdkafka settings to try instead (comma-separated key=value).
+    if let Ok(overrides) = std::env::var("RELAY_LIBRDKAFKA_OVERRIDES") {
+        for (key, value) in overrides.split(',').filter_map(|pair| pair.split_once('=')) {
+            config.set(key.trim(), value.trim());
+        }
+    }
     config
 }
 
 /// Creates the consumer and subscribes to `topics`.
+///
+/// An MSK IAM mapping's first OAUTHBEARER token is set before subscribing, so the first connection can
+/// authenticate before anything polls the consumer.
 pub fn subscribe(config: &ClientConfig, context: RelayContext, topics: &[String]) -> KafkaResult<RelayConsumer> {
     let consumer: RelayConsumer = config.create_with_context(context)?;
+    if let Err(error) = crate::auth::msk::set_initial_token(consumer.client(), consumer.context().diagnostics().msk_iam()) {
+        // librdkafka asks again through generate_oauth_token; the diagnostics name a lasting failure.
+        tracing::warn!(error_code = error.code.as_str(), sentence = %error.sentence, "first MSK IAM token not set");
+    }
     let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     Ok(consumer)
@@ -595,6 +847,24 @@ pub fn watermarks(consumer: &RelayConsumer, key: &PartitionKey, query_timeout: D
     consumer.fetch_watermarks(&key.topic, key.partition, query_timeout).ok()
 }
 
+/// The `PROBLEM` sentence for assigned partitions whose starting position could not be resolved, or `None`
+/// when every start is known. Those partitions were not consumed: nothing of them was skipped, and the next
+/// run (or a rebalance) tries again.
+pub fn unresolved_start_problem(assigned: &[AssignedPartition]) -> Option<String> {
+    let unresolved: Vec<&AssignedPartition> = assigned.iter().filter(|a| a.unresolved_start.is_some()).collect();
+    let first = unresolved.first()?;
+    let mut names: Vec<String> = unresolved.iter().take(5).map(|a| a.key.to_string()).collect();
+    if unresolved.len() > names.len() {
+        names.push(format!("and {} more", unresolved.len() - names.len()));
+    }
+    Some(format!(
+        "the starting position of {} partition(s) ({}) could not be resolved ({}); they were not consumed, so nothing was skipped, and the next run tries again",
+        unresolved.len(),
+        names.join(", "),
+        first.unresolved_start.as_deref().unwrap_or_default()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -669,5 +939,40 @@ mod tests {
             !in_flight.any_leaving(&[key]),
             "assigned again: invoked again"
         );
+    }
+
+    fn partition(p: i32, unresolved: Option<&str>) -> AssignedPartition {
+        AssignedPartition {
+            key: PartitionKey::new("orders", p),
+            committed: None,
+            retry: None,
+            start: unresolved.is_none().then_some(10),
+            unresolved_start: unresolved.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn unresolved_starts_make_one_problem_sentence_naming_the_partitions() {
+        assert_eq!(unresolved_start_problem(&[partition(0, None)]), None);
+        let reason = "LIST_OFFSETS_FAILED: the starting offset lookup failed 5 time(s): Broker: Unknown topic or partition";
+        let assigned: Vec<AssignedPartition> =
+            (0..8).map(|p| partition(p, (p != 1).then_some(reason))).collect();
+        assert_eq!(
+            unresolved_start_problem(&assigned).as_deref(),
+            Some(
+                "the starting position of 7 partition(s) (orders-0, orders-2, orders-3, orders-4, orders-5, and 2 more) could not be resolved (LIST_OFFSETS_FAILED: the starting offset lookup failed 5 time(s): Broker: Unknown topic or partition); they were not consumed, so nothing was skipped, and the next run tries again"
+            )
+        );
+    }
+
+    #[test]
+    fn start_lookup_backs_off_doubling_within_its_budget() {
+        let lookup = StartLookup { attempts: 4, initial_backoff: Duration::from_millis(100), budget: Duration::from_secs(60) };
+        let deadline = Instant::now() + lookup.budget;
+        let waits: Vec<Option<Duration>> = (0..5).map(|a| lookup.wait_before(a, deadline)).collect();
+        let ms = |n| Some(Duration::from_millis(n));
+        assert_eq!(waits, vec![ms(0), ms(100), ms(200), ms(400), None]);
+        // A wait that would end past the deadline is not taken.
+        assert_eq!(lookup.wait_before(3, Instant::now() + Duration::from_millis(300)), None);
     }
 }

@@ -83,6 +83,23 @@ impl MockKafka {
         Ok(())
     }
 
+    /// Makes the next requests of `api` fail, one per error in `errors` (tests: failed commits).
+    pub fn fail_next_requests(&self, api: rdkafka::types::RDKafkaApiKey, errors: &[rdkafka::types::RDKafkaRespErr]) {
+        let cluster = self.producer.client().mock_cluster().expect("mock cluster");
+        cluster.request_errors(api, errors);
+    }
+
+    /// Takes broker `id` down (`up = false`: connections are closed and refused) or brings it back (tests: a
+    /// broker that goes away).
+    pub fn set_broker_up(&self, id: i32, up: bool) -> KafkaResult<()> {
+        let cluster = self.producer.client().mock_cluster().expect("mock cluster");
+        if up {
+            cluster.broker_up(id)
+        } else {
+            cluster.broker_down(id)
+        }
+    }
+
     /// Waits until everything produced is acknowledged.
     pub fn flush(&self) -> KafkaResult<()> {
         self.producer.flush(Timeout::After(Duration::from_secs(30)))

@@ -4,4 +4,4 @@ pub mod consumer;
 pub mod mock;
 mod record;
 
-pub use record::{PartitionKey, Record, TimestampType};
+pub use record::{PartitionKey, Record, SchemaMetadata, TimestampType};

@@ -68,6 +68,29 @@ pub struct Record {
     pub headers: Vec<(String, Vec<u8>)>,
     /// Bytes of this record's JSON in the event's `records` array (what [`Record::write_json`] writes).
     encoded_len: usize,
+    /// For a record decoded through a schema registry: the key's and value's schema metadata.
+    schema_metadata: Option<Box<DecodedParts>>,
+    /// Set when the record cannot be decoded through the mapping's schema registry: it is given up with
+    /// this condition, never invoked.
+    undecodable: Option<crate::destination::Condition>,
+}
+
+/// `keySchemaMetadata` / `valueSchemaMetadata`: what AWS adds to a record's event JSON for a key or value
+/// decoded through a schema registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SchemaMetadata {
+    /// `AVRO`, `PROTOBUF` or `JSON`.
+    pub data_format: String,
+    /// The registry's id: a Confluent schema id (`"123"`) or a Glue schema version UUID.
+    pub schema_id: String,
+}
+
+/// Which parts of a record were decoded, and with which schema.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DecodedParts {
+    key: Option<SchemaMetadata>,
+    value: Option<SchemaMetadata>,
 }
 
 impl Record {
@@ -81,9 +104,51 @@ impl Record {
         value: Option<Vec<u8>>,
         headers: Vec<(String, Vec<u8>)>,
     ) -> Self {
-        let mut record = Self { key_partition, offset, timestamp_ms, timestamp_type, key, value, headers, encoded_len: 0 };
+        Self::with_schema_metadata(key_partition, offset, timestamp_ms, timestamp_type, key, value, headers, None, None)
+    }
+
+    /// Builds a record whose key and/or value were decoded through a schema registry: its event JSON also
+    /// carries `keySchemaMetadata` / `valueSchemaMetadata` (after `headers`) for the parts that were decoded.
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_schema_metadata(
+        key_partition: PartitionKey,
+        offset: i64,
+        timestamp_ms: i64,
+        timestamp_type: TimestampType,
+        key: Option<Vec<u8>>,
+        value: Option<Vec<u8>>,
+        headers: Vec<(String, Vec<u8>)>,
+        key_schema_metadata: Option<SchemaMetadata>,
+        value_schema_metadata: Option<SchemaMetadata>,
+    ) -> Self {
+        let schema_metadata = (key_schema_metadata.is_some() || value_schema_metadata.is_some())
+            .then(|| Box::new(DecodedParts { key: key_schema_metadata, value: value_schema_metadata }));
+        let mut record =
+            Self { key_partition, offset, timestamp_ms, timestamp_type, key, value, headers, encoded_len: 0, schema_metadata, undecodable: None };
         record.encoded_len = record.measure();
         record
+    }
+
+    /// Marks the record undecodable: the batcher sets it apart and it is given up with `condition`
+    /// (`SCHEMA_NOT_FOUND`, `DESERIALIZATION_ERROR`) without an invocation.
+    pub fn into_undecodable(mut self, condition: crate::destination::Condition) -> Self {
+        self.undecodable = Some(condition);
+        self
+    }
+
+    /// The condition an undecodable record is given up with; `None` for a record to deliver.
+    pub fn undecodable(&self) -> Option<crate::destination::Condition> {
+        self.undecodable
+    }
+
+    /// The key's schema metadata, when the key was decoded through a schema registry.
+    pub fn key_schema_metadata(&self) -> Option<&SchemaMetadata> {
+        self.schema_metadata.as_ref().and_then(|m| m.key.as_ref())
+    }
+
+    /// The value's schema metadata, when the value was decoded through a schema registry.
+    pub fn value_schema_metadata(&self) -> Option<&SchemaMetadata> {
+        self.schema_metadata.as_ref().and_then(|m| m.value.as_ref())
     }
 
     /// Size of this record inside an event, in bytes.
@@ -133,7 +198,21 @@ impl Record {
             }
             out.extend_from_slice(b"]}");
         }
-        out.extend_from_slice(b"]}");
+        out.push(b']');
+        for (field, metadata) in [
+            (&b",\"keySchemaMetadata\":"[..], self.key_schema_metadata()),
+            (&b",\"valueSchemaMetadata\":"[..], self.value_schema_metadata()),
+        ] {
+            if let Some(metadata) = metadata {
+                out.extend_from_slice(field);
+                out.extend_from_slice(b"{\"dataFormat\":");
+                write_json_string(out, &metadata.data_format);
+                out.extend_from_slice(b",\"schemaId\":");
+                write_json_string(out, &metadata.schema_id);
+                out.push(b'}');
+            }
+        }
+        out.push(b'}');
     }
 
     /// The length [`Record::write_json`] writes, computed without writing.
@@ -149,7 +228,20 @@ impl Record {
             })
             .sum::<usize>()
             + self.headers.len().saturating_sub(1);
+        // `,"keySchemaMetadata":{"dataFormat":..,"schemaId":..}` and the same for the value.
+        let schema_metadata: usize = [
+            (r#","keySchemaMetadata":"#.len(), self.key_schema_metadata()),
+            (r#","valueSchemaMetadata":"#.len(), self.value_schema_metadata()),
+        ]
+        .into_iter()
+        .filter_map(|(field, m)| {
+            m.map(|m| {
+                field + r#"{"dataFormat":,"schemaId":}"#.len() + json_string_len(&m.data_format) + json_string_len(&m.schema_id)
+            })
+        })
+        .sum();
         FIXED
+            + schema_metadata
             + json_string_len(&self.key_partition.topic)
             + number_len(i64::from(self.key_partition.partition))
             + number_len(self.offset)
@@ -264,6 +356,10 @@ mod tests {
         key: Option<String>,
         value: Option<String>,
         headers: Vec<std::collections::BTreeMap<&'a str, Vec<i8>>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key_schema_metadata: Option<&'a SchemaMetadata>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        value_schema_metadata: Option<&'a SchemaMetadata>,
     }
 
     fn reference(record: &Record) -> String {
@@ -281,8 +377,39 @@ mod tests {
                 .iter()
                 .map(|(n, b)| std::iter::once((n.as_str(), b.iter().map(|x| *x as i8).collect())).collect())
                 .collect(),
+            key_schema_metadata: record.key_schema_metadata(),
+            value_schema_metadata: record.value_schema_metadata(),
         })
         .unwrap()
+    }
+
+    #[test]
+    fn schema_metadata_is_written_after_headers_and_measured_exactly() {
+        let metadata = |format: &str, id: &str| SchemaMetadata { data_format: format.into(), schema_id: id.into() };
+        for (key, value) in [
+            (Some(metadata("AVRO", "1")), None),
+            (None, Some(metadata("PROTOBUF", "0f8e8a3c-3b8e-4a51-9c55-0d5c7a7e1b11"))),
+            (Some(metadata("JSON", "12345")), Some(metadata("AVRO", "7"))),
+        ] {
+            let record = Record::with_schema_metadata(
+                PartitionKey::new("orders", 2),
+                41,
+                1_545_084_650_987,
+                TimestampType::CreateTime,
+                Some(b"{\"id\":1}".to_vec()),
+                Some(b"{}".to_vec()),
+                vec![("h".to_string(), vec![1, 200])],
+                key.clone(),
+                value.clone(),
+            );
+            let mut out = Vec::new();
+            record.write_json(&mut out);
+            assert_eq!(String::from_utf8(out.clone()).unwrap(), reference(&record));
+            assert_eq!(record.encoded_len(), out.len());
+            let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(json.get("keySchemaMetadata").is_some(), key.is_some());
+            assert_eq!(json.get("valueSchemaMetadata").is_some(), value.is_some());
+        }
     }
 
     #[test]

@@ -213,11 +213,16 @@ impl Delivery {
 
     /// A record whose event alone exceeds 6 MB: straight to the destination (`MaximumPayloadSizeExceeded`).
     pub fn oversized(record: Record, policy: Policy) -> Self {
+        Self::uninvoked(record, Condition::MaximumPayloadSizeExceeded, policy)
+    }
+
+    /// A record given up without an invocation (too large, or undecodable through the schema registry):
+    /// straight to the destination with `condition`, or dropped when there is none.
+    pub fn uninvoked(record: Record, condition: Condition, policy: Policy) -> Self {
         let mut delivery = Self::new(Vec::new(), Attempts::default(), None, policy);
         delivery.stack.clear();
         delivery.held = vec![record.key_partition.clone()];
-        delivery.handing_off =
-            Some(HandOff { records: vec![record], condition: Condition::MaximumPayloadSizeExceeded, attempts: Attempts::default() });
+        delivery.handing_off = Some(HandOff { records: vec![record], condition, attempts: Attempts::default() });
         delivery
     }
 
@@ -370,8 +375,7 @@ impl Delivery {
                         let dropped = self.handing_off.take().expect("checked");
                         return Step::Notify(Notice::GivenUp { records: ids(&dropped.records), to_destination: false });
                     }
-                    let response =
-                        if handing.condition == Condition::MaximumPayloadSizeExceeded { None } else { self.last_response.clone() };
+                    let response = if handing.condition.uninvoked() { None } else { self.last_response.clone() };
                     return Step::HandOff { condition: handing.condition, attempts: handing.attempts, response };
                 }
             }
@@ -745,6 +749,25 @@ mod tests {
             other => panic!("expected a hand-off, got {other:?}"),
         }
         assert_eq!(d.held(), [PartitionKey::new("t", 0)]);
+    }
+
+    #[test]
+    fn undecodable_records_are_handed_off_uninvoked_with_their_schema_condition_or_dropped() {
+        for condition in [Condition::SchemaNotFound, Condition::DeserializationError] {
+            let mut d = Delivery::uninvoked(records(&[(0, 4)]).remove(0), condition, policy(None, false, false, true));
+            match d.next(Input::Go, NOW) {
+                Step::HandOff { condition: handed, response, attempts } => {
+                    assert_eq!((handed, response, attempts), (condition, None, Attempts::default()));
+                }
+                other => panic!("expected a hand-off, got {other:?}"),
+            }
+        }
+        // Without a destination the record is dropped (AWS discards it), never invoked.
+        let mut d = Delivery::uninvoked(records(&[(0, 4)]).remove(0), Condition::SchemaNotFound, policy(None, false, false, false));
+        assert_eq!(
+            d.next(Input::Go, NOW),
+            Step::Notify(Notice::GivenUp { records: vec![(PartitionKey::new("t", 0), 4)], to_destination: false })
+        );
     }
 
     #[test]

@@ -23,15 +23,17 @@ use crate::config::Mapping;
 use crate::filter::Filters;
 use crate::kafka::consumer::{self, CommitOutcome, GroupEvent, RelayConsumer};
 use crate::kafka::{PartitionKey, Record, TimestampType};
-use crate::metrics::{MappingReport, OffsetLag};
+use crate::metrics::{MappingReport, MinuteMetrics, OffsetLag, PartitionLag, TimeLagTracker};
 
 use super::delivery::{Delivery, Notice, Policy};
 use super::job::{self, JobContext, JobEvent};
 use super::ledger::{Effect, JobId, Ledger, Start};
 use super::{Prepared, Problem, RunOptions, Services, Shared};
 
-/// Least time between two commits of a run.
-pub const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
+/// Least time between two commits of a run (and at most one is in flight): commits follow acknowledged
+/// batches closely, so a crash redelivers little more than the batches in flight, at most 50 commits a
+/// second per mapping.
+pub const COMMIT_INTERVAL: Duration = Duration::from_millis(20);
 
 /// How long after its deadline a run may take to leave the group.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -79,11 +81,24 @@ struct Driver<'a> {
     last_progress: Instant,
     /// The key of the last record polled: consecutive records mostly share it.
     last_key: Option<PartitionKey>,
+    /// The start of the run, or the last assignment or revocation.
+    last_group_change: Instant,
+    /// This interval's metrics, written every `options.metrics_interval` and at the end.
+    metrics: MinuteMetrics,
+    /// Sampled record timestamps, for the time lag.
+    time_lags: TimeLagTracker,
+    /// The invoke call each job made last, until the machine says how it went.
+    invocations: std::collections::HashMap<JobId, (Duration, usize, usize)>,
+    /// The schema registry decoding stage, when the mapping has a `SchemaRegistryConfig`.
+    decoder: Option<crate::schema::Decoder>,
+    /// Partitions whose record at this offset waits for an unavailable schema registry: nothing at or after
+    /// it is taken this run, so nothing past it is committed; the next run decodes it again.
+    held: BTreeMap<PartitionKey, i64>,
 }
 
 impl<'a> Driver<'a> {
     fn new(mapping: &'a Mapping, services: &Services, options: &'a RunOptions, shared: &Shared, prepared: Prepared) -> Self {
-        let Prepared { function, sink, filters, consumer } = prepared;
+        let Prepared { function, sink, filters, consumer, source, decoder } = prepared;
         let (stop_tx, stop_rx) = watch::channel(false);
         let (commit_tx, commits) = mpsc::unbounded_channel();
         let invoke_cutoff = options.deadline.map(|d| d.checked_sub(function.timeout + options.margin).unwrap_or_else(Instant::now));
@@ -98,7 +113,7 @@ impl<'a> Driver<'a> {
             mapping_uuid: mapping.uuid(),
             function_name: mapping.function_name.clone(),
             function,
-            source: crate::event::EventSource::for_mapping(mapping),
+            source: source.clone(),
             sink,
             invoker: services.invoker.clone(),
             invoke_cutoff,
@@ -112,7 +127,7 @@ impl<'a> Driver<'a> {
             shared: shared.clone(),
             consumer: Arc::new(consumer),
             filters,
-            ledger: Ledger::new(crate::batch::Batcher::for_mapping(mapping), shared.budget.clone()),
+            ledger: Ledger::new(crate::batch::Batcher { source, ..crate::batch::Batcher::for_mapping(mapping) }, shared.budget.clone()),
             context,
             policy,
             jobs: JoinSet::new(),
@@ -128,6 +143,12 @@ impl<'a> Driver<'a> {
             started: Instant::now(),
             last_progress: Instant::now(),
             last_key: None,
+            last_group_change: Instant::now(),
+            metrics: MinuteMetrics::for_mapping(mapping, unix_ms()).with_interval(options.metrics_interval),
+            time_lags: TimeLagTracker::default(),
+            invocations: std::collections::HashMap::new(),
+            decoder,
+            held: BTreeMap::new(),
         }
     }
 
@@ -150,7 +171,7 @@ impl<'a> Driver<'a> {
                 Some((job, event)) = self.events.1.recv() => self.on_job_event(job, event),
                 Some(joined) = self.jobs.join_next(), if !self.jobs.is_empty() => self.on_job_end(joined),
                 Some(outcome) = self.commits.recv() => self.on_commit(outcome),
-                message = consumer.recv() => self.on_message(message),
+                message = consumer.recv() => self.on_message(message).await,
                 _ = sleep_until(window), if window.is_some() => {}
                 _ = sleep_until(cutoff), if !self.stopping && cutoff.is_some() => self.begin_stop("run deadline reached: finishing in-flight invocations"),
                 _ = wait_stop(&mut external_stop), if !self.stopping && external_stop.is_some() => self.begin_stop("stop requested: finishing in-flight invocations"),
@@ -180,9 +201,14 @@ impl<'a> Driver<'a> {
             let delivery = match formed {
                 crate::batch::Formed::Batch(records) => Delivery::new(records, attempts, response, self.policy),
                 crate::batch::Formed::Oversized(record) => Delivery::oversized(record, self.policy),
+                crate::batch::Formed::Undecodable(record) => {
+                    let condition = record.undecodable().expect("set apart because it is undecodable");
+                    Delivery::uninvoked(record, condition, self.policy)
+                }
             };
             let task = job::run(job, delivery, self.context.clone(), self.events.0.clone(), Some(permit), charge);
-            self.jobs.spawn(task);
+            // Jobs log inside the mapping's span too.
+            self.jobs.spawn(tracing::Instrument::in_current_span(task));
         }
     }
 
@@ -193,9 +219,11 @@ impl<'a> Driver<'a> {
                 let Some(next) = self.ledger.continued(job, &key) else { return };
                 let charge = self.shared.budget.charge(records.iter().map(|r| r.memory_len() + r.encoded_len()).sum());
                 let delivery = Delivery::continuation(records, attempts, response, delay, self.policy);
-                self.jobs.spawn(job::run(next, delivery, self.context.clone(), self.events.0.clone(), None, charge));
+                let task = job::run(next, delivery, self.context.clone(), self.events.0.clone(), None, charge);
+                self.jobs.spawn(tracing::Instrument::in_current_span(task));
             }
             JobEvent::Notice(notice) => {
+                self.count_invocation(job, &notice);
                 self.ledger.apply(job, &notice);
                 // Keep the consumer's copy current, so a revocation commits this progress.
                 let moved: Vec<&PartitionKey> = match &notice {
@@ -213,8 +241,70 @@ impl<'a> Driver<'a> {
                     }
                 }
             }
-            JobEvent::Finished(held) => self.ledger.finished(job, &held),
+            JobEvent::Finished(held) => {
+                self.invocations.remove(&job);
+                self.ledger.finished(job, &held)
+            }
+            JobEvent::Invocation { duration, records, bytes } => {
+                self.invocations.insert(job, (duration, records, bytes));
+            }
+            JobEvent::DestinationFailed => self.ledger.counts.on_failure_destination_delivery_errors += 1,
         }
+    }
+
+    /// The metrics of the invoke call `job` made, now that the machine says how it went: records invoked
+    /// (`InvokedEventCount`), failed (`FailedInvokeEventCount`), calls that never reached the function
+    /// (`InvokeErrorCount`), and the call's duration and batch fill.
+    fn count_invocation(&mut self, job: JobId, notice: &Notice) {
+        let counts = &mut self.ledger.counts;
+        match notice {
+            Notice::Invoked { failed, .. } => {
+                let Some((duration, records, bytes)) = self.invocations.remove(&job) else { return };
+                self.metrics.observe_invocation(duration, records, bytes);
+                counts.invoked_events += records as u64;
+                if *failed {
+                    counts.failed_invoke_events += records as u64;
+                }
+            }
+            Notice::NotAttempted { .. } => {
+                counts.invoke_errors += 1;
+                if let Some((_, records, _)) = self.invocations.remove(&job) {
+                    counts.failed_invoke_events += records as u64;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Writes this interval's metrics when it is over; at the end of the run (`report`), always, with the
+    /// report's counts and lags.
+    fn emit_metrics(&mut self, report: Option<&MappingReport>) {
+        if !self.options.metrics.is_on() {
+            return;
+        }
+        let now = unix_ms();
+        let (counts, partitions) = match report {
+            Some(report) => (report.counts, report.partitions.clone()),
+            None if !self.metrics.due(now) => return,
+            None => {
+                let mut counts = self.ledger.counts;
+                counts.committed = self.ledger.committed_records();
+                // Watermarks of the last fetch only: no broker round trip inside the loop.
+                let partitions = self
+                    .ledger
+                    .partition_reports(|key| consumer::watermarks(&self.consumer, key, Duration::ZERO).map(|(_, high)| high));
+                (counts, partitions)
+            }
+        };
+        let lags: Vec<PartitionLag> = partitions
+            .into_iter()
+            .filter_map(|p| {
+                let key = PartitionKey::new(p.topic.as_str(), p.partition);
+                let next = p.committed_offset.and_then(|c| self.time_lags.next_record_timestamp(&key, c));
+                p.lag.map(|offset_lag| PartitionLag { topic: p.topic, partition: p.partition, offset_lag, next_record_timestamp_ms: next })
+            })
+            .collect();
+        self.options.metrics.write(&self.metrics.flush(now, &counts, &lags));
     }
 
     fn on_job_end(&mut self, joined: Result<(), tokio::task::JoinError>) {
@@ -226,14 +316,14 @@ impl<'a> Driver<'a> {
         }
     }
 
-    fn on_message(&mut self, message: Result<rdkafka::message::BorrowedMessage<'_>, KafkaError>) {
+    async fn on_message(&mut self, message: Result<rdkafka::message::BorrowedMessage<'_>, KafkaError>) {
         // The poll that returned this record may also have assigned its partition.
         self.apply_group_events();
         match message {
             Ok(message) => {
                 let record = self.to_record(&message);
                 drop(message);
-                self.accept(record);
+                self.accept(record).await;
                 // Take what librdkafka already fetched before forming batches, so a busy topic fills
                 // batches instead of sending one record per invocation.
                 let consumer = self.consumer.clone();
@@ -242,7 +332,7 @@ impl<'a> Driver<'a> {
                         Some(Ok(message)) => {
                             let record = self.to_record(&message);
                             drop(message);
-                            self.accept(record);
+                            self.accept(record).await;
                         }
                         Some(Err(error)) => return self.poll_error(error),
                         None => break,
@@ -265,29 +355,77 @@ impl<'a> Driver<'a> {
         to_record(message, key)
     }
 
-    fn accept(&mut self, record: Record) {
-        if self.stopping {
+    async fn accept(&mut self, record: Record) {
+        if self.stopping || self.held.contains_key(&record.key_partition) {
             // Not registered: the next run fetches it again from the committed offset.
             return;
         }
-        let keep = self.filters.matches(&record);
+        // Decoding comes before filtering, so filters match decoded fields (also with `SOURCE`, through the
+        // decoded view).
+        let Some((record, view)) = self.decode(record).await else { return };
+        let keep = record.undecodable().is_some() || self.filters.matches(view.as_ref().unwrap_or(&record));
+        if self.options.metrics.is_on() {
+            self.time_lags.fetched(&record.key_partition, record.offset, record.timestamp_ms);
+        }
         self.ledger.accept(record, keep, Instant::now());
+    }
+
+    /// The record decoded through the mapping's schema registry (and, with `SOURCE`, its decoded view for
+    /// filtering); an undecodable one marked for its give-up;
+    /// `None` when the registry is unavailable and the record (with its partition) is held for the next run.
+    async fn decode(&mut self, record: Record) -> Option<(Record, Option<Record>)> {
+        let Some(decoder) = &self.decoder else { return Some((record, None)) };
+        let failure = match decoder.decode_with_filter_view(record).await {
+            Ok(decoded) => return Some(decoded),
+            Err(failure) => failure,
+        };
+        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let (key, offset) = (failure.record.key_partition.clone(), failure.record.offset);
+        match crate::schema::disposition(&failure, now_ms, self.mapping.max_record_age()) {
+            crate::schema::Disposition::GiveUp(condition) => {
+                tracing::warn!(error_code = condition.as_str(), mapping = %self.context.mapping_uuid, partition = %key, offset, error = %failure.error, "record cannot be decoded: giving it up");
+                Some((failure.record.into_undecodable(condition), None))
+            }
+            crate::schema::Disposition::Hold => {
+                tracing::warn!(error_code = "SCHEMA_REGISTRY_UNAVAILABLE", mapping = %self.context.mapping_uuid, partition = %key, offset, error = %failure.error, "schema registry unavailable: holding the partition until the next run");
+                // The partition keeps being fetched (and its records dropped): pausing it would keep a run
+                // that stops when caught up from ever catching up.
+                self.held.insert(key, offset);
+                None
+            }
+        }
     }
 
     /// Assignments and revocations the last poll brought.
     fn apply_group_events(&mut self) {
         for event in self.consumer.context().take_events() {
+            self.last_group_change = Instant::now();
             match event {
-                GroupEvent::Assigned(partitions) => partitions.into_iter().for_each(|p| self.ledger.assigned(p)),
-                GroupEvent::Revoked(keys) => keys.iter().for_each(|k| {
-                    self.ledger.revoked(k);
-                    self.consumer.context().forget(k);
-                }),
+                GroupEvent::Assigned(partitions) => {
+                    tracing::info!(mapping = %self.context.mapping_uuid, partitions = partitions.len(), "partitions assigned");
+                    // Partitions whose start is unknown are not in the consumer's assignment: reported, not
+                    // waited for.
+                    if let Some(sentence) = consumer::unresolved_start_problem(&partitions) {
+                        tracing::error!(error_code = "STARTING_POSITION_UNRESOLVED", mapping = %self.context.mapping_uuid, %sentence, "partitions not consumed");
+                        self.problem.get_or_insert(Problem::StartingPosition(sentence));
+                    }
+                    partitions.into_iter().filter(|p| p.unresolved_start.is_none()).for_each(|p| self.ledger.assigned(p));
+                }
+                GroupEvent::Revoked(keys) => {
+                    tracing::info!(mapping = %self.context.mapping_uuid, partitions = keys.len(), "partitions revoked");
+                    keys.iter().for_each(|k| {
+                        self.held.remove(k);
+                        self.ledger.revoked(k);
+                        self.time_lags.forget(k);
+                        self.consumer.context().forget(k);
+                    });
+                }
             }
         }
     }
 
     fn poll_error(&mut self, error: KafkaError) {
+        self.ledger.counts.polling_errors += 1;
         tracing::warn!(error_code = "KAFKA_POLL_ERROR", mapping = %self.context.mapping_uuid, %error, "poll failed");
     }
 
@@ -299,6 +437,7 @@ impl<'a> Driver<'a> {
                 self.last_commit_error = None;
             }
             Err(error) => {
+                self.ledger.counts.commit_errors += 1;
                 // Nothing lost: the group keeps its older offsets; the next commit offers them again.
                 if consumer::refused_for_rebalance(&error) {
                     // Expected while members join or leave: offered again once the group settled.
@@ -343,12 +482,17 @@ impl<'a> Driver<'a> {
     /// Returns true when the run is over (caught up).
     async fn on_tick(&mut self) -> bool {
         self.ledger.resume_where_room();
+        self.ledger.counts.polling_errors += self.consumer.context().take_client_errors();
+        self.emit_metrics(None);
         if self.last_progress.elapsed() >= Duration::from_millis(500) {
             self.last_progress = Instant::now();
             if let Some(progress) = &self.options.progress {
                 progress(&self.context.mapping_uuid, &self.ledger.counts);
             }
             self.diagnose_client_errors().await;
+        }
+        if !self.stopping && !self.ledger.has_partitions() {
+            self.rejoin_if_left_out();
         }
         if self.stopping || !self.options.until_idle || !self.jobs.is_empty() {
             return false;
@@ -366,8 +510,9 @@ impl<'a> Driver<'a> {
             } else {
                 self.options.assignment_wait
             };
-            if changed.max(self.started).elapsed() > wait {
-                self.problem = Some(Problem::NoPartitions);
+            // Partitions assigned but not consumable (their start is unknown) leave nothing to wait for.
+            if matches!(self.problem, Some(Problem::StartingPosition(_))) || changed.max(self.started).elapsed() > wait {
+                self.problem.get_or_insert(Problem::NoPartitions);
                 return true;
             }
             return false;
@@ -376,6 +521,22 @@ impl<'a> Driver<'a> {
             return false;
         }
         self.ledger.is_idle() && self.caught_up()
+    }
+
+    /// Joins the group anew when this consumer has held nothing for longer than a session: a member that
+    /// died mid-rebalance can leave a coordinator (tansu, seen here) with an assignment that gives this
+    /// consumer nothing and no later rebalance; a fresh join starts one.
+    fn rejoin_if_left_out(&mut self) {
+        if self.last_group_change.elapsed() < self.options.session_timeout + Duration::from_secs(2) {
+            return;
+        }
+        tracing::info!(mapping = %self.context.mapping_uuid, "no partitions for longer than a session: joining the group again");
+        self.last_group_change = Instant::now();
+        let topics: Vec<&str> = self.mapping.topics.iter().map(String::as_str).collect();
+        self.consumer.unsubscribe();
+        if let Err(error) = self.consumer.subscribe(&topics) {
+            tracing::warn!(error_code = "SUBSCRIBE_FAILED", mapping = %self.context.mapping_uuid, %error, "joining the group again failed");
+        }
     }
 
     /// Whether every assigned partition's position reached its high watermark (as of the last fetch).
@@ -440,7 +601,10 @@ impl<'a> Driver<'a> {
             tracing::error!(error_code = "COMMIT_FAILED", mapping = %self.context.mapping_uuid, %problem, "final commit failed");
             self.problem.get_or_insert(problem);
         }
+        self.ledger.counts.polling_errors += self.consumer.context().take_client_errors();
         let report = self.report();
+        // The run's last metrics: what happened since the last interval, and the lags now.
+        self.emit_metrics(Some(&report));
         let close_by = self.options.deadline.map_or(Instant::now() + FINAL_COMMIT_WAIT, |d| d.max(Instant::now())) + CLOSE_GRACE;
         close(self.consumer, close_by).await;
         report
@@ -492,11 +656,17 @@ impl<'a> Driver<'a> {
         }
         let mut counts = self.ledger.counts;
         counts.committed = self.ledger.committed_records();
-        let (state, error_code, result) = match (&self.problem, self.ledger.first_blocked()) {
-            (Some(problem), _) => problem.report_fields(),
-            (None, Some((key, b))) => ("Enabled", None, format!("PROBLEM: partition {key} is blocked at offset {}: {}", b.offset, b.reason)),
-            (None, None) if counts.polled == 0 => ("Enabled", None, "No records processed".to_string()),
-            (None, None) => ("Enabled", None, "OK".to_string()),
+        let held = self.held.iter().next();
+        let (state, error_code, result) = match (&self.problem, self.ledger.first_blocked(), held) {
+            (Some(problem), _, _) => problem.report_fields(),
+            (None, Some((key, b)), _) => ("Enabled", None, format!("PROBLEM: partition {key} is blocked at offset {}: {}", b.offset, b.reason)),
+            (None, None, Some((key, offset))) => (
+                "Enabled",
+                None,
+                format!("PROBLEM: partition {key} is held at offset {offset}: the schema registry is unavailable; the next run decodes it again"),
+            ),
+            (None, None, None) if counts.polled == 0 => ("Enabled", None, "No records processed".to_string()),
+            (None, None, None) => ("Enabled", None, "OK".to_string()),
         };
         MappingReport {
             uuid: self.context.mapping_uuid.clone(),
@@ -571,4 +741,8 @@ async fn wait_stop(stop: &mut Option<watch::Receiver<bool>>) {
         }
         None => std::future::pending().await,
     }
+}
+
+fn unix_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }

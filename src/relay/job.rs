@@ -45,6 +45,17 @@ pub(super) enum JobEvent {
     Notice(Notice),
     /// The job ended; these partitions are free.
     Finished(Vec<PartitionKey>),
+    /// An invoke call returned (sent before the machine's notice about it): for the metrics.
+    Invocation {
+        /// How long the call took.
+        duration: Duration,
+        /// Records in the event.
+        records: usize,
+        /// Bytes of the event.
+        bytes: usize,
+    },
+    /// A write to the on-failure destination failed (`OnFailureDestinationDeliveryErrorCount`).
+    DestinationFailed,
 }
 
 /// Runs `delivery` to its end. `permit` is the invocation slot the driver took for it, if any.
@@ -80,8 +91,12 @@ pub(super) async fn run(
                     continue;
                 }
                 let payload = context.source.encode(delivery.in_hand());
+                let (records, bytes) = (delivery.in_hand().len(), payload.len());
                 let timeout = context.function.timeout + Duration::from_secs(5);
-                Input::Invoked(context.invoker.invoke(&context.function_name, payload, timeout).await)
+                let started = Instant::now();
+                let result = context.invoker.invoke(&context.function_name, payload, timeout).await;
+                let _ = events.send((job, JobEvent::Invocation { duration: started.elapsed(), records, bytes }));
+                Input::Invoked(result)
             }
             Step::HandOff { condition, attempts, response } => {
                 let Some(sink) = &context.sink else { unreachable!("the machine drops records when there is no destination") };
@@ -104,6 +119,7 @@ pub(super) async fn run(
                         Input::HandedOff(Ok(()))
                     }
                     Err(error) => {
+                        let _ = events.send((job, JobEvent::DestinationFailed));
                         tracing::warn!(error_code = "DESTINATION_WRITE_FAILED", mapping = %context.mapping_uuid, aws_error_code = error.error_code(), retryable = error.retryable(), %error, "on-failure destination write failed; the partition waits");
                         Input::HandedOff(Err(HandOffFailure { code: error.error_code().to_string(), retryable: error.retryable() }))
                     }

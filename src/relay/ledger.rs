@@ -488,13 +488,23 @@ impl Ledger {
     }
 }
 
-/// A queue holding two full events' worth: buffering more gains nothing.
+/// Records a partition may buffer before it is paused, whatever the batch size.
+const MIN_QUEUE_RECORDS: usize = 10_000;
+
+/// A queue holding plenty (two full events' worth of bytes, or four batches and at least
+/// [`MIN_QUEUE_RECORDS`] records): buffering more gains nothing. Pausing is kept for real pressure because
+/// librdkafka drops what it prefetched for a paused partition and fetches it again on resume.
 fn full(queue: &PartitionQueue, batcher: &Batcher) -> bool {
-    queue.len() >= 2 * batcher.batch_size || queue.bytes() >= 2 * batcher.max_payload
+    queue.len() >= record_cap(batcher) || queue.bytes() >= 2 * batcher.max_payload
 }
 
+/// Under half of [`full`] on both counts.
 fn half_empty(queue: &PartitionQueue, batcher: &Batcher) -> bool {
-    queue.len() < batcher.batch_size && queue.bytes() < batcher.max_payload
+    queue.len() < record_cap(batcher) / 2 && queue.bytes() < batcher.max_payload
+}
+
+fn record_cap(batcher: &Batcher) -> usize {
+    (4 * batcher.batch_size).max(MIN_QUEUE_RECORDS)
 }
 
 #[cfg(test)]
@@ -519,7 +529,7 @@ mod tests {
     }
 
     fn assign(l: &mut Ledger, p: i32, committed: Option<i64>) {
-        l.assigned(AssignedPartition { key: key(p), committed, retry: None, start: None });
+        l.assigned(AssignedPartition { key: key(p), committed, retry: None, start: None, unresolved_start: None });
     }
 
     fn record(p: i32, offset: i64) -> Record {
@@ -626,15 +636,19 @@ mod tests {
     fn flow_control_pauses_full_partitions_and_resumes_them_when_drained() {
         let mut l = ledger(2);
         assign(&mut l, 0, Some(0));
-        poll(&mut l, 0, 0..3);
-        assert!(l.take_effects().is_empty(), "3 records < 2 full batches");
-        poll(&mut l, 0, 3..4);
+        poll(&mut l, 0, 0..MIN_QUEUE_RECORDS as i64 - 1);
+        assert!(l.take_effects().is_empty(), "under the record cap");
+        poll(&mut l, 0, MIN_QUEUE_RECORDS as i64 - 1..MIN_QUEUE_RECORDS as i64);
         assert_eq!(l.take_effects(), vec![Effect::Pause(key(0))]);
-        let start = l.next_batch(Instant::now(), false).expect("a batch");
-        assert!(l.take_effects().is_empty(), "2 queued: not under half yet");
-        l.finished(start.job, &[key(0)]);
-        let _second = l.next_batch(Instant::now(), false).expect("a batch");
-        assert_eq!(l.take_effects(), vec![Effect::Resume(key(0))]);
+        let mut offset = 0;
+        let mut resumed = false;
+        while !resumed {
+            let start = l.next_batch(Instant::now(), false).expect("a batch");
+            offset += start.formed.records().len() as i64;
+            l.finished(start.job, &[key(0)]);
+            resumed = l.take_effects() == vec![Effect::Resume(key(0))];
+        }
+        assert_eq!(offset, MIN_QUEUE_RECORDS as i64 / 2 + 2, "resumed once under half the cap");
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //!   with AWS's error code and never polls.
 //! - [`driver`]: the thin loop. One `select!` over consumer messages, job events, commit results, the
 //!   batching window, the deadline and the stop signal; each arm hands its input to the ledger and carries
-//!   out the ledger's effects.
+//!   out the ledger's effects. Polled records are decoded through the mapping's schema registry
+//!   ([`crate::schema`]) and then filtered as they are accepted; undecodable ones are set apart and given
+//!   up uninvoked, and a registry outage holds the partition for the rest of the run.
 //! - [`ledger`]: per partition, everything the run knows (queue, offset tracker, retry state, pause state,
 //!   the job holding it); synchronous, no I/O. **Which offset may be committed** and **when a partition
 //!   is paused** are decided here.
@@ -112,6 +114,10 @@ pub struct RunOptions {
     pub progress: Option<Progress>,
     /// The consumer group session timeout.
     pub session_timeout: Duration,
+    /// Where the run writes its EMF metric lines (each mapping's, every `metrics_interval` and at its end).
+    pub metrics: crate::metrics::EmfSink,
+    /// How often a mapping writes its metrics during a run ([`crate::metrics::EMIT_INTERVAL`]).
+    pub metrics_interval: Duration,
 }
 
 impl Default for RunOptions {
@@ -129,6 +135,8 @@ impl Default for RunOptions {
             stop: None,
             progress: None,
             session_timeout: Duration::from_secs(10),
+            metrics: crate::metrics::EmfSink::Off,
+            metrics_interval: crate::metrics::EMIT_INTERVAL,
         }
     }
 }
@@ -163,6 +171,10 @@ pub enum Problem {
     /// The group assigned this consumer nothing while the run waited.
     #[error("no partitions were assigned to this consumer; another consumer of the group may hold them")]
     NoPartitions,
+    /// Assigned partitions whose starting position could not be resolved were not consumed (the sentence of
+    /// [`consumer::unresolved_start_problem`]).
+    #[error("{0}")]
+    StartingPosition(String),
     /// The group did not take the final commit before the deadline.
     #[error("the final commit failed ({reason}); the group keeps its older offsets and the next run delivers those records again")]
     FinalCommit {
@@ -177,6 +189,9 @@ impl Problem {
         match self {
             Problem::Cannot { code, .. } => ("Failed", Some(*code), format!("PROBLEM: {self}")),
             Problem::NoPartitions => ("Enabled", None, format!("PROBLEM: {self}")),
+            Problem::StartingPosition(_) => {
+                ("Enabled", Some(ErrorCode::StartingPositionUnresolved), format!("PROBLEM: {self}"))
+            }
             Problem::FinalCommit { .. } => ("Enabled", Some(ErrorCode::CommitFailed), format!("PROBLEM: {self}")),
         }
     }
@@ -206,6 +221,11 @@ struct Prepared {
     sink: Option<Arc<dyn FailureSink>>,
     filters: Filters,
     consumer: consumer::RelayConsumer,
+    /// The events' header; its `bootstrapServers` are the brokers the consumer uses (looked up for an MSK
+    /// cluster ARN without endpoints).
+    source: crate::event::EventSource,
+    /// The mapping's schema registry decoding stage (`SchemaRegistryConfig`), run before filtering.
+    decoder: Option<crate::schema::Decoder>,
 }
 
 async fn prepare(mapping: &Mapping, services: &Services, options: &RunOptions) -> Result<Prepared, Problem> {
@@ -230,6 +250,13 @@ async fn prepare(mapping: &Mapping, services: &Services, options: &RunOptions) -
             ),
         ));
     }
+    if let Some(deadline) = options.deadline {
+        // A run that cannot fit one invocation would start none and report nothing to do while records wait.
+        let run_length = deadline.saturating_duration_since(Instant::now());
+        if let Some(sentence) = crate::config::run_length_problem(run_length, function.timeout, options.margin) {
+            return Err(Problem::cannot(ErrorCode::RunShorterThanTargetTimeout, sentence));
+        }
+    }
     let sink = match mapping.destination() {
         Some(arn) => Some((services.sinks)(arn).map_err(|error| {
             Problem::cannot(ErrorCode::EsmConfigNotValid, format!("the on-failure destination {arn:?} cannot be used: {error}"))
@@ -238,6 +265,7 @@ async fn prepare(mapping: &Mapping, services: &Services, options: &RunOptions) -
     };
     let filters = Filters::new(mapping.filter_criteria.as_ref())
         .map_err(|error| Problem::cannot(ErrorCode::EsmConfigNotValid, format!("FilterCriteria is not valid: {error}")))?;
+    let decoder = schema_decoder(mapping, services).await?;
     let security = crate::auth::resolve(mapping, services.secrets.as_ref())
         .await
         .map_err(|error| Problem::Cannot { code: error.code, sentence: error.sentence })?;
@@ -262,7 +290,25 @@ async fn prepare(mapping: &Mapping, services: &Services, options: &RunOptions) -
         let error = diagnostics.creation_error(&error);
         Problem::Cannot { code: error.code, sentence: error.sentence }
     })?;
-    Ok(Prepared { function, sink, filters, consumer })
+    let source = crate::event::EventSource {
+        bootstrap_servers: security.bootstrap_servers_for(mapping),
+        ..crate::event::EventSource::for_mapping(mapping)
+    };
+    Ok(Prepared { function, sink, filters, consumer, source, decoder })
+}
+
+/// The decoding stage of a mapping with a `SchemaRegistryConfig`: a Glue client (the relay's AWS
+/// configuration, in the registry's region) or a Confluent client with its `AccessConfigs` secrets.
+async fn schema_decoder(mapping: &Mapping, services: &Services) -> Result<Option<crate::schema::Decoder>, Problem> {
+    let Some(registry) = mapping.schema_registry_config() else { return Ok(None) };
+    let sdk_config = if registry.is_glue() {
+        aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+    } else {
+        aws_config::SdkConfig::builder().build()
+    };
+    crate::schema::Decoder::for_mapping(mapping, &sdk_config, services.secrets.as_ref())
+        .await
+        .map_err(|error| Problem::cannot(ErrorCode::EsmConfigNotValid, format!("SchemaRegistryConfig cannot be used: {error}")))
 }
 
 /// A target given by name gets a placeholder ARN in failure records when its configuration is not read.

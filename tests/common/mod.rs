@@ -1,4 +1,5 @@
-//! Helpers for the end-to-end tests (`mod common;` from a `tests/e2e_*.rs` file).
+//! The one test-support module (`mod common;` from a `tests/*.rs` file): helpers for the end-to-end tests
+//! and, in `in_process`, for the fast tier.
 //!
 //! The processes these tests talk to are started by `scripts/test.sh`, which passes where they are in
 //! environment variables; each accessor panics naming its variable when it is missing, so running an e2e
@@ -9,7 +10,13 @@
 //! - what the target functions received: [`delivered`] (reads `$RELAY_TEST_OUT/<function>.jsonl`)
 //! - the relay: [`relay_bin`], [`tansu_mapping`], [`run_relay`], and [`RelayWatch`] for the relay served by
 //!   `cargo lambda watch`
+//! - the fast tier (no processes): [`Harness`] (an in-process Kafka and Lambda Invoke API, the relay's
+//!   clients pointed at them), [`config`], [`until_idle`], [`bounded`], in `in_process`
 #![allow(dead_code)] // each test file uses a different subset
+
+mod in_process;
+#[allow(unused_imports)] // the e2e tests use none of it
+pub use in_process::*;
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -347,7 +354,7 @@ pub fn relay_bin() -> PathBuf {
 /// A mapping from `topic` on tansu to `function`, consumer group `group`, TRIM_HORIZON.
 pub fn tansu_mapping(function: &str, topic: &str, group: &str) -> Value {
     json!({
-        "UUID": unique_name("mapping"),
+        "UUID": uuid::Uuid::new_v4().to_string(),
         "FunctionName": function,
         "Topics": [topic],
         "SelfManagedEventSource": {"Endpoints": {"KAFKA_BOOTSTRAP_SERVERS": [tansu()]}},

@@ -1,6 +1,5 @@
 //! Fast-tier helpers: an in-process Kafka (librdkafka mock cluster) and an in-process Lambda Invoke API,
-//! with the relay's production clients pointed at them.
-#![allow(dead_code)]
+//! with the relay's production clients pointed at them. Re-exported by `common`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -14,15 +13,8 @@ use kafka_lambda_relay::invoke::server::{local_sdk_config, Handler, LocalLambda}
 use kafka_lambda_relay::kafka::mock::MockKafka;
 use kafka_lambda_relay::destination::{AwsError, DestinationError};
 use kafka_lambda_relay::relay::{FailureSink, RunOptions, Services};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-pub type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-/// A unique name for topics, groups and functions.
-pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
-}
+use super::{committed_offsets, TestResult};
 
 /// No secrets: the fast tier uses plaintext clusters.
 pub struct NoSecrets;
@@ -80,7 +72,7 @@ pub struct Harness {
 }
 
 impl Harness {
-    pub async fn start() -> Result<Self, Box<dyn std::error::Error>> {
+    pub async fn start() -> TestResult<Self> {
         let kafka = MockKafka::start(1)?;
         let lambda = LocalLambda::start().await?;
         let sdk = local_sdk_config(&lambda.endpoint()).await;
@@ -96,13 +88,13 @@ impl Harness {
 
     /// A topic with `partitions` partitions and `per_partition` records in each; values are
     /// `"<partition>:<offset>"`.
-    pub fn seed(&self, topic: &str, partitions: i32, per_partition: i64) -> Result<(), Box<dyn std::error::Error>> {
+    pub fn seed(&self, topic: &str, partitions: i32, per_partition: i64) -> TestResult {
         self.kafka.create_topic(topic, partitions)?;
         self.produce(topic, partitions, 0, per_partition)
     }
 
     /// Produces records `from..to` (by per-partition index) to every partition.
-    pub fn produce(&self, topic: &str, partitions: i32, from: i64, to: i64) -> Result<(), Box<dyn std::error::Error>> {
+    pub fn produce(&self, topic: &str, partitions: i32, from: i64, to: i64) -> TestResult {
         for i in from..to {
             for p in 0..partitions {
                 self.kafka.produce(topic, p, Some(format!("k{i}").as_bytes()), Some(format!("{p}:{i}").as_bytes()))?;
@@ -127,7 +119,7 @@ impl Harness {
 
     /// Group's committed offsets for partitions 0..partitions (None when nothing is committed).
     pub fn committed(&self, group: &str, topic: &str, partitions: i32) -> Vec<Option<i64>> {
-        committed_offsets(self.kafka.bootstrap_servers(), group, topic, partitions)
+        committed_offsets(self.kafka.bootstrap_servers(), group, topic, partitions).expect("committed offsets")
     }
 }
 
@@ -143,30 +135,6 @@ pub fn event_records(payload: &[u8]) -> Vec<(i32, i64)> {
         }
     }
     out
-}
-
-pub fn committed_offsets(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> Vec<Option<i64>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition(topic, p);
-    }
-    let result = consumer.committed_offsets(tpl, Duration::from_secs(10)).expect("committed offsets");
-    let offsets = (0..partitions)
-        .map(|p| match result.find_partition(topic, p).map(|e| e.offset()) {
-            Some(Offset::Offset(n)) => Some(n),
-            _ => None,
-        })
-        .collect();
-    // librdkafka hangs destroying a consumer while a list it returned is alive: drop the list first.
-    drop(result);
-    drop(consumer);
-    offsets
 }
 
 /// A one-mapping configuration; `extra` fields are merged into the mapping.
@@ -199,7 +167,7 @@ pub fn until_idle() -> RunOptions {
 }
 
 /// Per partition, the offsets in the order they were delivered.
-pub fn by_partition(delivered: &[(i32, i64)]) -> BTreeMap<i32, Vec<i64>> {
+pub fn offsets_by_partition(delivered: &[(i32, i64)]) -> BTreeMap<i32, Vec<i64>> {
     let mut map: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
     for &(p, o) in delivered {
         map.entry(p).or_default().push(o);

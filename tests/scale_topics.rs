@@ -1,0 +1,164 @@
+//! Where the time goes when one mapping reads thousands of topics (issue 13: 5,000 topics, 20,000
+//! partitions, `run --max-seconds 15` took 125 s). A measurement, not a timed test: run it with
+//! `cargo test --release --test scale_topics -- --ignored --nocapture` (`RELAY_SCALE_TOPICS` sets the topic count,
+//! default 5000). It prints one line per phase of a consumer's life on the in-process mock cluster, using
+//! the relay's own consumer settings and rebalance callback. `RELAY_SCALE_AUTO_CREATE=produce` creates the
+//! topics by producing one record to each (fast); `create_topic` costs the mock about 0.2 s a topic.
+//!
+//! Measured on the 2-core development machine (debug build, mock cluster, 5,000 topics × 4 partitions):
+//!
+//! | phase                                                    | before    | after      |
+//! |----------------------------------------------------------|-----------|------------|
+//! | join and assign (metadata, JoinGroup, the callback's lookups) | 24.7 s | 3.3 s      |
+//! | OffsetFetch, all 20,000 partitions in one request        | 5.5 s     | (chunked)  |
+//! | ListOffsets, all 20,000 partitions in one request        | > 120 s   | (chunked)  |
+//! | commit of 20,000 offsets (one request)                   | failed: the member was evicted during the 25 s callback | 1.4 s |
+//! | pause, then resume, all partitions (one call each)       | 14.2 s    | engine     |
+//! | watermarks of 200 never-fetched partitions, one by one   | 54 s      | engine     |
+//! | close                                                    | 3.3 s     |            |
+//!
+//! librdkafka matches a response's partitions against its request one by one, so a lookup's cost grows with
+//! the square of its size (ListOffsets: 4,000 partitions 0.3 s, 10,000 6.8 s, 20,000 > 120 s). The
+//! rebalance callback now asks in requests of 500 partitions (`LOOKUP_CHUNK` in src/kafka/consumer.rs) and
+//! indexes its partitions instead of searching them. What the engine must bound: pausing and resuming
+//! thousands of partitions (one call over 20,000 took 14 s: pause fewer, or in chunks, and never in every
+//! tick), and per-partition watermark queries (0.27 s each for partitions not fetched yet: the caught-up
+//! check must not query 20,000 partitions one by one; one chunked ListOffsets, bounded by the deadline).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kafka_lambda_relay::auth::{ConnectionDiagnostics, KafkaSecurity};
+use kafka_lambda_relay::config::{Mapping, StartingPosition};
+use kafka_lambda_relay::kafka::consumer::{commit, consumer_config, subscribe, GroupEvent, RelayContext};
+use kafka_lambda_relay::kafka::mock::MockKafka;
+use kafka_lambda_relay::kafka::PartitionKey;
+use rdkafka::consumer::Consumer;
+
+type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run with --ignored --nocapture"]
+async fn where_the_time_goes_with_thousands_of_topics() -> TestResult {
+    let topics: usize = std::env::var("RELAY_SCALE_TOPICS").ok().and_then(|v| v.parse().ok()).unwrap_or(5000);
+    let partitions = 4;
+    let clock = Instant::now();
+    let phase = |name: &str, since: Instant| println!("{name:<42} {:>8.2} s", since.elapsed().as_secs_f64());
+
+    let kafka = MockKafka::start(1)?;
+    let names: Vec<String> = (0..topics).map(|i| format!("scale-{i:05}")).collect();
+    // `create_topic` costs the mock about 0.2 s a topic on a busy 2-core machine; with
+    // `RELAY_SCALE_AUTO_CREATE=1` the consumer's first Metadata request creates them instead (the mock's
+    // default: 4 partitions each), which also adds that creation to the join phase.
+    let auto_create = std::env::var("RELAY_SCALE_AUTO_CREATE").is_ok_and(|v| v == "1");
+    if std::env::var("RELAY_SCALE_AUTO_CREATE").is_ok_and(|v| v == "produce") {
+        // One record per topic: the producer's Metadata requests create the topics (4 partitions each).
+        for name in &names {
+            kafka.produce(name, 0, None, Some(b"x"))?;
+        }
+        kafka.flush()?;
+    } else if !auto_create {
+        for name in &names {
+            kafka.create_topic(name, partitions)?;
+        }
+    }
+    phase("create topics on the mock", clock);
+
+    let group = format!("scale-{}", uuid::Uuid::new_v4().simple());
+    let mapping: Mapping = serde_json::from_value(serde_json::json!({
+        "FunctionName": "target",
+        "Topics": names,
+        "StartingPosition": "LATEST",
+        "SelfManagedEventSource": {"Endpoints": {"KAFKA_BOOTSTRAP_SERVERS": [kafka.bootstrap_servers()]}},
+        "SelfManagedKafkaEventSourceConfig": {"ConsumerGroupId": group},
+    }))?;
+    let t = Instant::now();
+    mapping.validate_single()?;
+    phase("validate", t);
+
+    let t = Instant::now();
+    let diagnostics = Arc::new(ConnectionDiagnostics::new(&KafkaSecurity::plaintext(), &mapping));
+    let context = RelayContext::new(StartingPosition::Latest, None, diagnostics);
+    let mut config =
+        consumer_config(kafka.bootstrap_servers(), &group, StartingPosition::Latest, Duration::from_secs(10));
+    if auto_create {
+        config.set("allow.auto.create.topics", "true");
+    }
+    let consumer = subscribe(&config, context, &mapping.topics)?;
+    phase("create consumer and subscribe", t);
+
+    // Poll until the rebalance callback has run (metadata for every topic, JoinGroup, SyncGroup, then the
+    // callback's OffsetFetch and ListOffsets for every partition).
+    let t = Instant::now();
+    let mut assigned = Vec::new();
+    while assigned.is_empty() && t.elapsed() < Duration::from_secs(300) {
+        let _ = tokio::time::timeout(Duration::from_millis(50), consumer.recv()).await;
+        for event in consumer.context().take_events() {
+            if let GroupEvent::Assigned(partitions) = event {
+                assigned.extend(partitions);
+            }
+        }
+    }
+    phase(&format!("join and assign {} partitions", assigned.len()), t);
+    let resolved = assigned.iter().filter(|a| a.start.is_some()).count();
+    println!("{:<42} {resolved} of {}", "starting offsets resolved", assigned.len());
+
+    // The two lookups the rebalance callback makes, timed on their own.
+    let mut all = rdkafka::TopicPartitionList::new();
+    for a in &assigned {
+        all.add_partition_offset(&a.key.topic, a.key.partition, rdkafka::Offset::End)?;
+    }
+    let t = Instant::now();
+    let committed = consumer.committed_offsets(all.clone(), Duration::from_secs(120));
+    phase(&format!("OffsetFetch, one request for all ({})", if committed.is_ok() { "ok" } else { "failed" }), t);
+    drop(committed);
+    let t = Instant::now();
+    let ends = consumer.offsets_for_times(all.clone(), Duration::from_secs(120));
+    phase(&format!("ListOffsets, one request for all ({})", if ends.is_ok() { "ok" } else { "failed" }), t);
+    drop(ends);
+    drop(all);
+
+    let t = Instant::now();
+    let offsets = assigned
+        .iter()
+        .filter_map(|a| a.start.map(|s| (PartitionKey::new(a.key.topic.clone(), a.key.partition), (s, String::new()))))
+        .collect();
+    let result = commit(&consumer, &offsets);
+    phase(&format!("commit every partition's start (one request): {result:?}"), t);
+
+    let t = Instant::now();
+    let mut paused = rdkafka::TopicPartitionList::new();
+    for a in &assigned {
+        paused.add_partition(&a.key.topic, a.key.partition);
+    }
+    consumer.pause(&paused)?;
+    consumer.resume(&paused)?;
+    // A list used in a call keeps references to the partitions: dropping the consumer while it lives
+    // blocks forever in rd_kafka_destroy.
+    drop(paused);
+    phase("pause and resume every partition (one call each)", t);
+
+    let t = Instant::now();
+    for a in assigned.iter().take(200) {
+        let _ = kafka_lambda_relay::kafka::consumer::watermarks(&consumer, &a.key, Duration::from_millis(500));
+    }
+    phase("watermarks of 200 partitions, one by one", t);
+
+    let t = Instant::now();
+    drop(consumer);
+    phase("close (revoke, leave the group)", t);
+    phase("total", clock);
+    assert_eq!(assigned.len(), topics * partitions as usize);
+    Ok(())
+}
+
+/// `validate` on a one-mapping configuration.
+trait ValidateSingle {
+    fn validate_single(&self) -> Result<(), kafka_lambda_relay::config::ConfigError>;
+}
+
+impl ValidateSingle for Mapping {
+    fn validate_single(&self) -> Result<(), kafka_lambda_relay::config::ConfigError> {
+        kafka_lambda_relay::config::RelayConfig { mappings: vec![self.clone()] }.validate()
+    }
+}

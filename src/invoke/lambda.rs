@@ -41,6 +41,9 @@ const TRANSIENT_CODES: &[&str] = &["RequestTimeout", "RequestTimeoutException"];
 #[derive(Debug, Clone)]
 pub struct LambdaInvoker {
     client: aws_sdk_lambda::Client,
+    /// One `Invoke` client per invoke timeout, built once: a per-call config override would merge the
+    /// client's whole configuration again on every invocation (measured as a visible share of the CPU).
+    invoke_clients: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<Duration, aws_sdk_lambda::Client>>>,
 }
 
 impl LambdaInvoker {
@@ -51,25 +54,37 @@ impl LambdaInvoker {
 
     /// Wraps an existing client, e.g. one with a custom endpoint or HTTP client.
     pub fn from_client(client: aws_sdk_lambda::Client) -> Self {
-        Self { client }
+        Self { client, invoke_clients: Default::default() }
     }
 
-    /// The per-call config for `Invoke`: one attempt, bounded by `timeout`, other timeouts as configured.
-    fn invoke_config(&self, timeout: Duration) -> aws_sdk_lambda::config::Builder {
-        let mut timeouts = TimeoutConfig::builder().operation_timeout(timeout).build();
-        // A config override replaces the client's TimeoutConfig as a whole; keep its connect/read timeouts.
-        if let Some(base) = self.client.config().timeout_config() {
-            timeouts.take_defaults_from(base);
-        }
-        aws_sdk_lambda::config::Builder::default()
-            // The relay counts attempts and backs off itself (SPEC section 4): an SDK retry would be an
-            // uncounted extra invocation of the target.
-            .retry_config(RetryConfig::disabled())
-            .timeout_config(timeouts)
-            // A function may legitimately send nothing for up to its whole timeout (15 minutes), longer than
-            // stall detection's grace period; the operation timeout above is the bound that matters, and
-            // stall detection has cut long Lambda invokes short before (awslabs/aws-sdk-rust#1166).
-            .stalled_stream_protection(StalledStreamProtectionConfig::disabled())
+    /// The client for `Invoke` calls bounded by `timeout`: one attempt, other timeouts as configured.
+    fn invoke_client(&self, timeout: Duration) -> aws_sdk_lambda::Client {
+        let mut clients = self.invoke_clients.lock().expect("invoke clients lock");
+        clients
+            .entry(timeout)
+            .or_insert_with(|| {
+                let mut timeouts = TimeoutConfig::builder().operation_timeout(timeout).build();
+                // Setting a TimeoutConfig replaces the client's as a whole; keep its connect/read timeouts.
+                if let Some(base) = self.client.config().timeout_config() {
+                    timeouts.take_defaults_from(base);
+                }
+                let config = self
+                    .client
+                    .config()
+                    .to_builder()
+                    // The relay counts attempts and backs off itself (SPEC section 4): an SDK retry would be
+                    // an uncounted extra invocation of the target.
+                    .retry_config(RetryConfig::disabled())
+                    .timeout_config(timeouts)
+                    // A function may legitimately send nothing for up to its whole timeout (15 minutes),
+                    // longer than stall detection's grace period; the operation timeout above is the bound
+                    // that matters, and stall detection has cut long Lambda invokes short before
+                    // (awslabs/aws-sdk-rust#1166).
+                    .stalled_stream_protection(StalledStreamProtectionConfig::disabled())
+                    .build();
+                aws_sdk_lambda::Client::from_conf(config)
+            })
+            .clone()
     }
 }
 
@@ -77,13 +92,11 @@ impl LambdaInvoker {
 impl Invoke for LambdaInvoker {
     async fn invoke(&self, function_name: &str, payload: Vec<u8>, timeout: Duration) -> InvokeResult {
         let sent = self
-            .client
+            .invoke_client(timeout)
             .invoke()
             .function_name(function_name)
             .invocation_type(InvocationType::RequestResponse)
             .payload(Blob::new(payload))
-            .customize()
-            .config_override(self.invoke_config(timeout))
             .send()
             .await;
         let result = match sent {
@@ -314,14 +327,15 @@ mod tests {
     }
 
     #[test]
-    fn invoke_config_makes_one_attempt_within_the_timeout_and_keeps_the_connect_timeout() {
+    fn invoke_client_makes_one_attempt_within_the_timeout_and_keeps_the_connect_timeout() {
         let client_config = aws_sdk_lambda::Config::builder()
             .behavior_version(aws_sdk_lambda::config::BehaviorVersion::latest())
             .timeout_config(TimeoutConfig::builder().connect_timeout(Duration::from_secs(3)).build())
             .build();
         let invoker = LambdaInvoker::from_client(aws_sdk_lambda::Client::from_conf(client_config));
 
-        let config = invoker.invoke_config(Duration::from_secs(61)).build();
+        let client = invoker.invoke_client(Duration::from_secs(61));
+        let config = client.config();
 
         let timeouts = config.timeout_config().cloned();
         assert_eq!(timeouts.as_ref().and_then(TimeoutConfig::operation_timeout), Some(Duration::from_secs(61)));

@@ -142,13 +142,11 @@ const EVENT_INVOKE_TIMEOUT: Duration = Duration::from_secs(10);
 impl InvokeAsync for LambdaInvoker {
     async fn invoke_async(&self, function_name: &str, payload: Vec<u8>) -> InvokeResult {
         let sent = self
-            .client
+            .invoke_client(EVENT_INVOKE_TIMEOUT)
             .invoke()
             .function_name(function_name)
             .invocation_type(InvocationType::Event)
             .payload(Blob::new(payload))
-            .customize()
-            .config_override(self.invoke_config(EVENT_INVOKE_TIMEOUT))
             .send()
             .await;
         match sent {

@@ -129,7 +129,10 @@ async fn three_workers_on_one_group_never_overlap_a_partition_and_deliver_everyt
     let (topic, group, function) = (unique_name("orders"), unique_name("group"), unique_name("fn"));
     h.seed(&topic, 12, 300)?;
     let recorder = Recorder::default();
-    h.register(&function, recorder.handler(Duration::from_millis(100)));
+    // 30 batches per partition, one at a time, 250 ms each: at least 7.5 s of work, so the members joining
+    // at 0.3 s and 0.6 s get partitions with records left even on a loaded machine (with 100 ms, 3 s, the
+    // first member finished everything alone while the whole fast tier ran).
+    h.register(&function, recorder.handler(Duration::from_millis(250)));
     let cfg = config(h.kafka.bootstrap_servers(), &topic, &function, &group, serde_json::json!({"BatchSize": 10}));
     // A busy machine must not drop a member from the group (its partitions would move as lost, mid-invocation).
     let options = RunOptions { until_idle: true, session_timeout: Duration::from_secs(4), ..bounded(40) };

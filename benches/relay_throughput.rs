@@ -147,6 +147,10 @@ fn child_raw(bootstrap: &str, topic: &str, records: u64) {
             .set("group.id", format!("raw-{}", uuid::Uuid::new_v4()))
             .set("auto.offset.reset", "earliest")
             .set("enable.auto.commit", "false")
+            // The relay's fetch settings: with librdkafka's defaults a full prefetch queue waits out a 1 s
+            // backoff, which would make the reference slow, not the relay fast.
+            .set("fetch.wait.max.ms", "100")
+            .set("fetch.queue.backoff.ms", "5")
             .create()
             .expect("consumer");
         consumer.subscribe(&[topic]).expect("subscribe");

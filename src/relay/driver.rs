@@ -171,7 +171,7 @@ impl<'a> Driver<'a> {
                 Some((job, event)) = self.events.1.recv() => self.on_job_event(job, event),
                 Some(joined) = self.jobs.join_next(), if !self.jobs.is_empty() => self.on_job_end(joined),
                 Some(outcome) = self.commits.recv() => self.on_commit(outcome),
-                message = consumer.recv() => self.on_message(message).await,
+                message = consumer.recv(), if self.stopping || !self.shared.budget.spent() => self.on_message(message).await,
                 _ = sleep_until(window), if window.is_some() => {}
                 _ = sleep_until(cutoff), if !self.stopping && cutoff.is_some() => self.begin_stop("run deadline reached: finishing in-flight invocations"),
                 _ = wait_stop(&mut external_stop), if !self.stopping && external_stop.is_some() => self.begin_stop("stop requested: finishing in-flight invocations"),
@@ -328,6 +328,9 @@ impl<'a> Driver<'a> {
                 // batches instead of sending one record per invocation.
                 let consumer = self.consumer.clone();
                 for _ in 0..DRAIN_AT_ONCE {
+                    if self.shared.budget.spent() {
+                        break;
+                    }
                     match try_recv(&consumer) {
                         Some(Ok(message)) => {
                             let record = self.to_record(&message);

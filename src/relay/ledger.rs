@@ -10,8 +10,10 @@
 //! - a partition is in at most one job at a time, also across a revoke and a re-assignment in the same run
 //!   (it stays busy until the job that held it ends), so its records are never in two invocations at once
 //!   and are delivered in order;
-//! - flow control is by bytes: a partition is paused when its queue holds two full events' worth, or when
-//!   the process's buffer budget is spent, and resumed when both are back under half and three quarters.
+//! - flow control is by bytes: the process's buffer budget counts queued records and batches being
+//!   delivered (with their encoded event); when it is spent the driver stops taking records from librdkafka
+//!   (whose own prefetch limit then stops fetching); a single partition is paused only when its queue holds
+//!   plenty (two full events' worth, or four batches and at least 10,000 records), and resumed under half.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -66,7 +68,9 @@ impl MemoryBudget {
         self.used.fetch_sub(bytes, Ordering::Relaxed);
     }
 
-    fn spent(&self) -> bool {
+    /// The limit is reached: the driver stops taking records from librdkafka (whose own prefetch limit then
+    /// stops its fetching), rather than pausing partitions, which would drop what librdkafka prefetched.
+    pub fn spent(&self) -> bool {
         self.used() >= self.limit
     }
 
@@ -239,12 +243,13 @@ impl Ledger {
             self.counts.filtered_out += 1;
             return;
         }
-        let memory = record.memory_len() + record.encoded_len();
+        // Queued records hold their bytes only; the event encoding exists once a batch is being delivered.
+        let memory = record.memory_len();
         partition.queued_memory += memory;
         self.budget.take(memory);
         let key = record.key_partition.clone();
         partition.queue.push(now, record);
-        if !partition.paused && (self.budget.spent() || full(&partition.queue, &self.batcher)) {
+        if !partition.paused && full(&partition.queue, &self.batcher) {
             partition.paused = true;
             self.paused += 1;
             self.effects.push(Effect::Pause(key));
@@ -279,10 +284,9 @@ impl Ledger {
         self.next_job += 1;
         let mut attempts = Attempts::default();
         let mut response = None;
-        let mut memory = 0;
-        for record in formed.records() {
-            memory += record.memory_len() + record.encoded_len();
-        }
+        let queued: usize = formed.records().iter().map(Record::memory_len).sum();
+        // In delivery a batch also holds its encoded event.
+        let memory = queued + formed.records().iter().map(Record::encoded_len).sum::<usize>();
         for key in super::delivery::partitions_of(formed.records()) {
             let partition = self.partitions.get_mut(&key).expect("batched records come from known partitions");
             partition.queue.busy = true;
@@ -297,11 +301,11 @@ impl Ledger {
                     partition.retry = Some(retry);
                 }
             }
-            let in_batch: usize = formed.records().iter().filter(|r| r.key_partition == key).map(|r| r.memory_len() + r.encoded_len()).sum();
+            let in_batch: usize = formed.records().iter().filter(|r| r.key_partition == key).map(Record::memory_len).sum();
             partition.queued_memory = partition.queued_memory.saturating_sub(in_batch);
         }
         // The memory moves from the queues to the job (given back when the job ends).
-        self.budget.give_back(memory);
+        self.budget.give_back(queued);
         let charge = self.budget.charge(memory);
         self.resume_where_room();
         Some(Start { job, formed, attempts, response, charge })
@@ -652,18 +656,19 @@ mod tests {
     }
 
     #[test]
-    fn a_spent_budget_pauses_partitions_until_jobs_give_memory_back() {
+    fn a_spent_budget_stops_intake_without_pausing_until_jobs_give_memory_back() {
         let batcher = ledger(1000).batcher;
-        let budget = MemoryBudget::new(record(0, 0).memory_len() * 3);
+        let budget = MemoryBudget::new(record(0, 0).memory_len() * 2);
         let mut l = Ledger::new(batcher, budget.clone());
         assign(&mut l, 0, Some(0));
         poll(&mut l, 0, 0..2);
-        assert_eq!(l.take_effects(), vec![Effect::Pause(key(0))], "two records spend the budget (memory + encoding)");
+        assert!(budget.spent(), "two queued records spend the budget: the driver stops taking records");
+        assert!(l.take_effects().is_empty(), "no pause: librdkafka would drop what it prefetched");
         let start = l.next_batch(Instant::now(), true).expect("a batch");
-        assert!(l.take_effects().is_empty(), "the job still holds the memory");
+        assert!(budget.used() > record(0, 0).memory_len() * 2, "in delivery a batch also holds its encoded event");
         drop(start);
         assert_eq!(budget.used(), 0);
-        l.resume_where_room();
-        assert_eq!(l.take_effects(), vec![Effect::Resume(key(0))]);
+        assert!(!budget.spent());
     }
+
 }

@@ -127,6 +127,14 @@ fn warn_if_the_run_cannot_fit_an_invocation(run_length: Option<Duration>, target
     }
 }
 
+/// The configuration, or exit code 2 after printing every violation on stderr.
+fn config_or_exit(path: Option<&PathBuf>) -> Result<RelayConfig, ExitCode> {
+    load_config(path).map_err(|error| {
+        eprintln!("{error}");
+        ExitCode::from(2)
+    })
+}
+
 /// Flips to true on Ctrl-C or SIGTERM so runs finish in-flight work, commit and leave their groups.
 fn stop_signal() -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
@@ -175,12 +183,9 @@ async fn main() -> ExitCode {
         }
         Command::Run { config, max_seconds, until_idle, target_timeout, metrics, check, max_in_flight, buffer_mib, workers } => {
             init_tracing();
-            let config = match load_config(config.as_ref()) {
+            let config = match config_or_exit(config.as_ref()) {
                 Ok(config) => config,
-                Err(error) => {
-                    eprintln!("{error}");
-                    return ExitCode::from(2);
-                }
+                Err(exit) => return exit,
             };
             let sdk_config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
             let services = app::aws_services(&sdk_config);
@@ -229,12 +234,9 @@ async fn main() -> ExitCode {
         }
         Command::Status { config, json } => {
             init_tracing();
-            let config = match load_config(config.as_ref()) {
+            let config = match config_or_exit(config.as_ref()) {
                 Ok(config) => config,
-                Err(error) => {
-                    eprintln!("{error}");
-                    return ExitCode::from(2);
-                }
+                Err(exit) => return exit,
             };
             let sdk_config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
             let secrets = kafka_lambda_relay::auth::SecretsManagerSource::new(&sdk_config);

@@ -577,19 +577,12 @@ impl RelayContext {
         } else if !block_unless_single_threaded(|| self.in_flight.wait_released(&revoked, wait)) {
             tracing::warn!(error_code = "REVOKE_WAIT_EXCEEDED", wait_s = wait.as_secs(), "a revoked partition's invocation is still running; giving it up anyway");
         }
-        let mut offsets = TopicPartitionList::new();
-        {
+        let offsets: BTreeMap<PartitionKey, (i64, String)> = {
             let mut committable = self.committable.lock().expect("committable lock");
-            for key in &revoked {
-                if let Some((offset, metadata)) = committable.remove(key) {
-                    let mut element = offsets.add_partition(&key.topic, key.partition);
-                    let _ = element.set_offset(Offset::Offset(offset));
-                    element.set_metadata(metadata);
-                }
-            }
-        }
-        if offsets.count() > 0 {
-            if let Err(error) = consumer.commit(&offsets, CommitMode::Sync) {
+            revoked.iter().filter_map(|key| Some((key.clone(), committable.remove(key)?))).collect()
+        };
+        if !offsets.is_empty() {
+            if let Err(error) = offset_list(&offsets).and_then(|list| consumer.commit(&list, CommitMode::Sync)) {
                 // The next owner re-reads from the older committed offset: duplicates, never loss.
                 tracing::warn!(error_code = "COMMIT_ON_REVOKE_FAILED", %error, "commit before giving up partitions failed");
             }

@@ -220,11 +220,6 @@ impl Ledger {
         }
     }
 
-    /// Partitions currently assigned.
-    pub fn assigned_keys(&self) -> impl Iterator<Item = &PartitionKey> {
-        self.partitions.iter().filter(|(_, p)| p.assigned).map(|(k, _)| k)
-    }
-
     /// Whether any partition is assigned.
     pub fn has_partitions(&self) -> bool {
         self.partitions.values().any(|p| p.assigned)
@@ -444,11 +439,6 @@ impl Ledger {
     /// Nothing queued, in a job, or fetched and not done: the run can end without losing its place.
     pub fn is_idle(&self) -> bool {
         self.partitions.values().all(|p| p.queue.is_empty() && p.job.is_none() && p.tracker.outstanding() == 0)
-    }
-
-    /// Records polled and not yet done, over all partitions.
-    pub fn outstanding(&self) -> usize {
-        self.partitions.values().map(|p| p.tracker.outstanding()).sum()
     }
 
     /// The local position of each assigned partition: the committable offset (the next record to deliver).

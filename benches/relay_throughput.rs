@@ -72,11 +72,16 @@ fn parent(quick: bool) {
         seed(&kafka, &case.topic, case.records, case.value_bytes);
     }
     eprintln!("{records} records of 200 B over {PARTITIONS} partitions (mock cluster, lz4), {rounds} rounds; target {endpoint}");
-    for batch_size in [100, 1000] {
+    // `BENCH_CASES=100,1000` measures only those batch sizes (10000 is the memory case).
+    let wanted: Option<Vec<u32>> = std::env::var("BENCH_CASES").ok().map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect());
+    let wanted = |batch_size: u32| wanted.as_ref().is_none_or(|w| w.contains(&batch_size));
+    for batch_size in [100, 1000].into_iter().filter(|&b| wanted(b)) {
         let case = Case { batch_size, topic: throughput.topic.clone(), ..throughput };
         println!("{}", measure(kafka.bootstrap_servers(), &endpoint, &case, rounds));
     }
-    println!("{}", measure(kafka.bootstrap_servers(), &endpoint, &memory, rounds.min(3)));
+    if wanted(memory.batch_size) {
+        println!("{}", measure(kafka.bootstrap_servers(), &endpoint, &memory, rounds.min(3)));
+    }
     let _ = lambda.kill();
     let _ = lambda.wait();
 }
@@ -199,7 +204,13 @@ fn child_relay(bootstrap: &str, topic: &str, records: u64, batch_size: u32, endp
         assert_eq!((counts.delivered, counts.committed), (records, records), "every record delivered and committed: {report:?}");
         if std::env::var_os("BENCH_DEBUG").is_some() {
             let calls = timing.calls.load(Ordering::SeqCst).max(1);
-            eprintln!("relay: {calls} invocations, mean latency {} us, mean in flight {:.1}", timing.busy_us.load(Ordering::SeqCst) / calls, timing.busy_us.load(Ordering::SeqCst) as f64 / timing.steady().as_micros().max(1) as f64);
+            eprintln!(
+                "relay: {calls} invocations, mean latency {} us, mean in flight {:.1}, cpu {} ms in {} ms",
+                timing.busy_us.load(Ordering::SeqCst) / calls,
+                timing.busy_us.load(Ordering::SeqCst) as f64 / timing.steady().as_micros().max(1) as f64,
+                cpu_ms(),
+                total.as_millis()
+            );
         }
         print_timings(total, timing.steady());
     });
@@ -207,6 +218,16 @@ fn child_relay(bootstrap: &str, topic: &str, records: u64, batch_size: u32, endp
 
 fn print_timings(total: Duration, steady: Duration) {
     println!("{}", json!({"total_ms": total.as_secs_f64() * 1000.0, "steady_ms": steady.as_secs_f64() * 1000.0, "peak_rss_mb": peak_rss_mb()}));
+}
+
+/// CPU time (user + system) this process used so far, in milliseconds.
+fn cpu_ms() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0) + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    ticks * 10 // USER_HZ is 100 on Linux
 }
 
 /// The process's peak resident set size (VmHWM), in MiB.

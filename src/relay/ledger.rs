@@ -244,7 +244,7 @@ impl Ledger {
         self.budget.take(memory);
         let key = record.key_partition.clone();
         partition.queue.push(now, record);
-        if !partition.paused && full(&partition.queue, &self.batcher) {
+        if !partition.paused && full(partition.queued_memory, &partition.queue, &self.batcher, &self.budget) {
             partition.paused = true;
             self.paused += 1;
             self.effects.push(Effect::Pause(key));
@@ -258,7 +258,7 @@ impl Ledger {
             return;
         }
         for (key, partition) in &mut self.partitions {
-            if partition.paused && half_empty(&partition.queue, &self.batcher) {
+            if partition.paused && half_empty(partition.queued_memory, &partition.queue, &self.batcher, &self.budget) {
                 partition.paused = false;
                 self.paused -= 1;
                 self.effects.push(Effect::Resume(key.clone()));
@@ -482,23 +482,33 @@ impl Ledger {
     }
 }
 
-/// Records a partition may buffer before it is paused, whatever the batch size.
-const MIN_QUEUE_RECORDS: usize = 10_000;
+/// The share of the process's buffer budget one partition may fill before it is paused.
+const PARTITION_SHARE_OF_BUDGET: usize = 4;
 
-/// A queue holding plenty (two full events' worth of bytes, or four batches and at least
-/// [`MIN_QUEUE_RECORDS`] records): buffering more gains nothing. Pausing is kept for real pressure because
-/// librdkafka drops what it prefetched for a paused partition and fetches it again on resume.
-fn full(queue: &PartitionQueue, batcher: &Batcher) -> bool {
-    queue.len() >= record_cap(batcher) || queue.bytes() >= 2 * batcher.max_payload
+/// What a partition may buffer before it is paused: a quarter of the process's budget, and never less than
+/// two full events' worth.
+///
+/// Why a share of the budget and not a number of records: pausing makes librdkafka drop everything it
+/// prefetched for the partition and fetch it again on resume (a round trip, and records re-read), and
+/// librdkafka hands a busy topic over in large per-partition chunks. A small per-partition cap (it was
+/// 10,000 records) paused and purged partitions dozens of times a run, so only the few partitions whose
+/// chunk had arrived could be invoked (measured: 3-4 of 16 in flight at BatchSize 100). The process-wide
+/// budget is the brake (a spent budget stops intake without dropping anything); this cap only keeps one
+/// partition from taking all of it.
+fn partition_cap(batcher: &Batcher, budget: &MemoryBudget) -> usize {
+    (budget.limit / PARTITION_SHARE_OF_BUDGET).max(2 * batcher.max_payload)
+}
+
+/// A partition's queue holds its share of the budget (memory, or encoded bytes for very large events).
+fn full(queued_memory: usize, queue: &PartitionQueue, batcher: &Batcher, budget: &MemoryBudget) -> bool {
+    let cap = partition_cap(batcher, budget);
+    queued_memory >= cap || queue.bytes() >= cap
 }
 
 /// Under half of [`full`] on both counts.
-fn half_empty(queue: &PartitionQueue, batcher: &Batcher) -> bool {
-    queue.len() < record_cap(batcher) / 2 && queue.bytes() < batcher.max_payload
-}
-
-fn record_cap(batcher: &Batcher) -> usize {
-    (4 * batcher.batch_size).max(MIN_QUEUE_RECORDS)
+fn half_empty(queued_memory: usize, queue: &PartitionQueue, batcher: &Batcher, budget: &MemoryBudget) -> bool {
+    let cap = partition_cap(batcher, budget);
+    queued_memory < cap / 2 && queue.bytes() < cap / 2
 }
 
 #[cfg(test)]
@@ -627,12 +637,15 @@ mod tests {
     }
 
     #[test]
-    fn flow_control_pauses_full_partitions_and_resumes_them_when_drained() {
-        let mut l = ledger(2);
+    fn flow_control_pauses_a_partition_holding_its_share_of_the_budget_and_resumes_it_under_half() {
+        let per_record = record(0, 0).memory_len();
+        let mut batcher = ledger(2).batcher;
+        batcher.max_payload = 3 * per_record; // a batch of two fits; two events' worth is far under the share
+        let mut l = Ledger::new(batcher, MemoryBudget::new(per_record * 100 * PARTITION_SHARE_OF_BUDGET));
         assign(&mut l, 0, Some(0));
-        poll(&mut l, 0, 0..MIN_QUEUE_RECORDS as i64 - 1);
-        assert!(l.take_effects().is_empty(), "under the record cap");
-        poll(&mut l, 0, MIN_QUEUE_RECORDS as i64 - 1..MIN_QUEUE_RECORDS as i64);
+        poll(&mut l, 0, 0..99);
+        assert!(l.take_effects().is_empty(), "99 records are under the partition's share of 100");
+        poll(&mut l, 0, 99..100);
         assert_eq!(l.take_effects(), vec![Effect::Pause(key(0))]);
         let mut offset = 0;
         let mut resumed = false;
@@ -642,7 +655,17 @@ mod tests {
             l.finished(start.job, &[key(0)]);
             resumed = l.take_effects() == vec![Effect::Resume(key(0))];
         }
-        assert_eq!(offset, MIN_QUEUE_RECORDS as i64 / 2 + 2, "resumed once under half the cap");
+        assert_eq!(offset, 52, "resumed once under half its share (48 of 100 records left)");
+    }
+
+    /// The measured stall this rule removed: with 16 partitions and BatchSize 100, a cap of 10,000 records
+    /// paused (and made librdkafka purge) partitions 48 times a run.
+    #[test]
+    fn with_the_default_budget_a_partition_buffers_far_more_than_ten_thousand_small_records() {
+        let mut l = ledger(100);
+        assign(&mut l, 0, Some(0));
+        poll(&mut l, 0, 0..40_000);
+        assert!(l.take_effects().is_empty(), "40,000 small records are under a quarter of 64 MiB: no pause");
     }
 
     #[test]

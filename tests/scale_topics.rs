@@ -25,6 +25,8 @@
 //! tick), and per-partition watermark queries (0.27 s each for partitions not fetched yet: the caught-up
 //! check must not query 20,000 partitions one by one; one chunked ListOffsets, bounded by the deadline).
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,7 +37,7 @@ use kafka_lambda_relay::kafka::mock::MockKafka;
 use kafka_lambda_relay::kafka::PartitionKey;
 use rdkafka::consumer::Consumer;
 
-type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
+type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement: run with --ignored --nocapture"]
@@ -161,4 +163,55 @@ impl ValidateSingle for Mapping {
     fn validate_single(&self) -> Result<(), kafka_lambda_relay::config::ConfigError> {
         kafka_lambda_relay::config::RelayConfig { mappings: vec![self.clone()] }.validate()
     }
+}
+
+/// A whole run (the relay's own engine) of one mapping over thousands of topics on the in-process cluster,
+/// bounded by a deadline: prints how long it took against its deadline. `RELAY_SCALE_TOPICS` sets the topic
+/// count (default 5000), `RELAY_SCALE_SECONDS` the run's length (default 15), `RELAY_SCALE_UNTIL_IDLE=0`
+/// keeps it polling until the deadline instead of stopping once caught up, `RELAY_SCALE_START` sets the
+/// mapping's `StartingPosition` (default LATEST).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run with --ignored --nocapture"]
+async fn a_whole_run_over_thousands_of_topics_against_its_deadline() -> TestResult {
+    let topics: usize = std::env::var("RELAY_SCALE_TOPICS").ok().and_then(|v| v.parse().ok()).unwrap_or(5000);
+    let seconds: u64 = std::env::var("RELAY_SCALE_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(15);
+    let until_idle = std::env::var("RELAY_SCALE_UNTIL_IDLE").map_or(true, |v| v != "0");
+    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).try_init();
+    let harness = common::Harness::start().await?;
+    harness.register("target", kafka_lambda_relay::invoke::server::handler(|_| async { kafka_lambda_relay::invoke::server::Reply::success("{}") }));
+    let clock = Instant::now();
+    let names: Vec<String> = (0..topics).map(|i| format!("run-{i:05}")).collect();
+    for name in &names {
+        harness.kafka.produce(name, 0, None, Some(b"x"))?;
+    }
+    harness.kafka.flush()?;
+    println!("{:<42} {:>8.2} s", "create topics (one record each)", clock.elapsed().as_secs_f64());
+    let group = format!("run-{}", uuid::Uuid::new_v4().simple());
+    let start = std::env::var("RELAY_SCALE_START").unwrap_or_else(|_| "LATEST".into());
+    let extra = serde_json::json!({"StartingPosition": start});
+    let mut config = common::config(harness.kafka.bootstrap_servers(), &names[0], "target", &group, extra);
+    config.mappings[0].topics = names.clone();
+    let options = kafka_lambda_relay::relay::RunOptions {
+        until_idle,
+        margin: Duration::from_secs(3),
+        session_timeout: Duration::from_secs(10),
+        ..common::bounded(seconds)
+    };
+    let deadline = options.deadline.expect("bounded");
+    let started = Instant::now();
+    let report = kafka_lambda_relay::app::run_all(&config, &harness.services, &options).await;
+    let over = Instant::now().saturating_duration_since(deadline);
+    let mapping = &report.mappings[0];
+    println!(
+        "{:<42} {:>8.2} s (deadline {seconds} s, {:.2} s past it): polled {}, delivered {}, committed {}, {} partitions, {}",
+        "the run",
+        started.elapsed().as_secs_f64(),
+        over.as_secs_f64(),
+        mapping.counts.polled,
+        mapping.counts.delivered,
+        mapping.counts.committed,
+        mapping.partitions.len(),
+        mapping.last_processing_result
+    );
+    Ok(())
 }

@@ -653,6 +653,7 @@ impl<'a> Driver<'a> {
 
     /// The final commit (bounded by the deadline), leaving the group, and the report.
     async fn finish(mut self) -> MappingReport {
+        tracing::debug!(mapping = %self.context.mapping_uuid, "loop over");
         self.begin_stop("run over: committing");
         self.jobs.abort_all();
         while let Ok((job, event)) = self.events.1.try_recv() {
@@ -663,9 +664,11 @@ impl<'a> Driver<'a> {
             tracing::error!(error_code = "COMMIT_FAILED", mapping = %self.context.mapping_uuid, %problem, "final commit failed");
             self.problem.get_or_insert(problem);
         }
+        tracing::debug!(mapping = %self.context.mapping_uuid, "final commit over");
         self.ledger.counts.polling_errors += self.consumer.context().take_client_errors();
         self.bounds_for_report().await;
         let report = self.report();
+        tracing::debug!(mapping = %self.context.mapping_uuid, "report written");
         // The run's last metrics: what happened since the last interval, and the lags now.
         self.emit_metrics(Some(&report));
         let close_by = self.options.deadline.map_or(Instant::now() + FINAL_COMMIT_WAIT, |d| d.max(Instant::now())) + CLOSE_GRACE;

@@ -47,8 +47,11 @@ const BOUNDS_LOOKUP: Duration = Duration::from_secs(10);
 /// How long looked-up log bounds stand in for a partition's fetch watermarks.
 const BOUNDS_FRESH: Duration = Duration::from_secs(5);
 
-/// How long the report may spend looking up the log bounds of partitions never fetched.
+/// How long the report may spend reading watermarks and looking up those of partitions never fetched.
 const REPORT_QUERIES: Duration = Duration::from_secs(2);
+
+/// The time the report may spend reading watermarks even when the deadline has passed.
+const REPORT_MIN_SCAN: Duration = Duration::from_millis(200);
 
 /// A final commit without a deadline waits at most this long for the group's answer.
 const FINAL_COMMIT_WAIT: Duration = Duration::from_secs(10);
@@ -666,8 +669,8 @@ impl<'a> Driver<'a> {
         }
         tracing::debug!(mapping = %self.context.mapping_uuid, "final commit over");
         self.ledger.counts.polling_errors += self.consumer.context().take_client_errors();
-        self.bounds_for_report().await;
-        let report = self.report();
+        let highs = self.report_highs().await;
+        let report = self.report(&highs);
         tracing::debug!(mapping = %self.context.mapping_uuid, "report written");
         // The run's last metrics: what happened since the last interval, and the lags now.
         self.emit_metrics(Some(&report));
@@ -707,34 +710,42 @@ impl<'a> Driver<'a> {
         }
     }
 
-    /// Looks up the log ends of partitions never fetched (for their lag), in one chunked lookup while the
-    /// run's time allows (a cluster that went away must not hold the report up).
-    async fn bounds_for_report(&mut self) {
+    /// Per partition, its high watermark for the report's lag: as of the last fetch, or looked up in one
+    /// chunked lookup for partitions never fetched. Reading librdkafka's watermarks costs a lookup per partition
+    /// (seconds over tens of thousands), so all of it stops at the deadline (or after [`REPORT_QUERIES`], and is
+    /// given at least [`REPORT_MIN_SCAN`]); a partition not reached has no lag in the report.
+    async fn report_highs(&mut self) -> BTreeMap<PartitionKey, i64> {
         self.take_bounds();
-        let unknown: Vec<(PartitionKey, bool)> = self
-            .ledger
-            .positions()
-            .into_keys()
-            .filter(|key| consumer::watermarks(&self.consumer, key, Duration::ZERO).is_none() && !self.bounds.0.contains_key(key))
-            .map(|key| (key, false))
-            .collect();
-        let by = Instant::now() + REPORT_QUERIES;
-        let by = self.options.deadline.map_or(by, |deadline| by.min(deadline));
-        if unknown.is_empty() || by <= Instant::now() {
-            return;
+        let now = Instant::now();
+        let by = self.options.deadline.map_or(now + REPORT_QUERIES, |d| d.min(now + REPORT_QUERIES)).max(now + REPORT_MIN_SCAN);
+        let (mut highs, mut unknown) = (BTreeMap::new(), Vec::new());
+        for (i, key) in self.ledger.positions().into_keys().enumerate() {
+            if i % 256 == 255 && Instant::now() >= by {
+                break;
+            }
+            let high = consumer::watermarks(&self.consumer, &key, Duration::ZERO)
+                .map(|(_, high)| high)
+                .or_else(|| self.bounds.0.get(&key).and_then(|b| b.high));
+            match high {
+                Some(high) => {
+                    highs.insert(key, high);
+                }
+                None => unknown.push((key, false)),
+            }
+        }
+        if unknown.is_empty() || Instant::now() >= by {
+            return highs;
         }
         let consumer = self.consumer.clone();
         let lookup = tokio::task::spawn_blocking(move || consumer::log_bounds(&consumer, &unknown, by));
         if let Ok(Ok(found)) = tokio::time::timeout(by.saturating_duration_since(Instant::now()), lookup).await {
-            self.bounds.0.extend(found);
+            highs.extend(found.into_iter().filter_map(|(key, bounds)| Some((key, bounds.high?))));
         }
+        highs
     }
 
-    fn report(&self) -> MappingReport {
-        // Watermarks of the last fetch, or of the last lookup for partitions never fetched.
-        let partitions = self.ledger.partition_reports(|key| {
-            consumer::watermarks(&self.consumer, key, Duration::ZERO).map(|(_, high)| high).or_else(|| self.bounds.0.get(key)?.high)
-        });
+    fn report(&self, highs: &BTreeMap<PartitionKey, i64>) -> MappingReport {
+        let partitions = self.ledger.partition_reports(|key| highs.get(key).copied());
         let mut lag = OffsetLag::default();
         for l in partitions.iter().filter_map(|p| p.lag) {
             lag.sum += l;

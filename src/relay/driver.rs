@@ -675,6 +675,11 @@ impl<'a> Driver<'a> {
         // The run's last metrics: what happened since the last interval, and the lags now.
         self.emit_metrics(Some(&report));
         let close_by = self.options.deadline.map_or(Instant::now() + FINAL_COMMIT_WAIT, |d| d.max(Instant::now())) + CLOSE_GRACE;
+        // A lookup under way holds the consumer: it ends by the deadline, and the group is left after it.
+        if let Some(lookup) = self.bounds_lookup.take() {
+            let wait = close_by.saturating_duration_since(Instant::now());
+            let _ = tokio::time::timeout(wait, tokio::task::spawn_blocking(move || lookup.join())).await;
+        }
         close(self.consumer, close_by).await;
         report
     }

@@ -834,8 +834,8 @@ pub fn refused_for_rebalance(error: &KafkaError) -> bool {
 pub const COMMIT_CHUNK: usize = 2000;
 
 /// Commits `offsets` (partition → (offset, metadata)) synchronously, in requests of [`COMMIT_CHUNK`]
-/// partitions. Nothing to commit is success; the first error is returned (the caller offers all of
-/// `offsets` again, which commits nothing twice that was not already committed).
+/// partitions. Nothing to commit is success; the first error is returned, and the caller offers all of
+/// `offsets` again (committing an offset the group already holds changes nothing).
 pub fn commit(consumer: &RelayConsumer, offsets: &BTreeMap<PartitionKey, (i64, String)>) -> KafkaResult<()> {
     let mut result = Ok(());
     let entries: Vec<(&PartitionKey, &(i64, String))> = offsets.iter().collect();

@@ -100,6 +100,35 @@ impl MockKafka {
         }
     }
 
+    /// Starts recording the requests the cluster receives (see [`MockKafka::requests`]).
+    pub fn track_requests(&self) {
+        // SAFETY: the mock cluster belongs to the producer, alive as long as `self`.
+        unsafe { rdkafka::bindings::rd_kafka_mock_start_request_tracking(self.raw_cluster()) }
+    }
+
+    /// How many `api` requests the cluster received since [`MockKafka::track_requests`] (tests: how many
+    /// broker round trips a run made).
+    pub fn requests(&self, api: rdkafka::types::RDKafkaApiKey) -> usize {
+        let mut count = 0usize;
+        // SAFETY: the array and its requests are the caller's to destroy, which happens before returning.
+        unsafe {
+            let requests = rdkafka::bindings::rd_kafka_mock_get_requests(self.raw_cluster(), &mut count);
+            if requests.is_null() {
+                return 0;
+            }
+            let matching = (0..count)
+                .filter(|i| rdkafka::bindings::rd_kafka_mock_request_api_key(*requests.add(*i)) == api as i16)
+                .count();
+            rdkafka::bindings::rd_kafka_mock_request_destroy_array(requests, count);
+            matching
+        }
+    }
+
+    fn raw_cluster(&self) -> *mut rdkafka::bindings::rd_kafka_mock_cluster_t {
+        // SAFETY: the handle is the producer's, alive as long as `self`.
+        unsafe { rdkafka::bindings::rd_kafka_handle_mock_cluster(self.producer.client().native_ptr()) }
+    }
+
     /// Waits until everything produced is acknowledged.
     pub fn flush(&self) -> KafkaResult<()> {
         self.producer.flush(Timeout::After(Duration::from_secs(30)))

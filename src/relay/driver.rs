@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
-use rdkafka::topic_partition_list::TopicPartitionList;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -41,11 +40,18 @@ pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Records taken from librdkafka's queue without waiting, after each one the loop waited for.
 const DRAIN_AT_ONCE: usize = 2000;
 
-/// How long one watermark query may take (only partitions without a fetch answer need one).
-const WATERMARK_QUERY: Duration = Duration::from_millis(500);
+/// How long one lookup of the log bounds of partitions not fetched yet may take (chunked `ListOffsets`
+/// requests, see [`consumer::log_bounds`]); never past the run's deadline.
+const BOUNDS_LOOKUP: Duration = Duration::from_secs(10);
 
-/// How long the report may spend querying watermarks.
+/// How long looked-up log bounds stand in for a partition's fetch watermarks.
+const BOUNDS_FRESH: Duration = Duration::from_secs(5);
+
+/// How long the report may spend reading watermarks and looking up those of partitions never fetched.
 const REPORT_QUERIES: Duration = Duration::from_secs(2);
+
+/// The time the report may spend reading watermarks even when the deadline has passed.
+const REPORT_MIN_SCAN: Duration = Duration::from_millis(200);
 
 /// A final commit without a deadline waits at most this long for the group's answer.
 const FINAL_COMMIT_WAIT: Duration = Duration::from_secs(10);
@@ -94,6 +100,12 @@ struct Driver<'a> {
     /// Partitions whose record at this offset waits for an unavailable schema registry: nothing at or after
     /// it is taken this run, so nothing past it is committed; the next run decodes it again.
     held: BTreeMap<PartitionKey, i64>,
+    /// Log bounds of partitions without fetch watermarks, from the last chunked lookup, and when it ended.
+    bounds: (BTreeMap<PartitionKey, consumer::LogBounds>, Instant),
+    /// The chunked lookup under way (on a thread of its own: the loop never waits for the broker).
+    bounds_lookup: Option<std::thread::JoinHandle<BTreeMap<PartitionKey, consumer::LogBounds>>>,
+    /// No caught-up check before this (a check over tens of thousands of partitions takes a while).
+    next_idle_check: Instant,
 }
 
 impl<'a> Driver<'a> {
@@ -149,6 +161,9 @@ impl<'a> Driver<'a> {
             invocations: std::collections::HashMap::new(),
             decoder,
             held: BTreeMap::new(),
+            bounds: (BTreeMap::new(), Instant::now()),
+            bounds_lookup: None,
+            next_idle_check: Instant::now(),
         }
     }
 
@@ -465,19 +480,19 @@ impl<'a> Driver<'a> {
         consumer::commit_off_loop(self.consumer.clone(), due, self.commit_tx.clone());
     }
 
+    /// Pauses and resumes what the ledger decided: one call each, for the partitions whose state changed.
     fn apply_effects(&mut self) {
-        let (mut pause, mut resume) = (TopicPartitionList::new(), TopicPartitionList::new());
+        let (mut pause, mut resume) = (Vec::new(), Vec::new());
         for effect in self.ledger.take_effects() {
             match effect {
-                Effect::Pause(key) => pause.add_partition(&key.topic, key.partition),
-                Effect::Resume(key) => resume.add_partition(&key.topic, key.partition),
+                Effect::Pause(key) => pause.push(key),
+                Effect::Resume(key) => resume.push(key),
             };
         }
-        if pause.count() > 0 {
-            let _ = self.consumer.pause(&pause);
-        }
-        if resume.count() > 0 {
-            let _ = self.consumer.resume(&resume);
+        for (keys, paused) in [(pause, true), (resume, false)] {
+            if let Err(error) = consumer::pause_resume(&self.consumer, &keys, paused) {
+                tracing::warn!(mapping = %self.context.mapping_uuid, %error, paused, partitions = keys.len(), "pause or resume failed");
+            }
         }
     }
 
@@ -520,10 +535,15 @@ impl<'a> Driver<'a> {
             }
             return false;
         }
-        if context.rebalancing() {
+        if context.rebalancing() || !self.ledger.is_idle() || Instant::now() < self.next_idle_check {
             return false;
         }
-        self.ledger.is_idle() && self.caught_up()
+        let checked = Instant::now();
+        let caught_up = self.caught_up();
+        // A check costs librdkafka a lookup per partition: over thousands of partitions it is spaced out so
+        // it takes at most a fifth of the loop's time.
+        self.next_idle_check = Instant::now() + checked.elapsed() * 4;
+        caught_up
     }
 
     /// Joins the group anew when this consumer has held nothing for longer than a session: a member that
@@ -542,8 +562,11 @@ impl<'a> Driver<'a> {
         }
     }
 
-    /// Whether every assigned partition's position reached its high watermark (as of the last fetch).
-    fn caught_up(&self) -> bool {
+    /// Whether every assigned partition's position reached its high watermark: as of the last fetch, or for
+    /// partitions not fetched yet, as of a chunked lookup made off the loop (never one round trip per
+    /// partition: over 20,000 partitions those took minutes, issue 13). False while that lookup is under way.
+    fn caught_up(&mut self) -> bool {
+        self.take_bounds();
         let Ok(position) = self.consumer.position() else { return false };
         let positions: BTreeMap<PartitionKey, i64> = position
             .elements()
@@ -551,12 +574,51 @@ impl<'a> Driver<'a> {
             .filter_map(|e| Some((PartitionKey::new(e.topic(), e.partition()), e.offset().to_raw().filter(|o| *o >= 0)?)))
             .collect();
         drop(position);
-        self.ledger.positions().into_iter().all(|(key, at)| {
-            // Before the first fetch answer, one short query; the driver is idle meanwhile anyway.
-            let Some((low, high)) = consumer::watermarks(&self.consumer, &key, WATERMARK_QUERY) else { return false };
+        let mut unknown = Vec::new();
+        for (key, at) in self.ledger.positions() {
+            let at = positions.get(&key).copied().or(at);
+            let (low, high) = match consumer::watermarks(&self.consumer, &key, Duration::ZERO) {
+                Some((low, high)) => (Some(low), Some(high)),
+                None => self.bounds.0.get(&key).map_or((None, None), |b| (b.low, b.high)),
+            };
             // A partition with nothing fetched and nothing committed is caught up only when it is empty.
-            positions.get(&key).copied().or(at).map_or(low >= high, |at| at >= high)
-        })
+            match (at, low, high) {
+                (Some(at), _, Some(high)) if at < high => return false,
+                (None, Some(low), Some(high)) if low < high => return false,
+                (Some(_), _, Some(_)) | (None, Some(_), Some(_)) => {}
+                _ => unknown.push((key, at.is_none())),
+            }
+        }
+        if unknown.is_empty() {
+            return true;
+        }
+        self.look_up_bounds(unknown);
+        false
+    }
+
+    /// Starts a chunked lookup of `keys`' log bounds off the loop, unless one is under way.
+    fn look_up_bounds(&mut self, keys: Vec<(PartitionKey, bool)>) {
+        if self.bounds_lookup.is_some() {
+            return;
+        }
+        let by = Instant::now() + BOUNDS_LOOKUP;
+        let by = self.options.deadline.map_or(by, |deadline| by.min(deadline));
+        let consumer = self.consumer.clone();
+        tracing::debug!(mapping = %self.context.mapping_uuid, partitions = keys.len(), "looking up the log bounds of partitions not fetched yet");
+        self.bounds_lookup = Some(std::thread::spawn(move || consumer::log_bounds(&consumer, &keys, by)));
+    }
+
+    /// The finished lookup's bounds replace older ones; bounds older than [`BOUNDS_FRESH`] are dropped.
+    fn take_bounds(&mut self) {
+        if self.bounds.1.elapsed() > BOUNDS_FRESH {
+            self.bounds.0.clear();
+        }
+        if !self.bounds_lookup.as_ref().is_some_and(std::thread::JoinHandle::is_finished) {
+            return;
+        }
+        if let Some(Ok(found)) = self.bounds_lookup.take().map(std::thread::JoinHandle::join) {
+            self.bounds = (found, Instant::now());
+        }
     }
 
     /// Authentication and authorization failures end the mapping's run with AWS's error code; other
@@ -594,6 +656,7 @@ impl<'a> Driver<'a> {
 
     /// The final commit (bounded by the deadline), leaving the group, and the report.
     async fn finish(mut self) -> MappingReport {
+        tracing::debug!(mapping = %self.context.mapping_uuid, "loop over");
         self.begin_stop("run over: committing");
         self.jobs.abort_all();
         while let Ok((job, event)) = self.events.1.try_recv() {
@@ -604,11 +667,19 @@ impl<'a> Driver<'a> {
             tracing::error!(error_code = "COMMIT_FAILED", mapping = %self.context.mapping_uuid, %problem, "final commit failed");
             self.problem.get_or_insert(problem);
         }
+        tracing::debug!(mapping = %self.context.mapping_uuid, "final commit over");
         self.ledger.counts.polling_errors += self.consumer.context().take_client_errors();
-        let report = self.report();
+        let highs = self.report_highs().await;
+        let report = self.report(&highs);
+        tracing::debug!(mapping = %self.context.mapping_uuid, "report written");
         // The run's last metrics: what happened since the last interval, and the lags now.
         self.emit_metrics(Some(&report));
         let close_by = self.options.deadline.map_or(Instant::now() + FINAL_COMMIT_WAIT, |d| d.max(Instant::now())) + CLOSE_GRACE;
+        // A lookup under way holds the consumer: it ends by the deadline, and the group is left after it.
+        if let Some(lookup) = self.bounds_lookup.take() {
+            let wait = close_by.saturating_duration_since(Instant::now());
+            let _ = tokio::time::timeout(wait, tokio::task::spawn_blocking(move || lookup.join())).await;
+        }
         close(self.consumer, close_by).await;
         report
     }
@@ -644,14 +715,42 @@ impl<'a> Driver<'a> {
         }
     }
 
-    fn report(&self) -> MappingReport {
-        // Watermarks of the last fetch; a partition never fetched gets one short query while the run's
-        // time allows (a cluster that went away must not hold the report up).
-        let queries_until = Instant::now() + REPORT_QUERIES;
-        let partitions = self.ledger.partition_reports(|key| {
-            let query = if Instant::now() < queries_until { WATERMARK_QUERY } else { Duration::ZERO };
-            consumer::watermarks(&self.consumer, key, query).map(|(_, high)| high)
-        });
+    /// Per partition, its high watermark for the report's lag: as of the last fetch, or looked up in one
+    /// chunked lookup for partitions never fetched. Reading librdkafka's watermarks costs a lookup per partition
+    /// (seconds over tens of thousands), so all of it stops at the deadline (or after [`REPORT_QUERIES`], and is
+    /// given at least [`REPORT_MIN_SCAN`]); a partition not reached has no lag in the report.
+    async fn report_highs(&mut self) -> BTreeMap<PartitionKey, i64> {
+        self.take_bounds();
+        let now = Instant::now();
+        let by = self.options.deadline.map_or(now + REPORT_QUERIES, |d| d.min(now + REPORT_QUERIES)).max(now + REPORT_MIN_SCAN);
+        let (mut highs, mut unknown) = (BTreeMap::new(), Vec::new());
+        for (i, key) in self.ledger.positions().into_keys().enumerate() {
+            if i % 256 == 255 && Instant::now() >= by {
+                break;
+            }
+            let high = consumer::watermarks(&self.consumer, &key, Duration::ZERO)
+                .map(|(_, high)| high)
+                .or_else(|| self.bounds.0.get(&key).and_then(|b| b.high));
+            match high {
+                Some(high) => {
+                    highs.insert(key, high);
+                }
+                None => unknown.push((key, false)),
+            }
+        }
+        if unknown.is_empty() || Instant::now() >= by {
+            return highs;
+        }
+        let consumer = self.consumer.clone();
+        let lookup = tokio::task::spawn_blocking(move || consumer::log_bounds(&consumer, &unknown, by));
+        if let Ok(Ok(found)) = tokio::time::timeout(by.saturating_duration_since(Instant::now()), lookup).await {
+            highs.extend(found.into_iter().filter_map(|(key, bounds)| Some((key, bounds.high?))));
+        }
+        highs
+    }
+
+    fn report(&self, highs: &BTreeMap<PartitionKey, i64>) -> MappingReport {
+        let partitions = self.ledger.partition_reports(|key| highs.get(key).copied());
         let mut lag = OffsetLag::default();
         for l in partitions.iter().filter_map(|p| p.lag) {
             lag.sum += l;

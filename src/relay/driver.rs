@@ -382,6 +382,8 @@ impl<'a> Driver<'a> {
             Ok(decoded) => return Some(decoded),
             Err(failure) => failure,
         };
+        // AWS's SchemaRegistryErrorCount: "failed to fetch the schema or deserialize with the schema".
+        self.ledger.counts.schema_registry_errors += 1;
         let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
         let (key, offset) = (failure.record.key_partition.clone(), failure.record.offset);
         match crate::schema::disposition(&failure, now_ms, self.mapping.max_record_age()) {
@@ -490,7 +492,11 @@ impl<'a> Driver<'a> {
         if self.last_progress.elapsed() >= Duration::from_millis(500) {
             self.last_progress = Instant::now();
             if let Some(progress) = &self.options.progress {
-                progress(&self.context.mapping_uuid, &self.ledger.counts);
+                // Watermarks of the last fetch only (cached by librdkafka): no broker round trip.
+                let left = crate::metrics::lag_remaining(self.ledger.positions().iter().map(|(key, position)| {
+                    (*position, consumer::watermarks(&self.consumer, key, Duration::ZERO).map(|(_, high)| high))
+                }));
+                progress(&self.context.mapping_uuid, &self.ledger.counts, left);
             }
             self.diagnose_client_errors().await;
         }

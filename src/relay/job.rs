@@ -160,6 +160,10 @@ pub(super) async fn run(
 
 fn log(mapping: &str, notice: &Notice) {
     match notice {
+        // A partial batch response is the function working as designed (it asks for some records again): INFO.
+        Notice::Invoked { failed: true, reason: Some(reason) } if reason == super::delivery::PARTIAL_BATCH_RESPONSE => {
+            tracing::info!(code = "PARTIAL_BATCH_RESPONSE", mapping, "partial batch response: failed items are retried")
+        }
         Notice::Invoked { failed: true, reason } => {
             tracing::warn!(error_code = "FUNCTION_ERROR", mapping, reason = reason.as_deref().unwrap_or(""), "invocation failed")
         }

@@ -506,7 +506,7 @@ mod payload_tests {
             .iter()
             .map(|(group, enabled)| {
                 serde_json::json!({
-                    "FunctionName": "target", "Topics": ["orders"], "StartingPosition": "TRIM_HORIZON",
+                    "FunctionName": "target", "Topics": [format!("orders-{group}")], "StartingPosition": "TRIM_HORIZON",
                     "Enabled": enabled,
                     "SelfManagedEventSource": {"Endpoints": {"KAFKA_BOOTSTRAP_SERVERS": ["127.0.0.1:9092"]}},
                     "SelfManagedKafkaEventSourceConfig": {"ConsumerGroupId": group}

@@ -298,10 +298,10 @@ fn describe_group(mapping: &Mapping, security: &crate::auth::KafkaSecurity) -> G
     }
     match consumer.fetch_group_list(Some(&group), Duration::from_secs(10)) {
         // An "Empty" or "Dead" group has no live member, whatever members it still lists.
-        Ok(groups) => match groups.groups().iter().any(|g| !matches!(g.state(), "Empty" | "Dead") && !g.members().is_empty()) {
-            true => GroupLiveness::Live,
-            false => GroupLiveness::Idle,
-        },
+        Ok(groups) if groups.groups().iter().any(|g| !matches!(g.state(), "Empty" | "Dead") && !g.members().is_empty()) => {
+            GroupLiveness::Live
+        }
+        Ok(_) => GroupLiveness::Idle,
         Err(error) => GroupLiveness::Unknown(error.to_string()),
     }
 }

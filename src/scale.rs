@@ -329,6 +329,25 @@ pub async fn chain_running(config: &RelayConfig, probe: &dyn GroupProbe) -> bool
     false
 }
 
+/// The longest a consumer left without partitions waits between two fresh joins of its group.
+pub const REJOIN_MAX: Duration = Duration::from_secs(300);
+
+/// How long a consumer that holds no partition waits before joining its group anew, after `rejoins` fresh
+/// joins that brought it nothing: one session timeout plus 2 s, doubled after each such join, at most
+/// [`REJOIN_MAX`].
+///
+/// Why back off: the fresh join recovers from a coordinator that left this member out with no later
+/// rebalance (tansu), and one or two joins do that. A member with nothing because the group has more
+/// members than partitions (a continuous run's successor or a worker beside enough others) would otherwise
+/// leave and join every ~12 s for its whole run: each time two rebalances of the whole group (commits
+/// refused with `RebalanceInProgress` meanwhile), and, if the predecessor leaves in the moment between this
+/// member's leave and its join, a group that is briefly empty, whose next join waits out
+/// `group.initial.rebalance.delay.ms` (3 s) before anyone consumes: a hand-over gap over the 2 s goal.
+pub fn rejoin_wait(session_timeout: Duration, rejoins: u32) -> Duration {
+    let first = session_timeout + Duration::from_secs(2);
+    first.saturating_mul(1u32 << rejoins.min(16)).min(REJOIN_MAX)
+}
+
 /// `run --workers N` on a laptop: the same command, without `--workers`, as N-1 more processes of this
 /// binary on the same consumer group (their reports come back on their stdout).
 pub fn spawn_local_workers(extra: u32) -> std::io::Result<Vec<std::process::Child>> {
@@ -420,6 +439,15 @@ mod tests {
             let demand = Demand { lags, rate_per_worker: rate, within: minute, provisioned };
             assert_eq!(workers(&demand), expected, "{why}: {demand:?}");
         }
+    }
+
+    #[test]
+    fn a_consumer_left_without_partitions_rejoins_after_a_session_then_backs_off() {
+        let session = Duration::from_secs(10);
+        let waits: Vec<u64> = (0..7).map(|n| rejoin_wait(session, n).as_secs()).collect();
+        assert_eq!(waits, vec![12, 24, 48, 96, 192, 300, 300]);
+        assert_eq!(rejoin_wait(session, u32::MAX), REJOIN_MAX, "no overflow after many joins");
+        assert_eq!(rejoin_wait(Duration::from_millis(1500), 0), Duration::from_millis(3500));
     }
 
     #[test]

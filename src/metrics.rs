@@ -917,7 +917,8 @@ mod tests {
         assert_eq!(lag_remaining([(Some(5), None)]), None, "no watermark fetched yet");
         assert_eq!(lag_remaining([(Some(40), Some(100)), (Some(7), Some(10)), (Some(3), None)]), Some(63));
         assert_eq!(lag_remaining([(None, Some(12))]), Some(12), "no position yet: the whole partition is left");
-        assert_eq!(lag_remaining([(Some(12), Some(10)), (Some(0), Some(4))]), Some(4), "a position past a stale watermark counts 0");
+        let stale = [(Some(12), Some(10)), (Some(0), Some(4))];
+        assert_eq!(lag_remaining(stale), Some(4), "a position past a stale watermark counts 0");
     }
 
     #[test]

@@ -298,10 +298,14 @@ fn describe_group(mapping: &Mapping, security: &crate::auth::KafkaSecurity) -> G
     }
     match consumer.fetch_group_list(Some(&group), Duration::from_secs(10)) {
         // An "Empty" or "Dead" group has no live member, whatever members it still lists.
-        Ok(groups) if groups.groups().iter().any(|g| !matches!(g.state(), "Empty" | "Dead") && !g.members().is_empty()) => {
-            GroupLiveness::Live
+        Ok(groups) => {
+            let live = |g: &&rdkafka::groups::GroupInfo| !matches!(g.state(), "Empty" | "Dead") && !g.members().is_empty();
+            if groups.groups().iter().any(|g| live(&g)) {
+                GroupLiveness::Live
+            } else {
+                GroupLiveness::Idle
+            }
         }
-        Ok(_) => GroupLiveness::Idle,
         Err(error) => GroupLiveness::Unknown(error.to_string()),
     }
 }

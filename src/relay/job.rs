@@ -200,7 +200,8 @@ mod log_tests {
             .iter()
             .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
             .map(|v| {
-                let code = v["fields"]["code"].as_str().or(v["fields"]["error_code"].as_str()).unwrap_or("").to_string();
+                let code = v["fields"]["code"].as_str().or(v["fields"]["error_code"].as_str());
+                let code = code.unwrap_or("").to_string();
                 (v["level"].as_str().unwrap_or("").to_string(), code)
             })
             .collect()
@@ -208,7 +209,8 @@ mod log_tests {
 
     #[test]
     fn a_partial_batch_response_is_expected_behaviour_logged_at_info_with_its_own_code() {
-        let partial = Notice::Invoked { failed: true, reason: Some(super::super::delivery::PARTIAL_BATCH_RESPONSE.into()) };
+        let reason = Some(super::super::delivery::PARTIAL_BATCH_RESPONSE.to_string());
+        let partial = Notice::Invoked { failed: true, reason };
         assert_eq!(logged(&partial), vec![("INFO".to_string(), "PARTIAL_BATCH_RESPONSE".to_string())]);
         let error = Notice::Invoked { failed: true, reason: Some("function error (Unhandled)".into()) };
         assert_eq!(logged(&error), vec![("WARN".to_string(), "FUNCTION_ERROR".to_string())]);

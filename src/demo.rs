@@ -106,7 +106,7 @@ pub async fn run(records: u32, partitions: i32) -> Result<RunReport, DemoError> 
     let options = RunOptions {
         until_idle: true,
         retry_backoff: (Duration::from_millis(100), Duration::from_secs(1)),
-        progress: Some(Arc::new(move |uuid: &str, counts: &crate::metrics::Counts| {
+        progress: Some(Arc::new(move |uuid: &str, counts: &crate::metrics::Counts, _lag: Option<i64>| {
             eprintln!(
                 "demo: [{uuid}] polled {}/{total}, delivered {}, invocations {} ({} partial/failed)",
                 counts.polled, counts.delivered, counts.invocations, counts.failed_invocations

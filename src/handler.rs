@@ -55,7 +55,8 @@ pub async fn handle_scaled(
     if continuous {
         // A run of the chain polls until its deadline; the schedule only restarts a chain that stopped.
         options.until_idle = false;
-        if !hand_over && crate::scale::chain_running(&config, services.secrets.as_ref()).await {
+        let probe = crate::scale::KafkaGroupProbe { secrets: services.secrets.as_ref() };
+        if !hand_over && crate::scale::chain_running(&config, &probe).await {
             tracing::info!("a continuous chain is running: this scheduled tick does nothing");
             return Ok(RunReport { mappings: Vec::new() });
         }

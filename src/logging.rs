@@ -239,13 +239,14 @@ impl Visit for LevelVisitor {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
 
+    /// A log writer tests read back (other modules' log tests use it too).
     #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
+    pub(crate) struct Buffer(Arc<Mutex<Vec<u8>>>);
 
     impl std::io::Write for Buffer {
         fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
@@ -265,7 +266,8 @@ mod tests {
     }
 
     impl Buffer {
-        fn lines(&self) -> Vec<String> {
+        /// The lines written so far.
+        pub(crate) fn lines(&self) -> Vec<String> {
             String::from_utf8(self.0.lock().unwrap().clone())
                 .unwrap()
                 .lines()

@@ -96,13 +96,13 @@ fn terminal_progress() -> Option<kafka_lambda_relay::relay::Progress> {
         return None;
     }
     let meters = std::sync::Mutex::new(std::collections::HashMap::<String, (i64, kafka_lambda_relay::metrics::ProgressMeter)>::new());
-    Some(std::sync::Arc::new(move |uuid: &str, counts: &kafka_lambda_relay::metrics::Counts| {
+    Some(std::sync::Arc::new(move |uuid: &str, counts: &kafka_lambda_relay::metrics::Counts, lag: Option<i64>| {
         let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
         let mut meters = meters.lock().expect("progress lock");
         let (last, meter) = meters.entry(uuid.to_string()).or_insert((0, Default::default()));
         if now - *last >= 5_000 {
             *last = now;
-            eprintln!("{}", meter.line(uuid, now, counts, None));
+            eprintln!("{}", meter.line(uuid, now, counts, lag));
         }
     }))
 }

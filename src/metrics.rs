@@ -656,6 +656,16 @@ impl TimeLagTracker {
     }
 }
 
+/// Lag remaining for a progress line: the sum over partitions of (high watermark − position), each at least
+/// 0, from `(position, high watermark)` pairs; `None` when no partition has both (nothing known yet). A
+/// partition without a position (nothing fetched, no committed offset) counts from 0, as its lag in the report.
+pub fn lag_remaining(partitions: impl IntoIterator<Item = (Option<i64>, Option<i64>)>) -> Option<i64> {
+    partitions.into_iter().fold(None, |sum, (position, high)| match high {
+        Some(high) => Some(sum.unwrap_or(0) + (high - position.unwrap_or(0)).max(0)),
+        None => sum,
+    })
+}
+
 /// A progress line for a terminal: records per second since the last line, and what is left.
 #[derive(Debug, Clone, Default)]
 pub struct ProgressMeter {
@@ -671,7 +681,7 @@ impl ProgressMeter {
             _ => 0.0,
         };
         self.last = Some((now_ms, done));
-        let lag = lag.map(|l| format!(", {l} records left")).unwrap_or_default();
+        let lag = lag.map(|l| format!(", lag remaining {l} records")).unwrap_or_default();
         format!(
             "[{uuid}] {done} records done ({:.0}/s), {} polled, {} invocations ({} failed){lag}",
             rate, counts.polled, counts.invocations, counts.failed_invocations
@@ -902,10 +912,20 @@ mod tests {
     }
 
     #[test]
+    fn lag_remaining_sums_watermark_minus_position_over_known_partitions() {
+        assert_eq!(lag_remaining([]), None, "no partition: nothing to show");
+        assert_eq!(lag_remaining([(Some(5), None)]), None, "no watermark fetched yet");
+        assert_eq!(lag_remaining([(Some(40), Some(100)), (Some(7), Some(10)), (Some(3), None)]), Some(63));
+        assert_eq!(lag_remaining([(None, Some(12))]), Some(12), "no position yet: the whole partition is left");
+        let stale = [(Some(12), Some(10)), (Some(0), Some(4))];
+        assert_eq!(lag_remaining(stale), Some(4), "a position past a stale watermark counts 0");
+    }
+
+    #[test]
     fn progress_shows_rate_and_records_left() {
         let mut meter = ProgressMeter::default();
         let first = meter.line("u", 0, &Counts { delivered: 100, polled: 100, ..Counts::default() }, Some(900));
-        assert_eq!(first, "[u] 100 records done (0/s), 100 polled, 0 invocations (0 failed), 900 records left");
+        assert_eq!(first, "[u] 100 records done (0/s), 100 polled, 0 invocations (0 failed), lag remaining 900 records");
         let second = meter.line("u", 2_000, &Counts { delivered: 300, polled: 400, invocations: 3, ..Counts::default() }, None);
         assert_eq!(second, "[u] 300 records done (100/s), 400 polled, 3 invocations (0 failed)");
     }

@@ -236,36 +236,120 @@ pub fn hand_over_at(now: std::time::Instant, cutoff: std::time::Instant) -> std:
     cutoff.max(now) - HAND_OVER_LEAD.min(left / 2)
 }
 
-/// Whether a consumer group of the configuration has live members now (`DescribeGroups`): a continuous
-/// chain (or its workers) is running, so a scheduled tick must not start a second chain. When the brokers
-/// cannot tell (no `DescribeGroups`, as in librdkafka's mock cluster and tansu 0.6, or an error), the answer
-/// is false: a second chain is then possible, which the group protocol keeps safe (a partition is never in
-/// two invocations at once) but which costs a second run; a chain must never fail to start.
-pub async fn chain_running(config: &RelayConfig, secrets: &dyn SecretSource) -> bool {
+/// What the brokers say about one mapping's consumer group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupLiveness {
+    /// The group has live members (state neither `Empty` nor `Dead`): a chain or its workers consume it.
+    Live,
+    /// The group has no live member.
+    Idle,
+    /// The brokers could not tell (no `DescribeGroups`, as librdkafka's mock cluster and tansu 0.6.0; a
+    /// connection or authentication failure): why.
+    Unknown(String),
+}
+
+/// Asks the brokers whether a mapping's consumer group has live members: the seam [`chain_running`] decides
+/// through, so the decision is tested without a broker that answers `DescribeGroups`.
+#[async_trait::async_trait]
+pub trait GroupProbe: Send + Sync {
+    /// The liveness of `mapping`'s consumer group.
+    async fn liveness(&self, mapping: &Mapping) -> GroupLiveness;
+}
+
+/// The probe on the real brokers: `ListGroups` + `DescribeGroups` (librdkafka's `rd_kafka_list_groups`),
+/// with the mapping's own security settings, MSK IAM included (the client answers librdkafka's
+/// OAUTHBEARER token requests with a signed MSK IAM token, as the consumer and `check` do).
+pub struct KafkaGroupProbe<'a> {
+    /// Where the mapping's secrets come from.
+    pub secrets: &'a dyn SecretSource,
+}
+
+#[async_trait::async_trait]
+impl GroupProbe for KafkaGroupProbe<'_> {
+    async fn liveness(&self, mapping: &Mapping) -> GroupLiveness {
+        let security = match crate::auth::resolve(mapping, self.secrets).await {
+            Ok(security) => security,
+            Err(error) => return GroupLiveness::Unknown(error.to_string()),
+        };
+        let mapping = mapping.clone();
+        tokio::task::spawn_blocking(move || describe_group(&mapping, &security))
+            .await
+            .unwrap_or_else(|panic| GroupLiveness::Unknown(format!("group check panicked: {panic}")))
+    }
+}
+
+fn describe_group(mapping: &Mapping, security: &crate::auth::KafkaSecurity) -> GroupLiveness {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let group = mapping.consumer_group_id();
+    let diagnostics = std::sync::Arc::new(crate::auth::ConnectionDiagnostics::new(security, mapping));
+    let mut settings = rdkafka::ClientConfig::new();
+    settings
+        .set("bootstrap.servers", security.bootstrap_servers_for(mapping))
+        .set("group.id", &group)
+        .set("client.id", "kafka-lambda-relay-chain");
+    security.apply(&mut settings);
+    let consumer: BaseConsumer<crate::auth::DiagnosingContext> =
+        match settings.create_with_context(crate::auth::DiagnosingContext::new(diagnostics.clone())) {
+            Ok(consumer) => consumer,
+            Err(error) => return GroupLiveness::Unknown(diagnostics.creation_error(&error).to_string()),
+        };
+    if let Err(error) = crate::auth::msk::set_initial_token(consumer.client(), diagnostics.msk_iam()) {
+        return GroupLiveness::Unknown(error.to_string());
+    }
+    match consumer.fetch_group_list(Some(&group), Duration::from_secs(10)) {
+        // An "Empty" or "Dead" group has no live member, whatever members it still lists.
+        Ok(groups) => {
+            let live = |g: &&rdkafka::groups::GroupInfo| !matches!(g.state(), "Empty" | "Dead") && !g.members().is_empty();
+            if groups.groups().iter().any(|g| live(&g)) {
+                GroupLiveness::Live
+            } else {
+                GroupLiveness::Idle
+            }
+        }
+        Err(error) => GroupLiveness::Unknown(error.to_string()),
+    }
+}
+
+/// Whether a continuous chain (or its workers) is running now, so a scheduled tick must not start a second
+/// chain: true when any enabled mapping's group is [`GroupLiveness::Live`]; the scheduled run then does
+/// nothing, and otherwise it starts a chain.
+///
+/// **When unsure** ([`GroupLiveness::Unknown`]: a broker without `DescribeGroups`, as librdkafka's mock
+/// cluster and tansu 0.6.0, or an error), that mapping counts as idle and a chain is started: a second chain
+/// is then possible, which the group protocol keeps safe (a partition is never in two invocations at once,
+/// and the two chains share the partitions like workers) but which costs a second run per tick until one of
+/// them ends; a chain must never fail to start because the check could not answer. Each unknown answer is
+/// logged as `CHAIN_CHECK_FAILED`.
+pub async fn chain_running(config: &RelayConfig, probe: &dyn GroupProbe) -> bool {
     for mapping in config.mappings.iter().filter(|m| m.enabled) {
-        let Ok(security) = crate::auth::resolve(mapping, secrets).await else { continue };
-        let (bootstrap, group) = (mapping.bootstrap_servers().join(","), mapping.consumer_group_id());
-        let members = tokio::task::spawn_blocking(move || -> Result<usize, String> {
-            use rdkafka::consumer::{BaseConsumer, Consumer};
-            let mut settings = rdkafka::ClientConfig::new();
-            settings.set("bootstrap.servers", &bootstrap).set("group.id", &group).set("client.id", "kafka-lambda-relay-chain");
-            security.apply(&mut settings);
-            let consumer: BaseConsumer = settings.create().map_err(|e| e.to_string())?;
-            let groups = consumer.fetch_group_list(Some(&group), Duration::from_secs(10)).map_err(|e| e.to_string())?;
-            // An "Empty" or "Dead" group has no live member, whatever members it still lists.
-            Ok(groups.groups().iter().filter(|g| !matches!(g.state(), "Empty" | "Dead")).map(|g| g.members().len()).sum())
-        })
-        .await;
-        match members {
-            Ok(Ok(0)) => {}
-            Ok(Ok(_)) => return true,
-            Ok(Err(error)) => {
+        match probe.liveness(mapping).await {
+            GroupLiveness::Live => return true,
+            GroupLiveness::Idle => {}
+            GroupLiveness::Unknown(error) => {
                 tracing::warn!(error_code = "CHAIN_CHECK_FAILED", mapping = %mapping.uuid(), %error, "cannot tell whether a chain is running: starting one");
             }
-            Err(_) => {}
         }
     }
     false
+}
+
+/// The longest a consumer left without partitions waits between two fresh joins of its group.
+pub const REJOIN_MAX: Duration = Duration::from_secs(300);
+
+/// How long a consumer that holds no partition waits before joining its group anew, after `rejoins` fresh
+/// joins that brought it nothing: one session timeout plus 2 s, doubled after each such join, at most
+/// [`REJOIN_MAX`].
+///
+/// Why back off: the fresh join recovers from a coordinator that left this member out with no later
+/// rebalance (tansu), and one or two joins do that. A member with nothing because the group has more
+/// members than partitions (a continuous run's successor or a worker beside enough others) would otherwise
+/// leave and join every ~12 s for its whole run: each time two rebalances of the whole group (commits
+/// refused with `RebalanceInProgress` meanwhile), and, if the predecessor leaves in the moment between this
+/// member's leave and its join, a group that is briefly empty, whose next join waits out
+/// `group.initial.rebalance.delay.ms` (3 s) before anyone consumes: a hand-over gap over the 2 s goal.
+pub fn rejoin_wait(session_timeout: Duration, rejoins: u32) -> Duration {
+    let first = session_timeout + Duration::from_secs(2);
+    first.saturating_mul(1u32 << rejoins.min(16)).min(REJOIN_MAX)
 }
 
 /// `run --workers N` on a laptop: the same command, without `--workers`, as N-1 more processes of this
@@ -362,6 +446,15 @@ mod tests {
     }
 
     #[test]
+    fn a_consumer_left_without_partitions_rejoins_after_a_session_then_backs_off() {
+        let session = Duration::from_secs(10);
+        let waits: Vec<u64> = (0..7).map(|n| rejoin_wait(session, n).as_secs()).collect();
+        assert_eq!(waits, vec![12, 24, 48, 96, 192, 300, 300]);
+        assert_eq!(rejoin_wait(session, u32::MAX), REJOIN_MAX, "no overflow after many joins");
+        assert_eq!(rejoin_wait(Duration::from_millis(1500), 0), Duration::from_millis(3500));
+    }
+
+    #[test]
     fn local_workers_get_the_command_line_without_the_workers_flag() {
         let args = ["run", "--workers", "3", "--config", "c.json", "--workers=2", "--until-idle"].map(String::from);
         assert_eq!(without_workers_flag(args.into_iter()), ["run", "--config", "c.json", "--until-idle"]);
@@ -423,5 +516,69 @@ mod payload_tests {
         assert_eq!(again.mappings, config.mappings);
         let schedule = serde_json::json!({"source": "aws.events"});
         assert_eq!(split_worker(&schedule), (schedule.clone(), None), "a scheduled event is the coordinator's");
+    }
+
+    /// Answers per consumer group, recording which groups were asked.
+    struct ScriptedProbe {
+        answers: std::collections::HashMap<String, GroupLiveness>,
+        asked: Mutex<Vec<String>>,
+    }
+
+    #[async_trait::async_trait]
+    impl GroupProbe for ScriptedProbe {
+        async fn liveness(&self, mapping: &Mapping) -> GroupLiveness {
+            let group = mapping.consumer_group_id();
+            self.asked.lock().unwrap().push(group.clone());
+            self.answers.get(&group).cloned().unwrap_or(GroupLiveness::Idle)
+        }
+    }
+
+    fn groups_config(groups: &[(&str, bool)]) -> RelayConfig {
+        let mappings: Vec<Value> = groups
+            .iter()
+            .map(|(group, enabled)| {
+                serde_json::json!({
+                    "FunctionName": "target", "Topics": [format!("orders-{group}")], "StartingPosition": "TRIM_HORIZON",
+                    "Enabled": enabled,
+                    "SelfManagedEventSource": {"Endpoints": {"KAFKA_BOOTSTRAP_SERVERS": ["127.0.0.1:9092"]}},
+                    "SelfManagedKafkaEventSourceConfig": {"ConsumerGroupId": group}
+                })
+            })
+            .collect();
+        RelayConfig::parse_valid(&serde_json::json!({ "Mappings": mappings }).to_string()).unwrap()
+    }
+
+    /// (liveness of group a, of group b) → whether the scheduled tick sees a running chain (and does nothing).
+    #[tokio::test]
+    async fn a_tick_skips_only_when_a_group_is_live_and_starts_a_chain_when_unsure() {
+        use GroupLiveness::*;
+        let unknown = || Unknown("DescribeGroups not supported".into());
+        let cases = [
+            (Idle, Idle, false),
+            (Live, Idle, true),
+            (Idle, Live, true),
+            (unknown(), Idle, false),
+            (unknown(), unknown(), false),
+            (unknown(), Live, true),
+        ];
+        for (a, b, running) in cases {
+            let probe = ScriptedProbe {
+                answers: [("a".to_string(), a.clone()), ("b".to_string(), b.clone())].into(),
+                asked: Mutex::new(Vec::new()),
+            };
+            let config = groups_config(&[("a", true), ("b", true)]);
+            assert_eq!(chain_running(&config, &probe).await, running, "a {a:?}, b {b:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_disabled_mappings_group_is_not_asked_and_does_not_count() {
+        let probe = ScriptedProbe {
+            answers: [("off".to_string(), GroupLiveness::Live)].into(),
+            asked: Mutex::new(Vec::new()),
+        };
+        let config = groups_config(&[("off", false), ("on", true)]);
+        assert!(!chain_running(&config, &probe).await, "only the enabled mapping's idle group counts");
+        assert_eq!(*probe.asked.lock().unwrap(), vec!["on".to_string()]);
     }
 }

@@ -1,11 +1,16 @@
 #![cfg(feature = "e2e")]
-//! `kafka-lambda-relay status` against tansu: a partition with an earlier run's retry state and a lagging
-//! one are reported with their lag in records and seconds, and nothing in the cluster changes.
+//! `kafka-lambda-relay status` against tansu: a lagging partition, a partition with an earlier run's retry
+//! state, and a caught-up one are reported with their lag in records and seconds, and nothing in the
+//! cluster changes (offsets and metadata).
 //!
-//! tansu 0.6.0 does not keep the metadata of a committed offset (it answers an empty string), so on it the
-//! retry state, and with it the `Blocked` column, is lost; the test asserts that, so a tansu that starts
-//! keeping metadata shows up here. `tests/status_mock.rs` covers the blocked partition on a broker that
-//! keeps metadata (librdkafka's mock cluster).
+//! Why the blocked partition is asserted only as far as tansu allows: tansu 0.6.0 stores a commit's metadata
+//! (its OffsetCommit handler writes the `metadata` column of its `consumer_offset` table) but never returns
+//! it: its OffsetFetch handler answers `metadata: ""` (versions 0-7) or null (8+) whatever was committed, and
+//! its storage query (`consumer_offset_select.sql`) selects the offset only. The newest release line
+//! (0.7.0-pre, renamed nisshi) answers the same, so no tansu version keeps it. On tansu the partition an
+//! earlier run was blocked on therefore shows as a lagging partition at the blocked offset with no `Blocked`
+//! state; `tests/status_mock.rs` covers `Blocked` on librdkafka's mock cluster, which keeps metadata as Kafka
+//! and MSK do. If tansu starts returning metadata, the first assertion fails and says so.
 
 mod common;
 
@@ -108,8 +113,12 @@ fn status_on_tansu_shows_lag_and_time_lag_per_partition_and_changes_no_offset() 
         &[(0, 3, retry.clone()), (1, 6, String::new()), (2, 10, String::new())],
     )?;
     let before = committed_with_metadata(&group, &topic, 3)?;
-    let keeps_metadata = before[0].1 == retry;
-    assert_eq!(before[0], (Some(3), String::new()), "tansu 0.6.0 drops commit metadata (if this fails, it keeps it now)");
+    assert_eq!(
+        before[0],
+        (Some(3), String::new()),
+        "tansu 0.6.0 keeps the offset and answers no metadata (if this fails, it returns metadata now: assert \
+         the Blocked state below, as tests/status_mock.rs does)"
+    );
 
     let mapping = tansu_mapping("recording-target", &topic, &group);
     let config = json!({"Mappings": [mapping]});
@@ -139,12 +148,9 @@ fn status_on_tansu_shows_lag_and_time_lag_per_partition_and_changes_no_offset() 
         rows,
         vec![(0, Some(3), 10, 7), (1, Some(6), 10, 4), (2, Some(10), 10, 0)]
     );
-    if keeps_metadata {
-        assert_eq!(p[0]["Blocked"]["Offset"], 3);
-        assert_eq!(p[0]["Blocked"]["Attempts"], 2);
-    } else {
-        assert!(p[0]["Blocked"].is_null(), "no metadata, no retry state: {}", p[0]);
-    }
+    // The blocked partition, as far as tansu allows: still at the blocked offset, lagging from there, with
+    // no retry state (tansu returned none).
+    assert!(p[0]["Blocked"].is_null(), "no metadata, no retry state: {}", p[0]);
     assert!(p[1]["Blocked"].is_null());
     for lagging in [p[0], p[1]] {
         assert_eq!(

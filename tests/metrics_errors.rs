@@ -1,5 +1,6 @@
 //! The `ErrorCount` metrics, each forced on an in-process Kafka and Lambda: a target that fails (function
-//! errors and throttles), an on-failure destination that is down, a failed commit, a broker that goes away.
+//! errors and throttles), an on-failure destination that is down, a failed commit, a broker that goes away,
+//! a schema registry that is down and a record that does not decode.
 //! Each is counted in the run report and in the EMF lines, and no record is committed past one that was
 //! neither delivered nor handed to the destination.
 
@@ -192,6 +193,47 @@ async fn a_broker_that_goes_away_counts_polling_errors() -> TestResult {
     assert!(counts.polling_errors >= 1, "{counts:?}");
     assert_eq!(emitted(&lines, "PollingErrorCount"), counts.polling_errors);
     assert_eq!(counts.delivered, 10);
+    Ok(())
+}
+
+/// AWS: `SchemaRegistryErrorCount` is "the number of errors that Lambda failed to fetch the schema or
+/// deserialize with the schema". One partition's record names a schema the registry (down: nothing listens
+/// on its port) cannot serve, the other partition's record is not framed for a registry at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_that_is_down_and_an_undecodable_record_count_schema_registry_errors() -> TestResult {
+    let h = Harness::start().await?;
+    let (topic, group, function) = (unique_name("t"), unique_name("g"), unique_name("fn"));
+    h.kafka.create_topic(&topic, 2)?;
+    // Confluent framing: magic byte 0, schema id 1, then a payload.
+    h.kafka.produce(&topic, 0, None, Some(&[0u8, 0, 0, 0, 1, 2][..]))?;
+    h.kafka.produce(&topic, 1, None, Some(&b"not framed"[..]))?;
+    h.kafka.flush()?;
+    h.register(&function, always(Reply::success("{}")));
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let extra = serde_json::json!({
+        "MetricsConfig": all_groups(),
+        "SelfManagedKafkaEventSourceConfig": {
+            "ConsumerGroupId": group,
+            "SchemaRegistryConfig": {
+                "SchemaRegistryURI": format!("http://{closed}"),
+                "EventRecordFormat": "JSON",
+                "SchemaValidationConfigs": [{"Attribute": "VALUE"}]
+            }
+        }
+    });
+    let cfg = config(h.kafka.bootstrap_servers(), &topic, &function, &group, extra);
+    let (options, lines) = collecting(until_idle());
+    let report = run_all(&cfg, &h.services, &options).await;
+    let counts = report.mappings[0].counts;
+
+    assert_eq!(counts.schema_registry_errors, 2, "the failed fetch and the undecodable record: {counts:?}");
+    assert_eq!(emitted(&lines, "SchemaRegistryErrorCount"), 2);
+    assert_eq!(counts.invocations, 0, "neither record reaches the target");
+    assert_eq!(
+        h.committed(&group, &topic, 2),
+        vec![None, Some(1)],
+        "the record whose schema could not be fetched is held, the undecodable one given up (dropped)"
+    );
     Ok(())
 }
 

@@ -140,6 +140,7 @@ async fn undecodable_records_go_to_the_destination_uninvoked_and_filters_match_d
     assert_eq!(h.committed(&group, &topic, 1), vec![Some(6)]);
     let counts = &report.mappings[0].counts;
     assert_eq!((counts.delivered, counts.filtered_out, counts.sent_to_destination, counts.invocations), (3, 1, 2, 3));
+    assert_eq!(counts.schema_registry_errors, 2, "SchemaRegistryErrorCount: the unknown schema and the bad bytes");
     assert_eq!(report.mappings[0].last_processing_result, "OK");
     Ok(())
 }
@@ -173,9 +174,15 @@ async fn a_registry_outage_commits_nothing_past_the_record_and_a_later_run_deliv
         "{}",
         report.mappings[0].last_processing_result
     );
+    assert_eq!(
+        report.mappings[0].counts.schema_registry_errors,
+        1,
+        "SchemaRegistryErrorCount: the failed fetch (later records of the held partition are not looked up)"
+    );
 
     down.store(false, Ordering::SeqCst);
-    run_all(&cfg, &h.services, &until_idle()).await;
+    let report = run_all(&cfg, &h.services, &until_idle()).await;
+    assert_eq!(report.mappings[0].counts.schema_registry_errors, 0, "a run whose fetches succeed counts no error");
     let offsets: Vec<i64> = received(&h, &function).into_iter().map(|(offset, _, _)| offset).collect();
     assert_eq!(offsets, vec![0, 1, 2]);
     assert_eq!(h.committed(&group, &topic, 1), vec![Some(3)]);

@@ -92,6 +92,9 @@ pub enum Step {
     Finished,
 }
 
+/// The `reason` of a [`Notice::Invoked`] whose function answered with a partial batch response.
+pub const PARTIAL_BATCH_RESPONSE: &str = "partial batch response";
+
 /// What the ledger learns from a job.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Notice {
@@ -289,7 +292,7 @@ impl Delivery {
                 self.out.push_back(Notice::Invoked { failed: true, reason: Some(reason.clone()) });
             }
             Verdict::Partial(_) => {
-                self.out.push_back(Notice::Invoked { failed: true, reason: Some("partial batch response".into()) })
+                self.out.push_back(Notice::Invoked { failed: true, reason: Some(PARTIAL_BATCH_RESPONSE.into()) })
             }
             Verdict::Success => self.out.push_back(Notice::Invoked { failed: false, reason: None }),
         }

@@ -89,6 +89,8 @@ struct Driver<'a> {
     last_key: Option<PartitionKey>,
     /// The start of the run, or the last assignment or revocation.
     last_group_change: Instant,
+    /// Times this consumer joined the group anew since it last held partitions ([`crate::scale::rejoin_wait`]).
+    rejoins: u32,
     /// This interval's metrics, written every `options.metrics_interval` and at the end.
     metrics: MinuteMetrics,
     /// Sampled record timestamps, for the time lag.
@@ -156,6 +158,7 @@ impl<'a> Driver<'a> {
             last_progress: Instant::now(),
             last_key: None,
             last_group_change: Instant::now(),
+            rejoins: 0,
             metrics: MinuteMetrics::for_mapping(mapping, unix_ms()).with_interval(options.metrics_interval),
             time_lags: TimeLagTracker::default(),
             invocations: std::collections::HashMap::new(),
@@ -397,6 +400,8 @@ impl<'a> Driver<'a> {
             Ok(decoded) => return Some(decoded),
             Err(failure) => failure,
         };
+        // AWS's SchemaRegistryErrorCount: "failed to fetch the schema or deserialize with the schema".
+        self.ledger.counts.schema_registry_errors += 1;
         let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
         let (key, offset) = (failure.record.key_partition.clone(), failure.record.offset);
         match crate::schema::disposition(&failure, now_ms, self.mapping.max_record_age()) {
@@ -505,12 +510,18 @@ impl<'a> Driver<'a> {
         if self.last_progress.elapsed() >= Duration::from_millis(500) {
             self.last_progress = Instant::now();
             if let Some(progress) = &self.options.progress {
-                progress(&self.context.mapping_uuid, &self.ledger.counts);
+                // Watermarks of the last fetch only (cached by librdkafka): no broker round trip.
+                let left = crate::metrics::lag_remaining(self.ledger.positions().iter().map(|(key, position)| {
+                    (*position, consumer::watermarks(&self.consumer, key, Duration::ZERO).map(|(_, high)| high))
+                }));
+                progress(&self.context.mapping_uuid, &self.ledger.counts, left);
             }
             self.diagnose_client_errors().await;
         }
         if !self.stopping && !self.ledger.has_partitions() {
             self.rejoin_if_left_out();
+        } else {
+            self.rejoins = 0;
         }
         if self.stopping || !self.options.until_idle || !self.jobs.is_empty() {
             return false;
@@ -548,12 +559,14 @@ impl<'a> Driver<'a> {
 
     /// Joins the group anew when this consumer has held nothing for longer than a session: a member that
     /// died mid-rebalance can leave a coordinator (tansu, seen here) with an assignment that gives this
-    /// consumer nothing and no later rebalance; a fresh join starts one.
+    /// consumer nothing and no later rebalance; a fresh join starts one. Backs off while that brings nothing
+    /// ([`crate::scale::rejoin_wait`]).
     fn rejoin_if_left_out(&mut self) {
-        if self.last_group_change.elapsed() < self.options.session_timeout + Duration::from_secs(2) {
+        if self.last_group_change.elapsed() < crate::scale::rejoin_wait(self.options.session_timeout, self.rejoins) {
             return;
         }
-        tracing::info!(mapping = %self.context.mapping_uuid, "no partitions for longer than a session: joining the group again");
+        tracing::info!(mapping = %self.context.mapping_uuid, rejoins = self.rejoins, "no partitions for longer than a session: joining the group again");
+        self.rejoins += 1;
         self.last_group_change = Instant::now();
         let topics: Vec<&str> = self.mapping.topics.iter().map(String::as_str).collect();
         self.consumer.unsubscribe();

@@ -160,6 +160,10 @@ pub(super) async fn run(
 
 fn log(mapping: &str, notice: &Notice) {
     match notice {
+        // A partial batch response is the function working as designed (it asks for some records again): INFO.
+        Notice::Invoked { failed: true, reason: Some(reason) } if reason == super::delivery::PARTIAL_BATCH_RESPONSE => {
+            tracing::info!(code = "PARTIAL_BATCH_RESPONSE", mapping, "partial batch response: failed items are retried")
+        }
         Notice::Invoked { failed: true, reason } => {
             tracing::warn!(error_code = "FUNCTION_ERROR", mapping, reason = reason.as_deref().unwrap_or(""), "invocation failed")
         }
@@ -179,4 +183,36 @@ fn log(mapping: &str, notice: &Notice) {
 
 fn unix_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+#[cfg(test)]
+mod log_tests {
+    use super::*;
+    use crate::logging::{subscriber, tests::Buffer, Format, LogSettings};
+
+    /// (level, code) of the JSON line `notice` logs.
+    fn logged(notice: &Notice) -> Vec<(String, String)> {
+        let buffer = Buffer::default();
+        let settings = LogSettings { format: Format::Json, directives: "info".into() };
+        tracing::subscriber::with_default(subscriber(&settings, buffer.clone()), || log("m-uuid", notice));
+        buffer
+            .lines()
+            .iter()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
+            .map(|v| {
+                let code = v["fields"]["code"].as_str().or(v["fields"]["error_code"].as_str());
+                let code = code.unwrap_or("").to_string();
+                (v["level"].as_str().unwrap_or("").to_string(), code)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_partial_batch_response_is_expected_behaviour_logged_at_info_with_its_own_code() {
+        let reason = Some(super::super::delivery::PARTIAL_BATCH_RESPONSE.to_string());
+        let partial = Notice::Invoked { failed: true, reason };
+        assert_eq!(logged(&partial), vec![("INFO".to_string(), "PARTIAL_BATCH_RESPONSE".to_string())]);
+        let error = Notice::Invoked { failed: true, reason: Some("function error (Unhandled)".into()) };
+        assert_eq!(logged(&error), vec![("WARN".to_string(), "FUNCTION_ERROR".to_string())]);
+    }
 }

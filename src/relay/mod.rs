@@ -84,8 +84,9 @@ pub struct Services {
     pub secrets: Arc<dyn crate::auth::SecretSource>,
 }
 
-/// Progress callback: (mapping UUID, counts so far).
-pub type Progress = Arc<dyn Fn(&str, &Counts) + Send + Sync>;
+/// Progress callback: (mapping UUID, counts so far, lag remaining: records between each assigned partition's
+/// position and its high watermark as of the last fetch, summed; `None` before any watermark is known).
+pub type Progress = Arc<dyn Fn(&str, &Counts, Option<i64>) + Send + Sync>;
 
 /// How a run behaves (not part of the mapping configuration).
 #[derive(Clone)]

@@ -26,7 +26,7 @@ use kafka_lambda_relay::invoke::server::{handler, local_sdk_config, LocalLambda,
 use kafka_lambda_relay::relay::{FailureSink, Services};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use common::*;
@@ -106,7 +106,7 @@ async fn kafka_destination_commits_nothing_while_the_failure_topic_is_missing_th
     let (topic, failed, group, function) = (unique_name("src"), unique_name("failed"), unique_name("g"), unique_name("fn"));
     create_topic(&tansu(), &topic, 1)?;
     produce(&topic, &[
-        (Some(b"customer-1"), b"{\"n\":0}".to_vec(), Some(("trace", b"t-0"))),
+        (Some("customer-1".as_bytes()), b"{\"n\":0}".to_vec(), Some(("trace", "t-0".as_bytes()))),
         (None, b"{\"n\":1}".to_vec(), None),
     ])
     .await?;
@@ -183,7 +183,7 @@ async fn a_record_over_6_mb_is_delivered_as_an_s3_pointer_only_with_the_relay_ex
     create_topic(&tansu(), &topic, 1)?;
     // 5,000,000 bytes: its event (base64) is 6.7 MB, over AWS's 6 MB limit; tansu serves it back.
     let value = large_value(5_000_000);
-    produce(&topic, &[(Some(b"k"), value.clone(), Some(("h", b"v"))), (None, b"small".to_vec(), None)]).await?;
+    produce(&topic, &[(Some("k".as_bytes()), value.clone(), Some(("h", "v".as_bytes()))), (None, b"small".to_vec(), None)]).await?;
     lambda.register(&function, Duration::from_secs(5), handler(|_| async { Reply::success("{}") }));
     let mapping = |offload: bool, group: &str, extra: serde_json::Value| {
         let mut m = serde_json::json!({"BatchSize": 10, "MaximumBatchingWindowInSeconds": 1});

@@ -379,6 +379,7 @@ mod tests {
         let error = sink.send(&given_up(&records, b"{}")).await.expect_err("the broker refuses the topic");
         assert!(matches!(error, DestinationError::KafkaProduce { .. }), "{error}");
         assert!(error.to_string().contains("orders-failed"), "{error}");
+        assert_eq!((error.error_code(), error.retryable()), ("TopicAuthorizationFailed", false), "{error}");
         Ok(())
     }
 

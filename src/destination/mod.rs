@@ -672,7 +672,9 @@ mod tests {
         assert_eq!(OnFailureDestination::new(S3_ARN, &config)?.kind(), DestinationKind::S3);
         let error =
             OnFailureDestination::new("arn:aws:dynamodb:eu-west-1:1:table/t", &config).expect_err("not a destination");
-        assert_eq!(error.to_string(), "on-failure destination \"arn:aws:dynamodb:eu-west-1:1:table/t\" is not an SQS queue, SNS topic or S3 bucket ARN");
+        assert_eq!(error.to_string(), "on-failure destination \"arn:aws:dynamodb:eu-west-1:1:table/t\" is not an SQS queue, SNS topic or S3 bucket ARN, nor kafka://<topic>");
+        let error = OnFailureDestination::new("kafka://orders-failed", &config).expect_err("needs the mapping's cluster");
+        assert!(matches!(error, DestinationError::InvalidArn { .. }));
         Ok(())
     }
 

@@ -327,7 +327,7 @@ fn kafka_sink(
     let mut connection = rdkafka::ClientConfig::new();
     connection.set("bootstrap.servers", mapping.bootstrap_servers().join(","));
     security.apply(&mut connection);
-    let timeout = env_seconds("RELAY_KAFKA_DESTINATION_TIMEOUT").filter(|t| !t.is_zero()).unwrap_or(DEFAULT_DELIVERY_TIMEOUT);
+    let timeout = crate::app::env_seconds("RELAY_KAFKA_DESTINATION_TIMEOUT").filter(|t| !t.is_zero()).unwrap_or(DEFAULT_DELIVERY_TIMEOUT);
     let context = crate::auth::DiagnosingContext::new(diagnostics.clone());
     let sink = KafkaDestination::new(destination, &connection, context, source.clone(), timeout).map_err(|error| {
         Problem::cannot(ErrorCode::EsmConfigNotValid, format!("the on-failure destination {destination:?} cannot be used: {error}"))

@@ -40,6 +40,7 @@ async fn moto_sdk() -> aws_config::SdkConfig {
         .await
 }
 
+#[allow(clippy::result_large_err)] // the sink factory's error type is the relay's DestinationError
 /// The in-process Lambda, and services whose SQS/SNS/S3 destinations are on moto (a kafka:// destination
 /// is built on the mapping's own cluster instead).
 async fn services() -> TestResult<(LocalLambda, Services)> {
@@ -54,7 +55,10 @@ async fn services() -> TestResult<(LocalLambda, Services)> {
     Ok((lambda, services))
 }
 
-async fn produce(topic: &str, records: &[(Option<&[u8]>, Vec<u8>, Option<(&str, &[u8])>)]) -> TestResult {
+/// One record to produce: key, value, one header.
+type Produce<'a> = (Option<&'a [u8]>, Vec<u8>, Option<(&'a str, &'a [u8])>);
+
+async fn produce(topic: &str, records: &[Produce<'_>]) -> TestResult {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", tansu())
         .set("message.max.bytes", "16000000")

@@ -183,7 +183,7 @@ fn large_value(len: usize) -> Vec<u8> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_record_over_6_mb_is_delivered_as_an_s3_pointer_only_with_the_relay_extension() -> TestResult {
+async fn large_record_over_6_mb_is_delivered_as_an_s3_pointer_only_with_the_relay_extension() -> TestResult {
     // The relay's own S3 client finds moto through the standard variable (path-style when it is set).
     std::env::set_var("AWS_ENDPOINT_URL_S3", moto());
     let (lambda, services) = services().await?;
@@ -250,7 +250,7 @@ async fn a_record_over_6_mb_is_delivered_as_an_s3_pointer_only_with_the_relay_ex
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_10_mb_value_round_trips_through_the_offload_on_s3() -> TestResult {
+async fn large_record_10_mb_value_round_trips_through_the_offload_on_s3() -> TestResult {
     let s3 = moto_s3().await;
     let bucket = unique_name("bucket");
     s3.create_bucket().bucket(&bucket).send().await?;

@@ -245,6 +245,34 @@ async fn large_record_over_6_mb_is_delivered_as_an_s3_pointer_only_with_the_rela
     assert_eq!((pointer.bucket.as_str(), pointer.size), (bucket.as_str(), value.len()));
     let object = s3.get_object().bucket(&pointer.bucket).key(&pointer.key).send().await?.body.collect().await?.into_bytes();
     assert!(object.as_ref() == value.as_slice(), "the object round-trips byte for byte ({} bytes)", object.len());
+
+    // A target that keeps failing: after its retries the record goes to the destination as its pointer too.
+    let (failing, failing_group, dlq2) = (unique_name("fn"), unique_name("g"), unique_name("dlq"));
+    lambda.register(&failing, Duration::from_secs(5), handler(|_| async { Reply::unhandled("Boom", "always fails") }));
+    s3.create_bucket().bucket(&dlq2).send().await?;
+    let mut m = serde_json::json!({"BatchSize": 10, "MaximumBatchingWindowInSeconds": 1, "MaximumRetryAttempts": 0,
+        "RelayExtensions": {"LargeRecordOffload": {"Bucket": bucket}},
+        "DestinationConfig": {"OnFailure": {"Destination": format!("arn:aws:s3:::{dlq2}")}}});
+    m["FunctionName"] = serde_json::json!(failing);
+    let report = run_all(&config(&tansu(), &topic, &failing, &failing_group, m), &services, &until_idle()).await;
+    assert_eq!(report.mappings[0].counts.sent_to_destination, 2);
+    assert_eq!(committed(&failing_group, &topic)?, vec![Some(2)]);
+    let listed = s3.list_objects_v2().bucket(&dlq2).send().await?;
+    let mut payloads = Vec::new();
+    for key in listed.contents().iter().filter_map(|o| o.key()) {
+        let object = s3.get_object().bucket(&dlq2).key(key).send().await?.body.collect().await?.into_bytes();
+        let written: serde_json::Value = serde_json::from_slice(&object)?;
+        assert_eq!(written["requestContext"]["condition"], "RetryAttemptsExhausted");
+        let payload: serde_json::Value = serde_json::from_str(written["payload"].as_str().ok_or("payload")?)?;
+        payloads.push(payload["records"][format!("{topic}-0")][0].clone());
+    }
+    payloads.sort_by_key(|r| r["offset"].as_i64());
+    assert_eq!(payloads.len(), 2, "{payloads:?}");
+    assert_eq!(payloads[0]["headers"][1], serde_json::json!({POINTER_HEADER: [115, 51]}), "the large record is handed off as its pointer");
+    let handed: Pointer = serde_json::from_slice(&base64::engine::general_purpose::STANDARD.decode(payloads[0]["value"].as_str().ok_or("value")?)?)?;
+    assert_eq!((handed.bucket.as_str(), handed.size), (bucket.as_str(), value.len()));
+    let object = s3.get_object().bucket(&handed.bucket).key(&handed.key).send().await?.body.collect().await?.into_bytes();
+    assert!(object.as_ref() == value.as_slice(), "the handed-off pointer names the stored value");
     std::env::remove_var("AWS_ENDPOINT_URL_S3");
     Ok(())
 }
@@ -272,7 +300,8 @@ async fn large_record_10_mb_value_round_trips_through_the_offload_on_s3() -> Tes
         bootstrap_servers: tansu(),
     };
     assert!(source.sizer().with(&record) > kafka_lambda_relay::config::MAX_PAYLOAD_BYTES, "the record is oversized");
-    let event: serde_json::Value = serde_json::from_slice(&offload.store(&source, "m-1", &record).await?)?;
+    let (_, event) = offload.store(&source, "m-1", &record).await?;
+    let event: serde_json::Value = serde_json::from_slice(&event)?;
     let sent = &event["records"]["orders-0"][0];
     let pointer: Pointer = serde_json::from_slice(&base64::engine::general_purpose::STANDARD.decode(sent["value"].as_str().ok_or("value")?)?)?;
     assert_eq!(pointer.size, value.len());

@@ -10,9 +10,10 @@
 //!   `{"bucket":"...","key":"...","size":N}`.
 //!
 //! **The object is written before the pointer event is invoked**, and the offset commits only after that
-//! invocation succeeded (or the record was handed to the on-failure destination, as for any record). A
-//! failed `PutObject` is an invocation that did not happen: the record stays uncommitted and is tried again
-//! with the transient backoff, the partition waiting behind it, as after a throttle.
+//! invocation succeeded (or the record was handed to the on-failure destination, as for any record: then
+//! the destination gets the pointer record and event too). A failed `PutObject` is an invocation (or a
+//! destination write) that did not happen: the record stays uncommitted and is tried again with the
+//! transient backoff, the partition waiting behind it, as after a throttle.
 
 use std::sync::Arc;
 
@@ -105,8 +106,13 @@ impl LargeRecordOffload {
         source.sizer().with(&pointer) <= max_payload
     }
 
-    /// Stores `record`'s value and returns the pointer event to invoke with instead.
-    pub async fn store(&self, source: &EventSource, mapping_uuid: &str, record: &Record) -> Result<Vec<u8>, OffloadError> {
+    /// Stores `record`'s value and returns the pointer record and its event, to use instead of `record`.
+    pub async fn store(
+        &self,
+        source: &EventSource,
+        mapping_uuid: &str,
+        record: &Record,
+    ) -> Result<(Record, Vec<u8>), OffloadError> {
         let key = self.object_key(mapping_uuid, record);
         let value = record.value.clone().unwrap_or_default();
         self.client.put_bytes(&self.bucket, &key, value).await.map_err(|source| OffloadError {
@@ -115,7 +121,9 @@ impl LargeRecordOffload {
             source,
         })?;
         tracing::info!(bucket = %self.bucket, key = %key, record = %format!("{}@{}", record.key_partition, record.offset), "large record stored in S3; invoking with a pointer");
-        Ok(source.encode(&[self.pointer_record(&key, record)]))
+        let pointer = self.pointer_record(&key, record);
+        let event = source.encode(std::slice::from_ref(&pointer));
+        Ok((pointer, event))
     }
 }
 
@@ -162,7 +170,8 @@ mod tests {
         let offload = offload(bucket.clone());
         let record = big();
         assert!(offload.fits(&source(), "m-1", &record, crate::config::MAX_PAYLOAD_BYTES));
-        let event = offload.store(&source(), "m-1", &record).await?;
+        let (pointer_record, event) = offload.store(&source(), "m-1", &record).await?;
+        assert_eq!((pointer_record.offset, pointer_record.key.as_deref()), (77, Some(&b"k"[..])));
         assert!(event.len() < 2_000, "{} bytes", event.len());
         let objects = bucket.objects.lock().unwrap().clone();
         assert_eq!(objects.len(), 1);

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::MAX_PAYLOAD_BYTES;
-use crate::destination::offload::LargeRecordOffload;
+use crate::destination::offload::{LargeRecordOffload, OffloadError};
 use crate::destination::GivenUp;
 use crate::event::EventSource;
 use crate::invoke::{FunctionInfo, Invoke, InvokeResult};
@@ -49,23 +49,31 @@ impl JobContext {
     }
 }
 
-/// The event for `records`. A lone record whose event exceeds 6 MB (only ever invoked with an offload) is
-/// stored in S3 first and sent as a pointer; a failed `PutObject` is answered as an invocation that did not
-/// happen, so the record stays uncommitted and is tried again after the transient backoff.
-async fn event_for(context: &JobContext, records: &[Record]) -> Result<Vec<u8>, InvokeResult> {
+/// With `RelayExtensions.LargeRecordOffload`, a lone record whose event exceeds 6 MB (and whose pointer
+/// event fits) is stored in S3 first; it is then invoked, or handed to the destination, as its pointer
+/// record. `None` for every other batch.
+async fn offloaded(context: &JobContext, records: &[Record]) -> Result<Option<(Record, Vec<u8>)>, OffloadError> {
     if let (Some(offload), [record]) = (&context.offload, records) {
-        if context.source.sizer().with(record) > MAX_PAYLOAD_BYTES {
-            return offload.store(&context.source, &context.mapping_uuid, record).await.map_err(|error| {
+        if context.source.sizer().with(record) > MAX_PAYLOAD_BYTES && context.offloads(record) {
+            return offload.store(&context.source, &context.mapping_uuid, record).await.map(Some).inspect_err(|error| {
                 tracing::warn!(error_code = "LARGE_RECORD_OFFLOAD_FAILED", mapping = %context.mapping_uuid, aws_error_code = error.source.code(), %error, "storing a large record in S3 failed; the partition waits");
-                if error.source.retryable() {
-                    InvokeResult::Unavailable { status_code: error.source.status().map(i32::from), message: error.to_string() }
-                } else {
-                    InvokeResult::Rejected { code: error.source.code().to_string(), message: error.to_string() }
-                }
             });
         }
     }
-    Ok(context.source.encode(records))
+    Ok(None)
+}
+
+/// The event for `records` (see [`offloaded`]). A failed `PutObject` is answered as an invocation that did
+/// not happen, so the record stays uncommitted and is tried again after the transient backoff.
+async fn event_for(context: &JobContext, records: &[Record]) -> Result<Vec<u8>, InvokeResult> {
+    match offloaded(context, records).await {
+        Ok(Some((_, event))) => Ok(event),
+        Ok(None) => Ok(context.source.encode(records)),
+        Err(error) if error.source.retryable() => {
+            Err(InvokeResult::Unavailable { status_code: error.source.status().map(i32::from), message: error.to_string() })
+        }
+        Err(error) => Err(InvokeResult::Rejected { code: error.source.code().to_string(), message: error.to_string() }),
+    }
 }
 
 /// What a job tells the driver.
@@ -136,8 +144,18 @@ pub(super) async fn run(
             }
             Step::HandOff { condition, attempts, response } => {
                 let Some(sink) = &context.sink else { unreachable!("the machine drops records when there is no destination") };
-                let records = delivery.in_hand();
-                let payload = context.source.encode(records);
+                let offloaded = match offloaded(&context, delivery.in_hand()).await {
+                    Ok(offloaded) => offloaded,
+                    Err(error) => {
+                        let _ = events.send((job, JobEvent::DestinationFailed));
+                        input = Input::HandedOff(Err(HandOffFailure { code: error.source.code().to_string(), retryable: error.source.retryable() }));
+                        continue;
+                    }
+                };
+                let (records, payload) = match &offloaded {
+                    Some((pointer, event)) => (std::slice::from_ref(pointer), event.clone()),
+                    None => (delivery.in_hand(), context.source.encode(delivery.in_hand())),
+                };
                 let given_up = GivenUp {
                     mapping_uuid: &context.mapping_uuid,
                     function_arn: &context.function.function_arn,

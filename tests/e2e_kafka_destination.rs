@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use kafka_lambda_relay::app::run_all;
+use kafka_lambda_relay::config::RelayConfig;
 use kafka_lambda_relay::destination::offload::{LargeRecordOffload, Pointer, POINTER_HEADER};
 use kafka_lambda_relay::destination::OnFailureDestination;
 use kafka_lambda_relay::invoke::lambda::LambdaInvoker;
@@ -182,97 +183,142 @@ fn large_value(len: usize) -> Vec<u8> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn large_record_over_6_mb_is_delivered_as_an_s3_pointer_only_with_the_relay_extension() -> TestResult {
-    // The relay's own S3 client finds moto through the standard variable (path-style when it is set).
-    std::env::set_var("AWS_ENDPOINT_URL_S3", moto());
-    let (lambda, services) = services().await?;
-    let s3 = moto_s3().await;
-    let (topic, bucket, function) = (unique_name("big"), unique_name("bucket"), unique_name("fn"));
-    new_topic(&topic, 1)?;
-    // 5,000,000 bytes: its event (base64) is 6.7 MB, over AWS's 6 MB limit; tansu serves it back.
-    let value = large_value(5_000_000);
-    produce(&topic, &[(Some("k".as_bytes()), value.clone(), Some(("h", "v".as_bytes()))), (None, b"small".to_vec(), None)]).await?;
-    lambda.register(&function, Duration::from_secs(5), handler(|_| async { Reply::success("{}") }));
-    let mapping = |offload: bool, group: &str, extra: serde_json::Value| {
+async fn s3_bytes(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> TestResult<Vec<u8>> {
+    Ok(s3.get_object().bucket(bucket).key(key).send().await?.body.collect().await?.into_bytes().to_vec())
+}
+
+/// Every invocation record an S3 destination bucket holds.
+async fn destination_records(s3: &aws_sdk_s3::Client, bucket: &str) -> TestResult<Vec<serde_json::Value>> {
+    let listed = s3.list_objects_v2().bucket(bucket).send().await?;
+    let mut out = Vec::new();
+    for key in listed.contents().iter().filter_map(|o| o.key()) {
+        out.push(serde_json::from_slice(&s3_bytes(s3, bucket, key).await?)?);
+    }
+    Ok(out)
+}
+
+/// The [`Pointer`] in an event record's `value`.
+fn decode_pointer(record: &serde_json::Value) -> TestResult<Pointer> {
+    let value = base64::engine::general_purpose::STANDARD.decode(record["value"].as_str().ok_or("no value")?)?;
+    Ok(serde_json::from_slice(&value)?)
+}
+
+/// A topic holding a 5 MB record (offset 0) and a small one (offset 1), a bucket for large records, and a
+/// target that succeeds.
+struct LargeRecordCase {
+    lambda: LocalLambda,
+    services: Services,
+    s3: aws_sdk_s3::Client,
+    topic: String,
+    bucket: String,
+    function: String,
+    value: Vec<u8>,
+}
+
+impl LargeRecordCase {
+    async fn start() -> TestResult<Self> {
+        let (lambda, services) = services().await?;
+        let (topic, bucket, function) = (unique_name("big"), unique_name("bucket"), unique_name("fn"));
+        new_topic(&topic, 1)?;
+        // 5,000,000 bytes: its event (base64) is 6.7 MB, over AWS's 6 MB limit; tansu serves it back.
+        let value = large_value(5_000_000);
+        let records = [(Some("k".as_bytes()), value.clone(), Some(("h", "v".as_bytes()))), (None, b"small".to_vec(), None)];
+        produce(&topic, &records).await?;
+        lambda.register(&function, Duration::from_secs(5), handler(|_| async { Reply::success("{}") }));
+        Ok(Self { lambda, services, s3: moto_s3().await, topic, bucket, function, value })
+    }
+
+    /// A mapping of the topic to `function`, with the offload when `offload`, plus `extra` fields.
+    fn mapping(&self, function: &str, group: &str, offload: bool, extra: serde_json::Value) -> RelayConfig {
         let mut m = serde_json::json!({"BatchSize": 10, "MaximumBatchingWindowInSeconds": 1});
         if offload {
-            m["RelayExtensions"] = serde_json::json!({"LargeRecordOffload": {"Bucket": bucket}});
+            m["RelayExtensions"] = serde_json::json!({"LargeRecordOffload": {"Bucket": self.bucket}});
         }
         for (k, v) in extra.as_object().expect("object") {
             m[k] = v.clone();
         }
-        config(&tansu(), &topic, &function, group, m)
-    };
-
-    // Without the setting: AWS's behaviour, the record is given up uninvoked (here to an S3 destination).
-    let (plain_group, dlq) = (unique_name("g"), unique_name("dlq"));
-    s3.create_bucket().bucket(&dlq).send().await?;
-    let to_dlq = serde_json::json!({"DestinationConfig": {"OnFailure": {"Destination": format!("arn:aws:s3:::{dlq}")}}});
-    let report = run_all(&mapping(false, &plain_group, to_dlq), &services, &until_idle()).await;
-    assert_eq!((report.mappings[0].counts.sent_to_destination, report.mappings[0].counts.delivered), (1, 1));
-    assert_eq!(committed(&plain_group, &topic)?, vec![Some(2)]);
-    let invoked: Vec<(i32, i64)> = lambda.invocations(&function).iter().flat_map(|i| event_records(&i.payload)).collect();
-    assert_eq!(invoked, vec![(0, 1)], "only the small record reached the function");
-    let listed = s3.list_objects_v2().bucket(&dlq).send().await?;
-    let keys: Vec<String> = listed.contents().iter().filter_map(|o| o.key().map(str::to_string)).collect();
-    assert_eq!(keys.len(), 1, "{keys:?}");
-    let object = s3.get_object().bucket(&dlq).key(&keys[0]).send().await?.body.collect().await?.into_bytes();
-    let written: serde_json::Value = serde_json::from_slice(&object)?;
-    assert_eq!(written["requestContext"]["condition"], "MaximumPayloadSizeExceeded");
-    assert_eq!(written["KafkaBatchInfo"]["recordsInfo"][format!("{topic}-0")]["firstRecordOffset"], "0");
-
-    // With the setting but no bucket yet: nothing committed, nothing invoked for the large record.
-    let group = unique_name("g");
-    let cfg = mapping(true, &group, serde_json::json!({}));
-    let before = lambda.invocation_count(&function);
-    let report = run_all(&cfg, &services, &bounded(6)).await;
-    assert!(report.mappings[0].counts.polled >= 1, "the record was read");
-    assert_eq!(committed(&group, &topic)?, vec![Some(0)], "nothing committed past the large record while its object cannot be written");
-    assert_eq!(lambda.invocation_count(&function), before, "the pointer event is never sent before the object exists");
-
-    // Once the bucket exists: the object is written, the pointer event invoked, then the offset commits.
-    s3.create_bucket().bucket(&bucket).send().await?;
-    run_all(&cfg, &services, &until_idle()).await;
-    assert_eq!(committed(&group, &topic)?, vec![Some(2)]);
-    let invocations = lambda.invocations(&function);
-    let event: serde_json::Value = serde_json::from_slice(&invocations[before].payload)?;
-    let record = &event["records"][format!("{topic}-0")][0];
-    assert_eq!(record["offset"], 0);
-    assert_eq!(record["key"], base64::engine::general_purpose::STANDARD.encode("k"));
-    assert_eq!(record["headers"], serde_json::json!([{"h": [118]}, {POINTER_HEADER: [115, 51]}]));
-    let pointer: Pointer = serde_json::from_slice(&base64::engine::general_purpose::STANDARD.decode(record["value"].as_str().ok_or("value")?)?)?;
-    assert_eq!((pointer.bucket.as_str(), pointer.size), (bucket.as_str(), value.len()));
-    let object = s3.get_object().bucket(&pointer.bucket).key(&pointer.key).send().await?.body.collect().await?.into_bytes();
-    assert!(object.as_ref() == value.as_slice(), "the object round-trips byte for byte ({} bytes)", object.len());
-
-    // A target that keeps failing: after its retries the record goes to the destination as its pointer too.
-    let (failing, failing_group, dlq2) = (unique_name("fn"), unique_name("g"), unique_name("dlq"));
-    lambda.register(&failing, Duration::from_secs(5), handler(|_| async { Reply::unhandled("Boom", "always fails") }));
-    s3.create_bucket().bucket(&dlq2).send().await?;
-    let mut m = serde_json::json!({"BatchSize": 10, "MaximumBatchingWindowInSeconds": 1, "MaximumRetryAttempts": 0,
-        "RelayExtensions": {"LargeRecordOffload": {"Bucket": bucket}},
-        "DestinationConfig": {"OnFailure": {"Destination": format!("arn:aws:s3:::{dlq2}")}}});
-    m["FunctionName"] = serde_json::json!(failing);
-    let report = run_all(&config(&tansu(), &topic, &failing, &failing_group, m), &services, &until_idle()).await;
-    assert_eq!(report.mappings[0].counts.sent_to_destination, 2);
-    assert_eq!(committed(&failing_group, &topic)?, vec![Some(2)]);
-    let listed = s3.list_objects_v2().bucket(&dlq2).send().await?;
-    let mut payloads = Vec::new();
-    for key in listed.contents().iter().filter_map(|o| o.key()) {
-        let object = s3.get_object().bucket(&dlq2).key(key).send().await?.body.collect().await?.into_bytes();
-        let written: serde_json::Value = serde_json::from_slice(&object)?;
-        assert_eq!(written["requestContext"]["condition"], "RetryAttemptsExhausted");
-        let payload: serde_json::Value = serde_json::from_str(written["payload"].as_str().ok_or("payload")?)?;
-        payloads.push(payload["records"][format!("{topic}-0")][0].clone());
+        config(&tansu(), &self.topic, function, group, m)
     }
-    payloads.sort_by_key(|r| r["offset"].as_i64());
-    assert_eq!(payloads.len(), 2, "{payloads:?}");
-    assert_eq!(payloads[0]["headers"][1], serde_json::json!({POINTER_HEADER: [115, 51]}), "the large record is handed off as its pointer");
-    let handed: Pointer = serde_json::from_slice(&base64::engine::general_purpose::STANDARD.decode(payloads[0]["value"].as_str().ok_or("value")?)?)?;
-    assert_eq!((handed.bucket.as_str(), handed.size), (bucket.as_str(), value.len()));
-    let object = s3.get_object().bucket(&handed.bucket).key(&handed.key).send().await?.body.collect().await?.into_bytes();
-    assert!(object.as_ref() == value.as_slice(), "the handed-off pointer names the stored value");
+
+    /// Without the setting: AWS's behaviour, the record is given up uninvoked (here to an S3 destination).
+    async fn given_up_without_the_setting(&self) -> TestResult {
+        let (group, dlq) = (unique_name("g"), unique_name("dlq"));
+        self.s3.create_bucket().bucket(&dlq).send().await?;
+        let to_dlq = serde_json::json!({"DestinationConfig": {"OnFailure": {"Destination": format!("arn:aws:s3:::{dlq}")}}});
+        let report = run_all(&self.mapping(&self.function, &group, false, to_dlq), &self.services, &until_idle()).await;
+        assert_eq!((report.mappings[0].counts.sent_to_destination, report.mappings[0].counts.delivered), (1, 1));
+        assert_eq!(committed(&group, &self.topic)?, vec![Some(2)]);
+        let invoked: Vec<(i32, i64)> =
+            self.lambda.invocations(&self.function).iter().flat_map(|i| event_records(&i.payload)).collect();
+        assert_eq!(invoked, vec![(0, 1)], "only the small record reached the function");
+        let written = destination_records(&self.s3, &dlq).await?;
+        assert_eq!(written.len(), 1, "{written:?}");
+        assert_eq!(written[0]["requestContext"]["condition"], "MaximumPayloadSizeExceeded");
+        assert_eq!(written[0]["KafkaBatchInfo"]["recordsInfo"][format!("{}-0", self.topic)]["firstRecordOffset"], "0");
+        Ok(())
+    }
+
+    /// With the setting: nothing committed or invoked while the bucket is missing; once it exists, the object
+    /// is written, the pointer event invoked, and the offsets committed.
+    async fn delivered_as_a_pointer_once_the_bucket_exists(&self) -> TestResult {
+        let group = unique_name("g");
+        let cfg = self.mapping(&self.function, &group, true, serde_json::json!({}));
+        let before = self.lambda.invocation_count(&self.function);
+        let report = run_all(&cfg, &self.services, &bounded(6)).await;
+        assert!(report.mappings[0].counts.polled >= 1, "the record was read");
+        let nothing = "nothing committed past the large record while its object cannot be written";
+        assert_eq!(committed(&group, &self.topic)?, vec![Some(0)], "{nothing}");
+        assert_eq!(self.lambda.invocation_count(&self.function), before, "no pointer event before the object exists");
+
+        self.s3.create_bucket().bucket(&self.bucket).send().await?;
+        run_all(&cfg, &self.services, &until_idle()).await;
+        assert_eq!(committed(&group, &self.topic)?, vec![Some(2)]);
+        let event: serde_json::Value = serde_json::from_slice(&self.lambda.invocations(&self.function)[before].payload)?;
+        let record = &event["records"][format!("{}-0", self.topic)][0];
+        assert_eq!(record["offset"], 0);
+        assert_eq!(record["key"], base64::engine::general_purpose::STANDARD.encode("k"));
+        assert_eq!(record["headers"], serde_json::json!([{"h": [118]}, {POINTER_HEADER: [115, 51]}]));
+        let pointer = decode_pointer(record)?;
+        assert_eq!((pointer.bucket.as_str(), pointer.size), (self.bucket.as_str(), self.value.len()));
+        let object = s3_bytes(&self.s3, &pointer.bucket, &pointer.key).await?;
+        assert!(object == self.value, "the object round-trips byte for byte ({} bytes)", object.len());
+        Ok(())
+    }
+
+    /// A target that keeps failing: after its retries the record goes to the destination as its pointer too.
+    async fn handed_off_as_its_pointer(&self) -> TestResult {
+        let (failing, group, dlq) = (unique_name("fn"), unique_name("g"), unique_name("dlq"));
+        self.lambda.register(&failing, Duration::from_secs(5), handler(|_| async { Reply::unhandled("Boom", "always fails") }));
+        self.s3.create_bucket().bucket(&dlq).send().await?;
+        let extra = serde_json::json!({"MaximumRetryAttempts": 0,
+            "DestinationConfig": {"OnFailure": {"Destination": format!("arn:aws:s3:::{dlq}")}}});
+        let report = run_all(&self.mapping(&failing, &group, true, extra), &self.services, &until_idle()).await;
+        assert_eq!(report.mappings[0].counts.sent_to_destination, 2);
+        assert_eq!(committed(&group, &self.topic)?, vec![Some(2)]);
+        let mut payloads = Vec::new();
+        for written in destination_records(&self.s3, &dlq).await? {
+            assert_eq!(written["requestContext"]["condition"], "RetryAttemptsExhausted");
+            let payload: serde_json::Value = serde_json::from_str(written["payload"].as_str().ok_or("payload")?)?;
+            payloads.push(payload["records"][format!("{}-0", self.topic)][0].clone());
+        }
+        payloads.sort_by_key(|r| r["offset"].as_i64());
+        assert_eq!(payloads.len(), 2, "{payloads:?}");
+        assert_eq!(payloads[0]["headers"][1], serde_json::json!({POINTER_HEADER: [115, 51]}), "handed off as its pointer");
+        let pointer = decode_pointer(&payloads[0])?;
+        assert_eq!((pointer.bucket.as_str(), pointer.size), (self.bucket.as_str(), self.value.len()));
+        assert!(s3_bytes(&self.s3, &pointer.bucket, &pointer.key).await? == self.value, "the pointer names the stored value");
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_record_over_6_mb_is_delivered_as_an_s3_pointer_only_with_the_relay_extension() -> TestResult {
+    // The relay's own S3 client finds moto through the standard variable (path-style when it is set).
+    std::env::set_var("AWS_ENDPOINT_URL_S3", moto());
+    let case = LargeRecordCase::start().await?;
+    case.given_up_without_the_setting().await?;
+    case.delivered_as_a_pointer_once_the_bucket_exists().await?;
+    case.handed_off_as_its_pointer().await?;
     std::env::remove_var("AWS_ENDPOINT_URL_S3");
     Ok(())
 }
@@ -302,10 +348,8 @@ async fn large_record_10_mb_value_round_trips_through_the_offload_on_s3() -> Tes
     assert!(source.sizer().with(&record) > kafka_lambda_relay::config::MAX_PAYLOAD_BYTES, "the record is oversized");
     let (_, event) = offload.store(&source, "m-1", &record).await?;
     let event: serde_json::Value = serde_json::from_slice(&event)?;
-    let sent = &event["records"]["orders-0"][0];
-    let pointer: Pointer = serde_json::from_slice(&base64::engine::general_purpose::STANDARD.decode(sent["value"].as_str().ok_or("value")?)?)?;
+    let pointer = decode_pointer(&event["records"]["orders-0"][0])?;
     assert_eq!(pointer.size, value.len());
-    let object = s3.get_object().bucket(&pointer.bucket).key(&pointer.key).send().await?.body.collect().await?.into_bytes();
-    assert!(object.as_ref() == value.as_slice(), "10 MB round-trip byte for byte");
+    assert!(s3_bytes(&s3, &pointer.bucket, &pointer.key).await? == value, "10 MB round-trip byte for byte");
     Ok(())
 }

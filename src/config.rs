@@ -103,7 +103,37 @@ pub struct Mapping {
     /// it, the mapping scales like AWS's on-demand mode: 1 worker up to one per partition.
     #[serde(rename = "ProvisionedPollerConfig", default, skip_serializing_if = "Option::is_none")]
     pub provisioned_poller_config: Option<ProvisionedPollerConfig>,
+    /// Not an AWS field: settings only this relay knows (see [`RelayExtensions`]). Absent, the mapping
+    /// behaves exactly as AWS's.
+    #[serde(rename = "RelayExtensions", default, skip_serializing_if = "Option::is_none")]
+    pub relay_extensions: Option<RelayExtensions>,
 }
+
+/// `RelayExtensions`: this relay's own settings, kept apart from AWS's field names so a mapping copied from
+/// (or to) AWS never changes meaning. Every setting here is off unless set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayExtensions {
+    /// Deliver records whose event would exceed 6 MB through S3 instead of giving them up with
+    /// `MaximumPayloadSizeExceeded` (see [`crate::destination::offload`]).
+    #[serde(rename = "LargeRecordOffload", default, skip_serializing_if = "Option::is_none")]
+    pub large_record_offload: Option<LargeRecordOffload>,
+}
+
+/// `RelayExtensions.LargeRecordOffload`: where oversized records are stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LargeRecordOffload {
+    /// The S3 bucket's name (3-63 of `[a-z0-9.-]`).
+    #[serde(rename = "Bucket")]
+    pub bucket: String,
+    /// Prepended to every object key; `kafka-lambda-relay/large-records/` when absent.
+    #[serde(rename = "KeyPrefix", default, skip_serializing_if = "Option::is_none")]
+    pub key_prefix: Option<String>,
+}
+
+/// Longest `LargeRecordOffload.KeyPrefix`: S3 keys are at most 1024 bytes and the relay's part is ~400.
+pub const MAX_OFFLOAD_KEY_PREFIX: usize = 512;
 
 /// `ProvisionedPollerConfig` (Amazon MSK and self-managed Apache Kafka ranges). Here a poller is a worker:
 /// one relay process (one Lambda invocation) in the mapping's consumer group.
@@ -708,6 +738,11 @@ impl Mapping {
         self.function_response_types.iter().any(|t| t == "ReportBatchItemFailures")
     }
 
+    /// `RelayExtensions.LargeRecordOffload`, when set: oversized records go through S3.
+    pub fn large_record_offload(&self) -> Option<&LargeRecordOffload> {
+        self.relay_extensions.as_ref().and_then(|e| e.large_record_offload.as_ref())
+    }
+
     /// The on-failure destination ARN, if any (`""` means none).
     pub fn destination(&self) -> Option<&str> {
         self.destination_config
@@ -989,9 +1024,30 @@ impl Mapping {
                 bad(
                     "DestinationConfig.OnFailure.Destination",
                     format!(
-                        "{} is not an SQS queue, SNS topic or S3 bucket ARN (or \"\" for none)",
+                        "{} is not an SQS queue, SNS topic or S3 bucket ARN, nor kafka://<topic> (or \"\" for none)",
                         quote(destination)
                     ),
+                );
+            }
+            // AWS refuses a Kafka destination that is one of the source topics: records would loop.
+            if let Some(topic) = kafka_destination_topic(destination).filter(|t| self.topics.iter().any(|s| s == t)) {
+                bad(
+                    "DestinationConfig.OnFailure.Destination",
+                    format!("{} is one of the mapping's Topics; the failure topic must be another topic", quote(topic)),
+                );
+            }
+        }
+        if let Some(offload) = self.relay_extensions.as_ref().and_then(|e| e.large_record_offload.as_ref()) {
+            if !is_bucket_name(&offload.bucket) {
+                bad(
+                    "RelayExtensions.LargeRecordOffload.Bucket",
+                    format!("{} is not an S3 bucket name (3-63 of a-z, 0-9, '.', '-')", quote(&offload.bucket)),
+                );
+            }
+            if offload.key_prefix.as_ref().is_some_and(|p| p.len() > MAX_OFFLOAD_KEY_PREFIX) {
+                bad(
+                    "RelayExtensions.LargeRecordOffload.KeyPrefix",
+                    format!("is longer than {MAX_OFFLOAD_KEY_PREFIX} bytes"),
                 );
             }
         }
@@ -1048,6 +1104,21 @@ pub enum DestinationKind {
     Sns,
     /// `arn:aws:s3:::bucket`
     S3,
+    /// `kafka://<topic>`: a topic on the mapping's own cluster.
+    Kafka,
+}
+
+/// The topic of a Kafka on-failure destination (`kafka://<topic>`, AWS's form), when `destination` is one.
+pub fn kafka_destination_topic(destination: &str) -> Option<&str> {
+    destination.strip_prefix("kafka://").filter(|topic| is_kafka_topic_name(topic))
+}
+
+/// A Kafka topic name: 1-249 of `[a-zA-Z0-9._-]`, neither `.` nor `..`.
+fn is_kafka_topic_name(name: &str) -> bool {
+    (1..=249).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 /// Classifies a destination ARN; `None` when it is none of SQS, SNS or S3, or breaks that service's naming
@@ -1056,6 +1127,9 @@ pub enum DestinationKind {
 pub fn destination_kind(arn: &str) -> Option<DestinationKind> {
     if arn.len() > MAX_DESTINATION_ARN_CHARS {
         return None;
+    }
+    if arn.starts_with("kafka://") {
+        return kafka_destination_topic(arn).map(|_| DestinationKind::Kafka);
     }
     let parts: Vec<&str> = arn.splitn(6, ':').collect();
     if parts.len() != 6 || parts[0] != "arn" || !is_partition(parts[1]) {
@@ -1706,6 +1780,34 @@ mod tests {
         m
     }
 
+    #[test]
+    fn a_kafka_destination_must_be_another_topic_of_valid_name() {
+        let dest = |d: &str| with("DestinationConfig", serde_json::json!({"OnFailure": {"Destination": d}}));
+        assert_eq!(messages(dest("kafka://orders-failed")), Vec::<String>::new());
+        let own = messages(dest("kafka://orders"));
+        assert_eq!(own.len(), 1, "{own:?}");
+        assert!(own[0].contains("DestinationConfig.OnFailure.Destination") && own[0].contains("one of the mapping's Topics"), "{own:?}");
+        let bad = messages(dest("kafka://no spaces"));
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        assert!(bad[0].contains("kafka://<topic>"), "{bad:?}");
+    }
+
+    #[test]
+    fn large_record_offload_is_a_relay_extension_with_a_bucket_name() {
+        let offload = |v: serde_json::Value| with("RelayExtensions", serde_json::json!({"LargeRecordOffload": v}));
+        assert_eq!(messages(offload(serde_json::json!({"Bucket": "big-records"}))), Vec::<String>::new());
+        let bad = messages(offload(serde_json::json!({"Bucket": "arn:aws:s3:::big-records", "KeyPrefix": "x".repeat(513)})));
+        assert_eq!(bad.len(), 2, "{bad:?}");
+        assert!(bad[0].contains("RelayExtensions.LargeRecordOffload.Bucket"), "{bad:?}");
+        assert!(bad[1].contains("RelayExtensions.LargeRecordOffload.KeyPrefix"), "{bad:?}");
+        let config = config_with(offload(serde_json::json!({"Bucket": "big-records"})));
+        let offload = config.mappings[0].large_record_offload().expect("set");
+        assert_eq!((offload.bucket.as_str(), offload.key_prefix.as_deref()), ("big-records", None));
+        assert_eq!(config_with(minimal()).mappings[0].large_record_offload(), None, "off by default");
+        let typo = serde_json::json!({"Mappings": [with("RelayExtensions", serde_json::json!({"LargeRecordOfload": {}}))]});
+        assert!(serde_json::from_value::<RelayConfig>(typo).is_err(), "unknown extension fields are refused");
+    }
+
     // Defect (issue 13): `validate` accepted a topic listed twice; `run` then failed subscribing with
     // "Invalid argument or configuration".
     #[test]
@@ -1928,6 +2030,14 @@ mod tests {
             ("arn:aws:s3:::my-bucket/prefix", None),
             ("arn:aws:dynamodb:us-east-1:123456789012:table/t", None),
             ("arn:gcp:sqs:us-east-1:123456789012:dlq", None),
+            ("kafka://failed-records-topic", Some(Kafka)),
+            ("kafka://a.b_c-1", Some(Kafka)),
+            ("kafka://", None),
+            ("kafka://..", None),
+            ("kafka://a/b", None),
+            ("kafka://two words", None),
+            (&format!("kafka://{}", "t".repeat(250)), None),
+            ("KAFKA://t", None),
         ] {
             assert_eq!(destination_kind(arn), kind, "{arn}");
         }

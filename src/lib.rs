@@ -19,7 +19,9 @@
 //! - [`invoke`]: the Lambda Invoke seam, its aws-sdk-lambda client and an in-process Invoke API server.
 //! - [`outcome`]: the pure decision after an invocation: **where retries, bisection and give-ups are
 //!   decided**.
-//! - [`destination`]: invocation records for given-up batches, written to SQS, SNS or S3.
+//! - [`destination`]: invocation records for given-up batches, written to SQS, SNS or S3, or one message per
+//!   record to a Kafka topic ([`destination::kafka`]); the opt-in large-record offload to S3
+//!   ([`destination::offload`]).
 //! - [`commit`]: which offset may be committed per partition, and retry state kept in commit metadata.
 //! - [`metrics`]: the run report and CloudWatch Embedded Metric Format lines (AWS's metric names, per
 //!   minute, as deltas).

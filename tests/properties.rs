@@ -125,6 +125,7 @@ fn destination() -> impl Strategy<Value = Value> {
         "[a-zA-Z0-9_-]{1,20}".prop_map(|q| Value::from(format!("arn:aws:sqs:us-east-1:123456789012:{q}"))),
         "[a-zA-Z0-9_-]{1,20}".prop_map(|t| Value::from(format!("arn:aws:sns:eu-west-1:123456789012:{t}"))),
         "[a-z0-9][a-z0-9.-]{1,20}[a-z0-9]".prop_map(|b| Value::from(format!("arn:aws:s3:::{b}"))),
+        "[a-zA-Z0-9._-]{1,30}".prop_map(|t| Value::from(format!("kafka://{t}"))),
         nasty_string().prop_map(Value::from),
     ]
 }
@@ -291,6 +292,16 @@ fn run_accepts(mapping: &Mapping) -> Result<(), String> {
         );
         security.apply(&mut config);
         let diagnostics = Arc::new(ConnectionDiagnostics::new(&security, mapping));
+        if let Some(destination) = mapping.destination().filter(|d| d.starts_with("kafka://")) {
+            // As src/relay `kafka_sink`: a producer on the consumer's connection settings.
+            let mut connection = rdkafka::ClientConfig::new();
+            connection.set("bootstrap.servers", mapping.bootstrap_servers().join(","));
+            security.apply(&mut connection);
+            let context = kafka_lambda_relay::auth::DiagnosingContext::new(diagnostics.clone());
+            let source = kafka_lambda_relay::event::EventSource::for_mapping(mapping);
+            kafka_lambda_relay::destination::kafka::KafkaDestination::new(destination, &connection, context, source, Duration::from_secs(10))
+                .map_err(|e| format!("kafka destination: {e}"))?;
+        }
         let context = RelayContext::new(position, None, diagnostics);
         subscribe(&config, context, &mapping.topics).map(drop).map_err(|e| format!("consumer: {e}"))
     })

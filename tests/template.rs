@@ -372,6 +372,7 @@ fn statements_on_optional_arn_lists_exist_only_when_the_list_is_not_empty() -> T
         "KmsKeyArns",
         "MskClusterArns",
         "SchemaRegistryArns",
+        "MskFailureTopicArns",
     ]
     .into_iter()
     .map(String::from)
@@ -434,6 +435,7 @@ fn each_service_gets_exactly_the_actions_the_relay_calls() -> TestResult {
         expected(&["kms:Decrypt", "kms:GenerateDataKey"])
     );
     assert_eq!(by_parameter["SchemaRegistryArns"], expected(&["glue:GetSchemaVersion", "glue:GetSchema"]));
+    assert_eq!(by_parameter["MskFailureTopicArns"], expected(&["kafka-cluster:DescribeTopic", "kafka-cluster:WriteData"]));
     Ok(())
 }
 
@@ -931,6 +933,11 @@ fn msk_statements_name_the_clusters_topics_and_groups() -> TestResult {
         let mut referenced = BTreeSet::new();
         references(&statement.body["Resource"], &mut referenced);
         if !referenced.contains("MskClusterArns") {
+            if referenced.contains("MskFailureTopicArns") {
+                // Kafka on-failure destinations: the listed topics themselves (checked by
+                // each_service_gets_exactly_the_actions_the_relay_calls).
+                continue;
+            }
             assert!(
                 !statement.actions().iter().any(|a| a.starts_with("kafka:") || a.starts_with("kafka-cluster:")),
                 "{}: MSK actions on resources other than the listed clusters",
@@ -955,6 +962,7 @@ fn msk_statements_name_the_clusters_topics_and_groups() -> TestResult {
         (actions(&["kafka-cluster:Connect", "kafka-cluster:DescribeClusterDynamicConfiguration"]), clusters.clone()),
         (actions(&["kafka-cluster:DescribeTopic", "kafka-cluster:ReadData"]), with("topic")),
         (actions(&["kafka-cluster:DescribeGroup", "kafka-cluster:AlterGroup"]), with("group")),
+        (actions(&["kafka-cluster:WriteDataIdempotently"]), clusters.clone()),
     ]
     .into_iter()
     .collect();

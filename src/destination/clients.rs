@@ -28,6 +28,11 @@ pub trait SnsPublish: Send + Sync {
 pub trait S3Put: Send + Sync {
     /// `PutObject` of a JSON document.
     async fn put_object(&self, bucket: &str, key: &str, body: Vec<u8>) -> Result<(), AwsError>;
+
+    /// `PutObject` of opaque bytes (a large record's value); by default the same call as [`Self::put_object`].
+    async fn put_bytes(&self, bucket: &str, key: &str, body: Vec<u8>) -> Result<(), AwsError> {
+        self.put_object(bucket, key, body).await
+    }
 }
 
 /// [`SqsSend`] on aws-sdk-sqs.
@@ -79,6 +84,19 @@ impl S3Put for AwsS3 {
             .bucket(bucket)
             .key(key)
             .content_type("application/json")
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(AwsError::from_sdk)?;
+        Ok(())
+    }
+
+    async fn put_bytes(&self, bucket: &str, key: &str, body: Vec<u8>) -> Result<(), AwsError> {
+        self.0
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .content_type("application/octet-stream")
             .body(ByteStream::from(body))
             .send()
             .await

@@ -1,6 +1,7 @@
 //! Why a destination write failed, with the AWS error code, and whether trying again may help.
 
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use rdkafka::error::RDKafkaErrorCode;
 
 /// How an AWS call failed before or after reaching the service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,8 +152,8 @@ const TRANSIENT_CODES: &[&str] = &[
 /// record.
 #[derive(Debug, thiserror::Error)]
 pub enum DestinationError {
-    /// The ARN is not an SQS queue, SNS topic or S3 bucket ARN.
-    #[error("on-failure destination {arn:?} is not an SQS queue, SNS topic or S3 bucket ARN")]
+    /// The ARN is not an SQS queue, SNS topic or S3 bucket ARN (or, for [`super::kafka`], not `kafka://<topic>`).
+    #[error("on-failure destination {arn:?} is not an SQS queue, SNS topic or S3 bucket ARN, nor kafka://<topic>")]
     InvalidArn {
         /// The ARN as configured.
         arn: String,
@@ -207,7 +208,45 @@ pub enum DestinationError {
     /// [`GivenUp`](super::GivenUp) held no records: there is nothing to report and nothing to commit.
     #[error("no records given up: nothing to write")]
     EmptyBatch,
+    /// The producer of a `kafka://` destination could not be created (librdkafka refused its settings).
+    #[error("kafka producer for failure topic {topic:?} cannot be created: {reason}")]
+    KafkaProducer {
+        /// The failure topic.
+        topic: String,
+        /// librdkafka's reason, naming the setting but never its value.
+        reason: String,
+    },
+    /// Producing one record's message to the failure topic failed, or the broker did not acknowledge it.
+    #[error("kafka produce of record {record} to failure topic {topic:?} failed: {reason}")]
+    KafkaProduce {
+        /// The failure topic.
+        topic: String,
+        /// The source record, `<topic>-<partition>@<offset>`.
+        record: String,
+        /// librdkafka's or the broker's error code, when there is one.
+        code: Option<RDKafkaErrorCode>,
+        /// The code's name (`MessageTimedOut`, `TopicAuthorizationFailed`), `KafkaProduceFailed` without one.
+        code_name: String,
+        /// librdkafka's message.
+        reason: String,
+    },
 }
+
+/// Kafka error codes that need someone to change the cluster (the failure topic, its ACLs or its
+/// `max.message.bytes`) before the same produce can succeed. Everything else (timeouts, leader changes,
+/// brokers down, throttling) clears up by itself.
+const KAFKA_PERMANENT: &[RDKafkaErrorCode] = &[
+    RDKafkaErrorCode::TopicAuthorizationFailed,
+    RDKafkaErrorCode::ClusterAuthorizationFailed,
+    RDKafkaErrorCode::UnknownTopicOrPartition,
+    RDKafkaErrorCode::UnknownTopic,
+    RDKafkaErrorCode::InvalidTopic,
+    RDKafkaErrorCode::MessageSizeTooLarge,
+    RDKafkaErrorCode::MessageBatchTooLarge,
+    RDKafkaErrorCode::InvalidRecord,
+    RDKafkaErrorCode::SaslAuthenticationFailed,
+    RDKafkaErrorCode::Authentication,
+];
 
 impl DestinationError {
     /// The AWS error code, or for failures of our own a stable code of the same style
@@ -217,6 +256,8 @@ impl DestinationError {
             DestinationError::InvalidArn { .. } => "InvalidDestinationArn",
             DestinationError::RecordTooLarge { .. } => "RecordTooLarge",
             DestinationError::EmptyBatch => "EmptyBatch",
+            DestinationError::KafkaProducer { .. } => "KafkaProducerConfig",
+            DestinationError::KafkaProduce { code_name, .. } => code_name,
             DestinationError::QueueUrl { source, .. }
             | DestinationError::SendMessage { source, .. }
             | DestinationError::Publish { source, .. }
@@ -239,7 +280,24 @@ impl DestinationError {
     /// every failure anyway, since it may not commit past records the destination has not taken; a
     /// non-retryable error means a person has to fix the destination, its permissions or its KMS key.
     pub fn retryable(&self) -> bool {
-        self.aws().is_some_and(AwsError::retryable)
+        match self {
+            DestinationError::KafkaProduce { code, .. } => !code.is_some_and(|c| KAFKA_PERMANENT.contains(&c)),
+            _ => self.aws().is_some_and(AwsError::retryable),
+        }
+    }
+}
+
+impl DestinationError {
+    /// A failed produce of `record` to `topic`, keeping the error's code and name.
+    pub fn kafka_produce(topic: &str, record: String, error: &rdkafka::error::KafkaError) -> Self {
+        let code = error.rdkafka_error_code();
+        DestinationError::KafkaProduce {
+            topic: topic.to_string(),
+            record,
+            code,
+            code_name: code.map_or_else(|| "KafkaProduceFailed".to_string(), |c| format!("{c:?}")),
+            reason: error.to_string(),
+        }
     }
 }
 
@@ -308,6 +366,18 @@ mod tests {
             "sns Publish to \"arn:aws:sns:us-east-1:1:t\" failed: AuthorizationError (HTTP 403): not allowed"
         );
         assert_eq!(DestinationError::EmptyBatch.error_code(), "EmptyBatch");
+        use rdkafka::error::KafkaError;
+        for (error, name, retryable) in [
+            (KafkaError::MessageProduction(RDKafkaErrorCode::TopicAuthorizationFailed), "TopicAuthorizationFailed", false),
+            (KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopicOrPartition), "UnknownTopicOrPartition", false),
+            (KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), "MessageSizeTooLarge", false),
+            (KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut), "MessageTimedOut", true),
+            (KafkaError::MessageProduction(RDKafkaErrorCode::NotLeaderForPartition), "NotLeaderForPartition", true),
+            (KafkaError::Canceled, "KafkaProduceFailed", true),
+        ] {
+            let error = DestinationError::kafka_produce("failed", "t-0@1".into(), &error);
+            assert_eq!((error.error_code(), error.retryable()), (name, retryable), "{error}");
+        }
         assert!(!DestinationError::RecordTooLarge { limit: 1 }.retryable());
     }
 }

@@ -11,12 +11,15 @@
 //! - SNS (`arn:aws:sns:region:account:topic`): `Publish`, message = the record.
 //! - S3 (`arn:aws:s3:::bucket`): `PutObject` of the record plus `payload`, the whole event as a JSON string,
 //!   under a key from [`object_key`].
+//! - Kafka (`kafka://topic`): one message per record on the mapping's own cluster, see [`kafka`].
 //!
 //! SQS and SNS records must fit in [`MAX_MESSAGE_BYTES`]; a record that does not is sent reduced (see
 //! [`FailureRecord::encode_within`]). S3 objects have no practical limit (5 GB per `PutObject`).
 
 mod clients;
 mod error;
+pub mod kafka;
+pub mod offload;
 mod record;
 
 use std::sync::Arc;
@@ -207,7 +210,8 @@ impl OnFailureDestination {
                     .build();
                 Self::with_s3(arn, Arc::new(AwsS3(aws_sdk_s3::Client::from_conf(config))))
             }
-            None => Err(DestinationError::InvalidArn { arn: arn.to_string() }),
+            // A Kafka destination needs the mapping's cluster: [`kafka::KafkaDestination`] is built with it.
+            Some(DestinationKind::Kafka) | None => Err(DestinationError::InvalidArn { arn: arn.to_string() }),
         }
     }
 
@@ -357,10 +361,16 @@ fn encode_message(record: &FailureRecord) -> Result<Encoded, DestinationError> {
     record.encode_within(MAX_MESSAGE_BYTES).ok_or(DestinationError::RecordTooLarge { limit: MAX_MESSAGE_BYTES })
 }
 
+/// An S3 client on `sdk_config`, path-style when the endpoint is overridden (emulators).
+pub fn s3_client(sdk_config: &aws_config::SdkConfig) -> AwsS3 {
+    let config = aws_sdk_s3::config::Builder::from(sdk_config).force_path_style(s3_endpoint_overridden(sdk_config)).build();
+    AwsS3(aws_sdk_s3::Client::from_conf(config))
+}
+
 /// Whether S3 requests go to an overridden endpoint: the global `AWS_ENDPOINT_URL` (or one set in code) is
 /// in `sdk_config`; the S3-only `AWS_ENDPOINT_URL_S3` is read by the S3 client itself, so it is checked
 /// here the same way.
-fn s3_endpoint_overridden(sdk_config: &aws_config::SdkConfig) -> bool {
+pub(crate) fn s3_endpoint_overridden(sdk_config: &aws_config::SdkConfig) -> bool {
     sdk_config.endpoint_url().is_some() || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some_and(|v| !v.is_empty())
 }
 
@@ -662,7 +672,9 @@ mod tests {
         assert_eq!(OnFailureDestination::new(S3_ARN, &config)?.kind(), DestinationKind::S3);
         let error =
             OnFailureDestination::new("arn:aws:dynamodb:eu-west-1:1:table/t", &config).expect_err("not a destination");
-        assert_eq!(error.to_string(), "on-failure destination \"arn:aws:dynamodb:eu-west-1:1:table/t\" is not an SQS queue, SNS topic or S3 bucket ARN");
+        assert_eq!(error.to_string(), "on-failure destination \"arn:aws:dynamodb:eu-west-1:1:table/t\" is not an SQS queue, SNS topic or S3 bucket ARN, nor kafka://<topic>");
+        let error = OnFailureDestination::new("kafka://orders-failed", &config).expect_err("needs the mapping's cluster");
+        assert!(matches!(error, DestinationError::InvalidArn { .. }));
         Ok(())
     }
 

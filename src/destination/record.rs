@@ -242,7 +242,7 @@ pub fn rfc3339_millis(now: OffsetDateTime) -> String {
 
 /// A Kafka timestamp (ms since the epoch) as RFC 3339. Kafka allows any i64, including -1 for "none";
 /// values outside years 0-9999 are clamped so a strange producer clock never stops a record being written.
-fn millis_rfc3339(ms: i64) -> String {
+pub(crate) fn millis_rfc3339(ms: i64) -> String {
     let min = time::macros::datetime!(0000-01-01 0:00 UTC);
     let max = time::macros::datetime!(9999-12-31 23:59:59.999 UTC);
     let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)

@@ -112,7 +112,7 @@ struct Driver<'a> {
 
 impl<'a> Driver<'a> {
     fn new(mapping: &'a Mapping, services: &Services, options: &'a RunOptions, shared: &Shared, prepared: Prepared) -> Self {
-        let Prepared { function, sink, filters, consumer, source, decoder } = prepared;
+        let Prepared { function, sink, filters, consumer, source, decoder, offload } = prepared;
         let (stop_tx, stop_rx) = watch::channel(false);
         let (commit_tx, commits) = mpsc::unbounded_channel();
         let invoke_cutoff = options.deadline.map(|d| d.checked_sub(function.timeout + options.margin).unwrap_or_else(Instant::now));
@@ -134,6 +134,7 @@ impl<'a> Driver<'a> {
             stop: stop_rx,
             permits: shared.permits.clone(),
             in_flight: consumer.context().in_flight().clone(),
+            offload,
         });
         Self {
             mapping,
@@ -218,6 +219,11 @@ impl<'a> Driver<'a> {
             let Some(Start { job, formed, attempts, response, charge }) = self.ledger.next_batch(Instant::now(), false) else { return };
             let delivery = match formed {
                 crate::batch::Formed::Batch(records) => Delivery::new(records, attempts, response, self.policy),
+                // With `RelayExtensions.LargeRecordOffload` the record is delivered as a pointer (see
+                // `job::event_for`), under the usual retry rules; without it AWS gives it up uninvoked.
+                crate::batch::Formed::Oversized(record) if self.context.offloads(&record) => {
+                    Delivery::new(vec![record], attempts, response, self.policy)
+                }
                 crate::batch::Formed::Oversized(record) => Delivery::oversized(record, self.policy),
                 crate::batch::Formed::Undecodable(record) => {
                     let condition = record.undecodable().expect("set apart because it is undecodable");

@@ -10,11 +10,13 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
+use crate::config::MAX_PAYLOAD_BYTES;
+use crate::destination::offload::{LargeRecordOffload, OffloadError};
 use crate::destination::GivenUp;
 use crate::event::EventSource;
-use crate::invoke::{FunctionInfo, Invoke};
+use crate::invoke::{FunctionInfo, Invoke, InvokeResult};
 use crate::kafka::consumer::InFlight;
-use crate::kafka::PartitionKey;
+use crate::kafka::{PartitionKey, Record};
 
 use super::delivery::{Delivery, HandOffFailure, Input, Notice, Now, Step};
 use super::ledger::{Charge, JobId};
@@ -36,6 +38,42 @@ pub(super) struct JobContext {
     pub permits: Arc<Semaphore>,
     /// Partitions held by jobs; a partition the group takes away is invoked no more (see [`InFlight`]).
     pub in_flight: Arc<InFlight>,
+    /// `RelayExtensions.LargeRecordOffload`, when the mapping sets it.
+    pub offload: Option<Arc<LargeRecordOffload>>,
+}
+
+impl JobContext {
+    /// Whether the oversized `record` is delivered through the large-record offload (else given up).
+    pub fn offloads(&self, record: &Record) -> bool {
+        self.offload.as_ref().is_some_and(|o| o.fits(&self.source, &self.mapping_uuid, record, MAX_PAYLOAD_BYTES))
+    }
+}
+
+/// With `RelayExtensions.LargeRecordOffload`, a lone record whose event exceeds 6 MB (and whose pointer
+/// event fits) is stored in S3 first; it is then invoked, or handed to the destination, as its pointer
+/// record. `None` for every other batch.
+async fn offloaded(context: &JobContext, records: &[Record]) -> Result<Option<(Record, Vec<u8>)>, OffloadError> {
+    if let (Some(offload), [record]) = (&context.offload, records) {
+        if context.source.sizer().with(record) > MAX_PAYLOAD_BYTES && context.offloads(record) {
+            return offload.store(&context.source, &context.mapping_uuid, record).await.map(Some).inspect_err(|error| {
+                tracing::warn!(error_code = "LARGE_RECORD_OFFLOAD_FAILED", mapping = %context.mapping_uuid, aws_error_code = error.source.code(), %error, "storing a large record in S3 failed; the partition waits");
+            });
+        }
+    }
+    Ok(None)
+}
+
+/// The event for `records` (see [`offloaded`]). A failed `PutObject` is answered as an invocation that did
+/// not happen, so the record stays uncommitted and is tried again after the transient backoff.
+async fn event_for(context: &JobContext, records: &[Record]) -> Result<Vec<u8>, InvokeResult> {
+    match offloaded(context, records).await {
+        Ok(Some((_, event))) => Ok(event),
+        Ok(None) => Ok(context.source.encode(records)),
+        Err(error) if error.source.retryable() => {
+            Err(InvokeResult::Unavailable { status_code: error.source.status().map(i32::from), message: error.to_string() })
+        }
+        Err(error) => Err(InvokeResult::Rejected { code: error.source.code().to_string(), message: error.to_string() }),
+    }
 }
 
 /// What a job tells the driver.
@@ -90,7 +128,13 @@ pub(super) async fn run(
                     input = Input::Stopped;
                     continue;
                 }
-                let payload = context.source.encode(delivery.in_hand());
+                let payload = match event_for(&context, delivery.in_hand()).await {
+                    Ok(payload) => payload,
+                    Err(not_invoked) => {
+                        input = Input::Invoked(not_invoked);
+                        continue;
+                    }
+                };
                 let (records, bytes) = (delivery.in_hand().len(), payload.len());
                 let timeout = context.function.timeout + Duration::from_secs(5);
                 let started = Instant::now();
@@ -100,8 +144,18 @@ pub(super) async fn run(
             }
             Step::HandOff { condition, attempts, response } => {
                 let Some(sink) = &context.sink else { unreachable!("the machine drops records when there is no destination") };
-                let records = delivery.in_hand();
-                let payload = context.source.encode(records);
+                let offloaded = match offloaded(&context, delivery.in_hand()).await {
+                    Ok(offloaded) => offloaded,
+                    Err(error) => {
+                        let _ = events.send((job, JobEvent::DestinationFailed));
+                        input = Input::HandedOff(Err(HandOffFailure { code: error.source.code().to_string(), retryable: error.source.retryable() }));
+                        continue;
+                    }
+                };
+                let (records, payload) = match &offloaded {
+                    Some((pointer, event)) => (std::slice::from_ref(pointer), event.clone()),
+                    None => (delivery.in_hand(), context.source.encode(delivery.in_hand())),
+                };
                 let given_up = GivenUp {
                     mapping_uuid: &context.mapping_uuid,
                     function_arn: &context.function.function_arn,

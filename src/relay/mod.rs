@@ -227,6 +227,8 @@ struct Prepared {
     source: crate::event::EventSource,
     /// The mapping's schema registry decoding stage (`SchemaRegistryConfig`), run before filtering.
     decoder: Option<crate::schema::Decoder>,
+    /// `RelayExtensions.LargeRecordOffload`: oversized records go through S3 instead of being given up.
+    offload: Option<Arc<crate::destination::offload::LargeRecordOffload>>,
 }
 
 async fn prepare(mapping: &Mapping, services: &Services, options: &RunOptions) -> Result<Prepared, Problem> {
@@ -259,6 +261,8 @@ async fn prepare(mapping: &Mapping, services: &Services, options: &RunOptions) -
         }
     }
     let sink = match mapping.destination() {
+        // Built below, on the mapping's cluster and credentials.
+        Some(arn) if crate::config::kafka_destination_topic(arn).is_some() => None,
         Some(arn) => Some((services.sinks)(arn).map_err(|error| {
             Problem::cannot(ErrorCode::EsmConfigNotValid, format!("the on-failure destination {arn:?} cannot be used: {error}"))
         })?),
@@ -295,7 +299,41 @@ async fn prepare(mapping: &Mapping, services: &Services, options: &RunOptions) -
         bootstrap_servers: security.bootstrap_servers_for(mapping),
         ..crate::event::EventSource::for_mapping(mapping)
     };
-    Ok(Prepared { function, sink, filters, consumer, source, decoder })
+    let sink = match (sink, mapping.destination()) {
+        (None, Some(destination)) => kafka_sink(mapping, destination, &security, &diagnostics, &source)?,
+        (sink, _) => sink,
+    };
+    let offload = large_record_offload(mapping).await;
+    Ok(Prepared { function, sink, filters, consumer, source, decoder, offload })
+}
+
+/// The mapping's large-record offload, on an S3 client with the relay's AWS configuration.
+async fn large_record_offload(mapping: &Mapping) -> Option<Arc<crate::destination::offload::LargeRecordOffload>> {
+    let settings = mapping.large_record_offload()?;
+    let sdk_config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let client = Arc::new(crate::destination::s3_client(&sdk_config));
+    Some(Arc::new(crate::destination::offload::LargeRecordOffload::new(settings, client)))
+}
+
+/// A `kafka://<topic>` on-failure destination: a producer with the consumer's connection and security
+/// settings (same cluster, same credentials, MSK IAM tokens through the same diagnostics).
+fn kafka_sink(
+    mapping: &Mapping,
+    destination: &str,
+    security: &crate::auth::KafkaSecurity,
+    diagnostics: &Arc<crate::auth::ConnectionDiagnostics>,
+    source: &crate::event::EventSource,
+) -> Result<Option<Arc<dyn FailureSink>>, Problem> {
+    use crate::destination::kafka::{KafkaDestination, DEFAULT_DELIVERY_TIMEOUT};
+    let mut connection = rdkafka::ClientConfig::new();
+    connection.set("bootstrap.servers", mapping.bootstrap_servers().join(","));
+    security.apply(&mut connection);
+    let timeout = crate::app::env_seconds("RELAY_KAFKA_DESTINATION_TIMEOUT").filter(|t| !t.is_zero()).unwrap_or(DEFAULT_DELIVERY_TIMEOUT);
+    let context = crate::auth::DiagnosingContext::new(diagnostics.clone());
+    let sink = KafkaDestination::new(destination, &connection, context, source.clone(), timeout).map_err(|error| {
+        Problem::cannot(ErrorCode::EsmConfigNotValid, format!("the on-failure destination {destination:?} cannot be used: {error}"))
+    })?;
+    Ok(Some(Arc::new(sink)))
 }
 
 /// The decoding stage of a mapping with a `SchemaRegistryConfig`: a Glue client (the relay's AWS

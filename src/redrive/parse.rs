@@ -242,6 +242,18 @@ mod tests {
         std::fs::read(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).expect("fixture exists")
     }
 
+    /// AWS's SQS/SNS example record with Kafka offsets: its own example carries Kinesis sequence numbers
+    /// (too large for a Kafka offset, which the parser refuses).
+    fn sqs_record() -> Vec<u8> {
+        let mut record: Value = serde_json::from_slice(&fixture("failure-record-sqs-sns.json")).unwrap();
+        let info = &mut record["KafkaBatchInfo"]["recordsInfo"];
+        for (group, first, last) in [("Topic-0", "15", "514"), ("Topic-1", "7", "9")] {
+            info[group]["firstRecordOffset"] = first.into();
+            info[group]["lastRecordOffset"] = last.into();
+        }
+        record.to_string().into_bytes()
+    }
+
     fn sample_records() -> Vec<Record> {
         vec![
             Record::new(
@@ -284,7 +296,7 @@ mod tests {
 
     #[test]
     fn sqs_fixture_names_offset_ranges_per_partition() {
-        let batch = failed_batch(&fixture("failure-record-sqs-sns.json")).unwrap();
+        let batch = failed_batch(&sqs_record()).unwrap();
         assert_eq!(batch.condition, "RetryAttemptsExhausted");
         assert_eq!(batch.function_arn, "arn:aws:lambda:us-east-1:123456789012:function:myfunction");
         let Content::Offsets { source, ranges, truncated_partition_count } = &batch.content else {
@@ -299,7 +311,7 @@ mod tests {
 
     #[test]
     fn sns_envelope_is_unwrapped() {
-        let inner = String::from_utf8(fixture("failure-record-sqs-sns.json")).unwrap();
+        let inner = String::from_utf8(sqs_record()).unwrap();
         let envelope = serde_json::json!({"Type": "Notification", "MessageId": "x", "Message": inner});
         let batch = failed_batch(envelope.to_string().as_bytes()).unwrap();
         assert_eq!(batch, failed_batch(inner.as_bytes()).unwrap());
@@ -346,7 +358,7 @@ mod tests {
 
     #[test]
     fn truncated_records_info_is_reported() {
-        let mut record: Value = serde_json::from_slice(&fixture("failure-record-sqs-sns.json")).unwrap();
+        let mut record: Value = serde_json::from_slice(&sqs_record()).unwrap();
         record["KafkaBatchInfo"]["recordsInfoTruncated"] = true.into();
         record["KafkaBatchInfo"]["recordsInfoPartitionCount"] = 9.into();
         let batch = failed_batch(record.to_string().as_bytes()).unwrap();
@@ -358,6 +370,7 @@ mod tests {
         assert!(failed_batch(b"nope").unwrap_err().contains("not JSON"));
         assert!(failed_batch(b"{}").unwrap_err().contains("requestContext"));
         let mut record: Value = serde_json::from_slice(&fixture("failure-record-sqs-sns.json")).unwrap();
+        assert!(failed_batch(record.to_string().as_bytes()).unwrap_err().contains("is not an offset"), "a Kinesis number");
         record["KafkaBatchInfo"]["recordsInfo"]["Topic-0"]["firstRecordOffset"] = "x".into();
         assert!(failed_batch(record.to_string().as_bytes()).unwrap_err().contains("is not an offset"));
         record["KafkaBatchInfo"]["recordsInfo"] = serde_json::json!({"nodash": {}});

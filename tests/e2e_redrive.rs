@@ -172,7 +172,7 @@ async fn visible_messages(sdk: &aws_config::SdkConfig, url: &str) -> TestResult<
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqs_batch_is_read_back_from_kafka_redriven_and_deleted_only_after_success() -> TestResult {
+async fn redrive_sqs_batch_is_read_back_from_kafka_redriven_and_deleted_only_after_success() -> TestResult {
     let sdk = moto_config().await;
     let queue = unique_name("dlq");
     let url = create_queue(&sdk, &queue).await?;
@@ -196,7 +196,7 @@ async fn sqs_batch_is_read_back_from_kafka_redriven_and_deleted_only_after_succe
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sns_to_sqs_batch_is_redriven_from_the_subscribed_queue() -> TestResult {
+async fn redrive_sns_to_sqs_batch_is_redriven_from_the_subscribed_queue() -> TestResult {
     let sdk = moto_config().await;
     let (topic_name, queue) = (unique_name("failures"), unique_name("sub"));
     let url = create_queue(&sdk, &queue).await?;
@@ -212,7 +212,7 @@ async fn sns_to_sqs_batch_is_redriven_from_the_subscribed_queue() -> TestResult 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s3_batch_is_redriven_from_its_payload_and_checkpointed() -> TestResult {
+async fn redrive_s3_batch_is_redriven_from_its_payload_and_checkpointed() -> TestResult {
     let sdk = moto_config().await;
     let bucket = unique_name("failed");
     let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&sdk).force_path_style(true).build());
@@ -243,7 +243,7 @@ fn aws_kafka_destination_message(source: &EventSource, record: &Record, function
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kafka_failure_topic_records_in_awss_format_are_redriven_and_committed() -> TestResult {
+async fn redrive_kafka_failure_topic_records_in_awss_format_are_redriven_and_committed() -> TestResult {
     let (topic, failures, function, group) = (unique_name("src"), unique_name("dlt"), unique_name("fn"), unique_name("rg"));
     let (bootstrap, name) = (tansu(), failures.clone());
     tokio::task::spawn_blocking(move || create_topic(&bootstrap, &name, 1)).await??;
@@ -295,7 +295,7 @@ async fn kafka_failure_topic_records_in_awss_format_are_redriven_and_committed()
 /// An SQS record naming offsets past the log end (tansu deletes nothing by retention; the fast tier's
 /// `redrive_mock` covers offsets below the log start on the mock cluster, whose partitions drop old records).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn offsets_kafka_does_not_have_are_reported_and_the_rest_redriven() -> TestResult {
+async fn redrive_offsets_kafka_does_not_have_are_reported_and_the_rest_redriven() -> TestResult {
     let sdk = moto_config().await;
     let (topic, function) = (unique_name("rd"), unique_name("fn"));
     seed(&topic).await?;

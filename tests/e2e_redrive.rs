@@ -17,7 +17,7 @@ use kafka_lambda_relay::event::EventSource;
 use kafka_lambda_relay::invoke::lambda::LambdaInvoker;
 use kafka_lambda_relay::invoke::server::{always, echo_success, local_sdk_config, LocalLambda, Reply};
 use kafka_lambda_relay::kafka::Record;
-use kafka_lambda_relay::redrive::{self, MissingReason, Options, Source, Summary};
+use kafka_lambda_relay::redrive::{self, Options, Source, Summary};
 use kafka_lambda_relay::relay::{FailureSink, Services};
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -312,18 +312,29 @@ async fn redrive_offsets_kafka_does_not_have_are_reported_and_the_rest_redriven(
     aws_sdk_sqs::Client::new(&sdk).send_message().queue_url(&url).message_body(record.to_string()).send().await?;
     let lambda = LocalLambda::start().await?;
     lambda.register(&function, Duration::from_secs(5), echo_success());
-    let invoker = Arc::new(LambdaInvoker::new(&local_sdk_config(&lambda.endpoint()).await));
-    let services = redrive::Services { invoker, sdk_config: sdk.clone(), secrets: Arc::new(NoSecrets) };
+    // Through the command line, as a user runs it.
+    let dir = TempDir::new("redrive-config")?;
+    let file = dir.path().join("config.json");
     let mapping = config(&tansu(), &topic, &function, &unique_name("g"), json!({})).mappings[0].clone();
-    let options = Options { target_timeout: Some(Duration::from_secs(5)), ..Options::new(Source::Sqs { url: url.clone() }) };
-    let summary = redrive::redrive(&mapping, &options, &services).await?;
-    assert_eq!((summary.records_found, summary.records_redriven, summary.records_missing), (3, 3, 3), "{summary:#?}");
-    assert_eq!(summary.missing.len(), 1);
-    let missing = &summary.missing[0];
-    assert_eq!((missing.first_offset, missing.last_offset, missing.reason), (3, 5, MissingReason::BeyondLogEnd));
-    let json = serde_json::to_value(&summary)?;
-    assert_eq!(json["Missing"][0]["Reason"], "BeyondLogEnd");
-    assert_eq!(json["RecordsMissing"], 3);
+    std::fs::write(&file, serde_json::to_vec(&json!({"Mappings": [mapping]}))?)?;
+    let mut command = std::process::Command::new(relay_bin());
+    command
+        .arg("redrive")
+        .arg(&url)
+        .arg("--config")
+        .arg(&file)
+        .args(["--target-timeout", "5"])
+        .envs([("AWS_ENDPOINT_URL", moto()), ("AWS_ENDPOINT_URL_LAMBDA", lambda.endpoint())])
+        .envs([("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_REGION", "us-east-1")]);
+    let finished = tokio::task::spawn_blocking(move || run_captured("kafka-lambda-relay redrive", command, PROCESS_TIMEOUT)).await??;
+    // The README's example output; shown with --nocapture.
+    println!("{}", finished.stdout);
+    assert_eq!(finished.code(), Some(0), "{}", finished.stderr_tail());
+    let summary = finished.json()?;
+    assert_eq!((&summary["RecordsFound"], &summary["RecordsRedriven"], &summary["RecordsMissing"]), (&json!(3), &json!(3), &json!(3)), "{summary:#}");
+    assert_eq!(summary["Missing"], json!([{"Topic": topic, "Partition": 0, "FirstOffset": 3, "LastOffset": 5, "Reason": "BeyondLogEnd"}]));
+    assert_eq!((&summary["Removed"], &summary["Kept"]), (&json!(1), &json!(0)), "the rest was redriven, the gap reported");
+    assert_eq!(visible_messages(&sdk, &url).await?, 0);
     assert_records_are_the_poison_batch(&lambda.invocations(&function)[0].payload, &topic)?;
     Ok(())
 }

@@ -33,8 +33,14 @@ async fn moto_config() -> aws_config::SdkConfig {
         .await
 }
 
+/// Key, value, headers and timestamp of a record produced.
+type Poison = (Option<Vec<u8>>, Vec<u8>, Vec<(&'static str, Vec<u8>)>, i64);
+
+/// What a record of an event carries: group, offset, key, value, headers, timestamp.
+type Carried = (String, i64, Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, Vec<u8>)>, i64);
+
 /// The records of the poison batch: binary values, a null key, headers (one empty), fixed timestamps.
-fn poison() -> Vec<(Option<Vec<u8>>, Vec<u8>, Vec<(&'static str, Vec<u8>)>, i64)> {
+fn poison() -> Vec<Poison> {
     vec![
         (Some(b"k-0".to_vec()), vec![0, 1, 2, 200, 255], vec![("trace", b"abc".to_vec()), ("empty", vec![])], 1_700_000_000_001),
         (None, b"{\"poison\":true}".to_vec(), vec![("bytes", vec![0, 127, 128, 255])], 1_700_000_000_002),
@@ -136,11 +142,11 @@ impl Given {
 /// The event's records are the produced ones: offsets, keys, values, headers and timestamps.
 fn assert_records_are_the_poison_batch(event: &[u8], topic: &str) -> TestResult {
     let (_, records) = redrive::parse::records_from_event(&serde_json::from_slice(event)?)?;
-    let got: Vec<(String, i64, Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, Vec<u8>)>, i64)> = records
+    let got: Vec<Carried> = records
         .iter()
         .map(|r| (r.key_partition.to_string(), r.offset, r.key.clone(), r.value.clone(), r.headers.clone(), r.timestamp_ms))
         .collect();
-    let want: Vec<_> = poison()
+    let want: Vec<Carried> = poison()
         .into_iter()
         .enumerate()
         .map(|(i, (key, value, headers, ts))| {

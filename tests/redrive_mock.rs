@@ -99,3 +99,48 @@ async fn failure_topic_commits_only_past_what_succeeded() -> TestResult {
     assert_eq!(committed_offsets(kafka.bootstrap_servers(), "redrive", "dlt", 1)?, vec![Some(1)]);
     Ok(())
 }
+
+/// With `ReportBatchItemFailures`, a `batchItemFailures` answer fails the redrive of that batch (as the relay
+/// would retry it): nothing is committed. `--rate` spaces the invocations out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_batch_response_is_a_failure_and_rate_spaces_invocations() -> TestResult {
+    let kafka = MockKafka::start(1)?;
+    kafka.create_topic("dlt", 1)?;
+    let source = EventSource { event_source: "SelfManagedKafka".into(), event_source_arn: None, bootstrap_servers: "b:9092".into() };
+    let records: Vec<Record> = (0..3)
+        .map(|i| Record::new(PartitionKey::new("orders", 0), i, 5, TimestampType::CreateTime, None, Some(b"v".to_vec()), vec![]))
+        .collect();
+    for record in &records {
+        kafka.produce("dlt", 0, None, Some(failure_message(&source, record).as_bytes()))?;
+    }
+    kafka.flush()?;
+    let lambda = LocalLambda::start().await?;
+    lambda.register("target", Duration::from_secs(5), handler(|invocation| async move {
+        let text = String::from_utf8_lossy(&invocation.payload).to_string();
+        if text.contains("\"offset\":0,") {
+            Reply::json(&json!({"batchItemFailures": [{"itemIdentifier": {"partition": "orders-0", "offset": 0}}]}))
+        } else {
+            Reply::success("{}")
+        }
+    }));
+    let invoker = Arc::new(LambdaInvoker::new(&local_sdk_config(&lambda.endpoint()).await));
+    let services = redrive::Services { invoker, sdk_config: local_sdk_config(&lambda.endpoint()).await, secrets: Arc::new(NoSecrets) };
+    let mapping = config(kafka.bootstrap_servers(), "orders", "target", "g", json!({"FunctionResponseTypes": ["ReportBatchItemFailures"]}))
+        .mappings[0]
+        .clone();
+    let options = Options {
+        target_timeout: Some(Duration::from_secs(5)),
+        group: Some("redrive".into()),
+        rate: Some(5.0),
+        ..Options::new(Source::Kafka { topic: "dlt".into() })
+    };
+    let started = std::time::Instant::now();
+    let summary = redrive::redrive(&mapping, &options, &services).await?;
+    let elapsed = started.elapsed();
+    assert_eq!((summary.batches_failed, summary.batches_redriven, summary.removed), (1, 2, 2), "{summary:#?}");
+    assert!(summary.failures[0].reason.contains("batchItemFailures"), "{:?}", summary.failures);
+    assert_eq!(committed_offsets(kafka.bootstrap_servers(), "redrive", "dlt", 1)?, vec![None], "not past the first message");
+    // Three invocations at 5 per second: the second and third each wait 200 ms.
+    assert!(elapsed >= Duration::from_millis(400), "{elapsed:?}");
+    Ok(())
+}

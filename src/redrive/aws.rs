@@ -44,7 +44,7 @@ impl Queue {
             .visibility_timeout(VISIBILITY_TIMEOUT_SECONDS)
             .send()
             .await
-            .map_err(|e| RedriveError::ReceiveMessage { queue_url: self.url.clone(), source: AwsError::from_sdk(e) })?;
+            .map_err(|e| RedriveError::ReceiveMessage { queue_url: self.url.clone(), source: Box::new(AwsError::from_sdk(e)) })?;
         Ok(output
             .messages
             .unwrap_or_default()
@@ -63,7 +63,7 @@ impl Queue {
             RedriveError::DeleteMessage {
                 queue_url: self.url.clone(),
                 message_id: message.message_id.clone(),
-                source: AwsError::from_sdk(e),
+                source: Box::new(AwsError::from_sdk(e)),
             }
         })?;
         Ok(())
@@ -81,7 +81,7 @@ impl Queue {
             .map_err(|e| RedriveError::ChangeMessageVisibility {
                 queue_url: self.url.clone(),
                 message_id: message.message_id.clone(),
-                source: AwsError::from_sdk(e),
+                source: Box::new(AwsError::from_sdk(e)),
             })?;
         Ok(())
     }
@@ -115,7 +115,7 @@ impl Bucket {
                 .set_continuation_token(token.take())
                 .send()
                 .await
-                .map_err(|e| RedriveError::ListObjects { bucket: self.name.clone(), prefix: prefix.to_string(), source: AwsError::from_sdk(e) })?;
+                .map_err(|e| RedriveError::ListObjects { bucket: self.name.clone(), prefix: prefix.to_string(), source: Box::new(AwsError::from_sdk(e)) })?;
             keys.extend(output.contents().iter().filter_map(|o| o.key().map(str::to_string)));
             match output.next_continuation_token() {
                 Some(next) if output.is_truncated() == Some(true) => token = Some(next.to_string()),
@@ -126,7 +126,7 @@ impl Bucket {
 
     /// The object's bytes.
     pub async fn get(&self, key: &str) -> Result<Vec<u8>, RedriveError> {
-        let error = |source| RedriveError::GetObject { bucket: self.name.clone(), key: key.to_string(), source };
+        let error = |source| RedriveError::GetObject { bucket: self.name.clone(), key: key.to_string(), source: Box::new(source) };
         let output = self.client.get_object().bucket(&self.name).key(key).send().await.map_err(|e| error(AwsError::from_sdk(e)))?;
         let body = output.body.collect().await.map_err(|e| error(AwsError::transport(AwsErrorKind::Response, &e.to_string())))?;
         Ok(body.into_bytes().to_vec())
@@ -137,7 +137,7 @@ impl Bucket {
         match self.client.head_object().bucket(&self.name).key(key).send().await {
             Ok(_) => Ok(true),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(false),
-            Err(e) => Err(RedriveError::HeadCheckpoint { bucket: self.name.clone(), key: key.to_string(), source: AwsError::from_sdk(e) }),
+            Err(e) => Err(RedriveError::HeadCheckpoint { bucket: self.name.clone(), key: key.to_string(), source: Box::new(AwsError::from_sdk(e)) }),
         }
     }
 
@@ -151,7 +151,7 @@ impl Bucket {
             .body(ByteStream::from(body))
             .send()
             .await
-            .map_err(|e| RedriveError::PutCheckpoint { bucket: self.name.clone(), key: key.to_string(), source: AwsError::from_sdk(e) })?;
+            .map_err(|e| RedriveError::PutCheckpoint { bucket: self.name.clone(), key: key.to_string(), source: Box::new(AwsError::from_sdk(e)) })?;
         Ok(())
     }
 }

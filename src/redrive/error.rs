@@ -69,7 +69,7 @@ pub enum RedriveError {
         purpose: &'static str,
         /// librdkafka's error.
         #[source]
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     /// Metadata of a topic could not be read (or it has no partitions).
     #[error("kafka Metadata of topic {topic:?} failed: {source}")]
@@ -78,7 +78,7 @@ pub enum RedriveError {
         topic: String,
         /// librdkafka's error.
         #[source]
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     /// `ListOffsets` (watermarks) of a partition failed.
     #[error("kafka ListOffsets of {topic:?} partition {partition} failed: {source}")]
@@ -89,7 +89,7 @@ pub enum RedriveError {
         partition: i32,
         /// librdkafka's error.
         #[source]
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     /// Assigning partitions to the reading consumer failed.
     #[error("kafka assign of {topic:?} failed: {source}")]
@@ -98,7 +98,7 @@ pub enum RedriveError {
         topic: String,
         /// librdkafka's error.
         #[source]
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     /// A fetch returned an error.
     #[error("kafka Fetch from {topic:?} failed: {source}")]
@@ -107,7 +107,7 @@ pub enum RedriveError {
         topic: String,
         /// librdkafka's error.
         #[source]
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     /// The reading consumer did not reach the end of what it had to read in time.
     #[error("kafka Fetch from {topic:?} partition {partition} stopped at offset {position} before {end}")]
@@ -130,7 +130,7 @@ pub enum RedriveError {
         topic: String,
         /// librdkafka's error.
         #[source]
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     /// `OffsetCommit` of the redrive group failed.
     #[error("kafka OffsetCommit of group {group:?} on topic {topic:?} failed: {source}")]
@@ -141,7 +141,7 @@ pub enum RedriveError {
         topic: String,
         /// librdkafka's error.
         #[source]
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     /// `ReceiveMessage` failed.
     #[error("sqs ReceiveMessage from {queue_url:?} failed: {source}")]
@@ -150,7 +150,7 @@ pub enum RedriveError {
         queue_url: String,
         /// What AWS said.
         #[source]
-        source: AwsError,
+        source: Box<AwsError>,
     },
     /// `DeleteMessage` failed.
     #[error("sqs DeleteMessage of message {message_id:?} from {queue_url:?} failed: {source}")]
@@ -161,7 +161,7 @@ pub enum RedriveError {
         message_id: String,
         /// What AWS said.
         #[source]
-        source: AwsError,
+        source: Box<AwsError>,
     },
     /// `ChangeMessageVisibility` (making a kept message visible again) failed.
     #[error("sqs ChangeMessageVisibility of message {message_id:?} in {queue_url:?} failed: {source}")]
@@ -172,7 +172,7 @@ pub enum RedriveError {
         message_id: String,
         /// What AWS said.
         #[source]
-        source: AwsError,
+        source: Box<AwsError>,
     },
     /// `ListObjectsV2` failed.
     #[error("s3 ListObjectsV2 of bucket {bucket:?} prefix {prefix:?} failed: {source}")]
@@ -183,7 +183,7 @@ pub enum RedriveError {
         prefix: String,
         /// What AWS said.
         #[source]
-        source: AwsError,
+        source: Box<AwsError>,
     },
     /// `GetObject` (or reading its body) failed.
     #[error("s3 GetObject of bucket {bucket:?} key {key:?} failed: {source}")]
@@ -194,7 +194,7 @@ pub enum RedriveError {
         key: String,
         /// What AWS said.
         #[source]
-        source: AwsError,
+        source: Box<AwsError>,
     },
     /// `HeadObject` of a checkpoint marker failed (other than "not found").
     #[error("s3 HeadObject of checkpoint {key:?} in bucket {bucket:?} failed: {source}")]
@@ -205,7 +205,7 @@ pub enum RedriveError {
         key: String,
         /// What AWS said.
         #[source]
-        source: AwsError,
+        source: Box<AwsError>,
     },
     /// `PutObject` of a checkpoint marker failed.
     #[error("s3 PutObject of checkpoint {key:?} in bucket {bucket:?} failed: {source}")]
@@ -216,7 +216,7 @@ pub enum RedriveError {
         key: String,
         /// What AWS said.
         #[source]
-        source: AwsError,
+        source: Box<AwsError>,
     },
     /// One item of the source is not an invocation record the redrive understands: it is left in place.
     #[error("invocation record {item:?} cannot be read: {reason}")]
@@ -238,7 +238,7 @@ impl RedriveError {
             | RedriveError::ListObjects { source, .. }
             | RedriveError::GetObject { source, .. }
             | RedriveError::HeadCheckpoint { source, .. }
-            | RedriveError::PutCheckpoint { source, .. } => Some(source),
+            | RedriveError::PutCheckpoint { source, .. } => Some(source.as_ref()),
             _ => None,
         }
     }
@@ -270,7 +270,7 @@ mod tests {
         let error = RedriveError::DeleteMessage {
             queue_url: "http://q/1/dlq".into(),
             message_id: "m-1".into(),
-            source: AwsError::service("AccessDenied", 403, "no"),
+            source: Box::new(AwsError::service("AccessDenied", 403, "no")),
         };
         assert_eq!(
             error.to_string(),
@@ -279,7 +279,7 @@ mod tests {
         assert!(!error.retryable());
         let throttled = RedriveError::ReceiveMessage {
             queue_url: "q".into(),
-            source: AwsError::service("ThrottlingException", 400, "slow down"),
+            source: Box::new(AwsError::service("ThrottlingException", 400, "slow down")),
         };
         assert!(throttled.retryable());
         assert!(!RedriveError::InvalidSource { value: "ftp://x".into() }.retryable());

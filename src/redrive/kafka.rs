@@ -40,7 +40,7 @@ fn consumer(mapping: &Mapping, security: &KafkaSecurity, group: &str, purpose: &
         .set("fetch.max.bytes", "52428800")
         .set("max.partition.fetch.bytes", "16777216");
     security.apply(&mut config);
-    config.create_with_context(DiagnosingContext::new(diagnostics)).map_err(|source| RedriveError::CreateConsumer { purpose, source })
+    config.create_with_context(DiagnosingContext::new(diagnostics)).map_err(|source| RedriveError::CreateConsumer { purpose, source: Box::new(source) })
 }
 
 /// The records read back, and the offsets that could not be.
@@ -60,7 +60,7 @@ pub fn read_ranges(mapping: &Mapping, security: &KafkaSecurity, ranges: &[Offset
     let mut wanted: Vec<(PartitionKey, i64, i64)> = Vec::new();
     for range in ranges {
         let (low, high) = consumer.fetch_watermarks(&range.key.topic, range.key.partition, CALL_TIMEOUT).map_err(|source| {
-            RedriveError::Watermarks { topic: range.key.topic.to_string(), partition: range.key.partition, source }
+            RedriveError::Watermarks { topic: range.key.topic.to_string(), partition: range.key.partition, source: Box::new(source) }
         })?;
         let (missing, rest) = readable(&range.key, range.first, range.last, low, high);
         out.missing.extend(missing);
@@ -95,9 +95,9 @@ fn read_assigned(consumer: &ReadConsumer, wanted: &[(PartitionKey, i64, i64)]) -
     for (key, (from, _)) in &spans {
         assignment
             .add_partition_offset(&key.topic, key.partition, Offset::Offset(*from))
-            .map_err(|source| RedriveError::Assign { topic: key.topic.to_string(), source })?;
+            .map_err(|source| RedriveError::Assign { topic: key.topic.to_string(), source: Box::new(source) })?;
     }
-    consumer.assign(&assignment).map_err(|source| RedriveError::Assign { topic: first_topic.clone(), source })?;
+    consumer.assign(&assignment).map_err(|source| RedriveError::Assign { topic: first_topic.clone(), source: Box::new(source) })?;
     drop(assignment);
     let deadline = Instant::now() + READ_TIMEOUT;
     let mut open: BTreeMap<PartitionKey, i64> = spans.iter().map(|(k, (_, to))| (k.clone(), *to + 1)).collect();
@@ -119,7 +119,7 @@ fn read_assigned(consumer: &ReadConsumer, wanted: &[(PartitionKey, i64, i64)]) -
                     }
                 }
             }
-            Some(Err(source)) => return Err(RedriveError::Fetch { topic: first_topic, source }),
+            Some(Err(source)) => return Err(RedriveError::Fetch { topic: first_topic, source: Box::new(source) }),
             None => close_finished(consumer, &mut open),
         }
     }
@@ -171,7 +171,7 @@ pub fn read_failure_topic(mapping: &Mapping, security: &KafkaSecurity, topic: &s
     let consumer = consumer(mapping, security, group, "reads the failure topic")?;
     let metadata = consumer
         .fetch_metadata(Some(topic), CALL_TIMEOUT)
-        .map_err(|source| RedriveError::Metadata { topic: topic.to_string(), source })?;
+        .map_err(|source| RedriveError::Metadata { topic: topic.to_string(), source: Box::new(source) })?;
     let partitions: Vec<i32> = metadata.topics().iter().filter(|t| t.name() == topic).flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
     drop(metadata);
     let mut wanted = TopicPartitionList::new();
@@ -189,12 +189,12 @@ pub fn read_failure_topic(mapping: &Mapping, security: &KafkaSecurity, topic: &s
                 })
                 .collect()
         })
-        .map_err(|source| RedriveError::Committed { group: group.to_string(), topic: topic.to_string(), source })?;
+        .map_err(|source| RedriveError::Committed { group: group.to_string(), topic: topic.to_string(), source: Box::new(source) })?;
     let mut spans = Vec::new();
     for p in partitions {
         let (low, high) = consumer
             .fetch_watermarks(topic, p, CALL_TIMEOUT)
-            .map_err(|source| RedriveError::Watermarks { topic: topic.to_string(), partition: p, source })?;
+            .map_err(|source| RedriveError::Watermarks { topic: topic.to_string(), partition: p, source: Box::new(source) })?;
         let from = committed.get(&p).copied().unwrap_or(low).max(low);
         if from < high {
             spans.push((PartitionKey::new(topic, p), from, high - 1));
@@ -221,7 +221,7 @@ pub fn commit_failure_topic(
         return Ok(());
     }
     let consumer = consumer(mapping, security, group, "commits the redrive group")?;
-    let error = |source| RedriveError::Commit { group: group.to_string(), topic: topic.to_string(), source };
+    let error = |source| RedriveError::Commit { group: group.to_string(), topic: topic.to_string(), source: Box::new(source) };
     let mut list = TopicPartitionList::new();
     for (partition, offset) in positions {
         list.add_partition_offset(topic, *partition, Offset::Offset(*offset)).map_err(error)?;

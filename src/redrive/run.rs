@@ -34,9 +34,9 @@ pub async fn redrive(mapping: &Mapping, options: &Options, services: &Services) 
     let summary = Summary { source: options.source.to_string(), function: function.clone(), dry_run: options.dry_run, ..Summary::default() };
     let mut run = Redrive { mapping, options, services, function, timeout, security: None, next_invoke: None, summary };
     match &options.source {
-        Source::Sqs { url } => run.from_sqs(url).await?,
-        Source::S3 { bucket, prefix } => run.from_s3(bucket, prefix).await?,
-        Source::Kafka { topic } => run.from_kafka(topic).await?,
+        Source::Sqs { url } => run.drain_sqs(url).await?,
+        Source::S3 { bucket, prefix } => run.drain_s3(bucket, prefix).await?,
+        Source::Kafka { topic } => run.drain_kafka(topic).await?,
     }
     Ok(run.summary)
 }
@@ -55,7 +55,7 @@ struct Redrive<'a> {
 impl Redrive<'_> {
     /// Every visible message, until a receive comes back empty. Redriven messages are deleted one by one;
     /// kept ones stay invisible until the end (so this run does not read them twice), then are released.
-    async fn from_sqs(&mut self, url: &str) -> Result<(), RedriveError> {
+    async fn drain_sqs(&mut self, url: &str) -> Result<(), RedriveError> {
         let queue = Queue::new(&self.services.sdk_config, url);
         let mut kept = Vec::new();
         let mut seen = std::collections::HashSet::new();
@@ -86,7 +86,7 @@ impl Redrive<'_> {
 
     /// Every object under the prefix without a checkpoint marker; a marker is written once its batch was
     /// redriven.
-    async fn from_s3(&mut self, bucket: &str, prefix: &str) -> Result<(), RedriveError> {
+    async fn drain_s3(&mut self, bucket: &str, prefix: &str) -> Result<(), RedriveError> {
         let bucket = Bucket::new(&self.services.sdk_config, bucket);
         let checkpoints = self.options.checkpoint_prefix.clone();
         for key in bucket.keys(prefix).await? {
@@ -114,7 +114,7 @@ impl Redrive<'_> {
 
     /// The failure topic from the redrive group's offsets to its end; the group then commits, per
     /// partition, past the messages redriven, never past one kept.
-    async fn from_kafka(&mut self, topic: &str) -> Result<(), RedriveError> {
+    async fn drain_kafka(&mut self, topic: &str) -> Result<(), RedriveError> {
         let group = self.options.group.clone().unwrap_or_else(|| format!("kafka-lambda-relay-redrive-{topic}"));
         let security = self.security().await?;
         let (mapping, topic_owned, group_owned) = (self.mapping.clone(), topic.to_string(), group.clone());

@@ -1,5 +1,6 @@
 //! The `kafka-lambda-relay` binary: a Lambda function when `AWS_LAMBDA_RUNTIME_API` is set, otherwise a
-//! command-line program (`run`, `status`, `validate`, `redrive`, `demo`). Everything that decides anything lives in the library.
+//! command-line program (`run`, `status`, `validate`, `redrive`, `demo`). Everything that decides anything
+//! lives in the library.
 
 // The Lambda handler's future (coordinator, hand-over, run) nests deeper than rustc's default layout limit.
 #![recursion_limit = "256"]
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use kafka_lambda_relay::app;
+use kafka_lambda_relay::redrive;
 use kafka_lambda_relay::config::RelayConfig;
 
 #[derive(Parser)]
@@ -209,8 +211,8 @@ struct RedriveArgs {
 }
 
 /// `redrive`: the mapping, the options, AWS clients from the environment, then the run.
-async fn redrive(config: &RelayConfig, args: RedriveArgs) -> Result<kafka_lambda_relay::redrive::Summary, kafka_lambda_relay::redrive::RedriveError> {
-    use kafka_lambda_relay::redrive::{self, Filters, Options, Source};
+async fn run_redrive(config: &RelayConfig, args: RedriveArgs) -> Result<redrive::Summary, redrive::RedriveError> {
+    use kafka_lambda_relay::redrive::{Filters, Options, Source};
     let mapping = redrive::choose_mapping(config, args.mapping.as_deref())?;
     let filters = Filters {
         since_ms: args.since.as_deref().map(|v| redrive::parse_time("--since", v)).transpose()?,
@@ -222,7 +224,10 @@ async fn redrive(config: &RelayConfig, args: RedriveArgs) -> Result<kafka_lambda
         dry_run: args.dry_run,
         rate: args.rate,
         filters,
-        target_timeout: args.target_timeout.map(Duration::from_secs).or_else(|| app::env_seconds("RELAY_TARGET_TIMEOUT_SECONDS")),
+        target_timeout: args
+            .target_timeout
+            .map(Duration::from_secs)
+            .or_else(|| app::env_seconds("RELAY_TARGET_TIMEOUT_SECONDS")),
         checkpoint_prefix: args.checkpoint_prefix,
         group: args.group,
         progress: std::io::stderr().is_terminal(),
@@ -358,8 +363,20 @@ async fn main() -> ExitCode {
                 Ok(config) => config,
                 Err(exit) => return exit,
             };
-            let args = RedriveArgs { source, mapping, function, dry_run, rate, since, until, partitions, target_timeout, checkpoint_prefix, group };
-            match redrive(&config, args).await {
+            let args = RedriveArgs {
+                source,
+                mapping,
+                function,
+                dry_run,
+                rate,
+                since,
+                until,
+                partitions,
+                target_timeout,
+                checkpoint_prefix,
+                group,
+            };
+            match run_redrive(&config, args).await {
                 Ok(summary) => {
                     println!("{}", serde_json::to_string_pretty(&summary).expect("summary serializes"));
                     if summary.has_failures() {
@@ -370,11 +387,15 @@ async fn main() -> ExitCode {
                 }
                 Err(error) => {
                     eprintln!("redrive failed: {error}");
-                    ExitCode::from(if matches!(error, kafka_lambda_relay::redrive::RedriveError::InvalidSource { .. }
-                        | kafka_lambda_relay::redrive::RedriveError::InvalidTime { .. }
-                        | kafka_lambda_relay::redrive::RedriveError::MappingNotChosen { .. }
-                        | kafka_lambda_relay::redrive::RedriveError::UnknownMapping { .. }
-                        | kafka_lambda_relay::redrive::RedriveError::NoMappings) { 2 } else { 1 })
+                    let bad_arguments = matches!(
+                        error,
+                        redrive::RedriveError::InvalidSource { .. }
+                            | redrive::RedriveError::InvalidTime { .. }
+                            | redrive::RedriveError::MappingNotChosen { .. }
+                            | redrive::RedriveError::UnknownMapping { .. }
+                            | redrive::RedriveError::NoMappings
+                    );
+                    ExitCode::from(if bad_arguments { 2 } else { 1 })
                 }
             }
         }

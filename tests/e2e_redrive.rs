@@ -42,23 +42,38 @@ type Carried = (String, i64, Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, Vec<
 /// The records of the poison batch: binary values, a null key, headers (one empty), fixed timestamps.
 fn poison() -> Vec<Poison> {
     vec![
-        (Some(b"k-0".to_vec()), vec![0, 1, 2, 200, 255], vec![("trace", b"abc".to_vec()), ("empty", vec![])], 1_700_000_000_001),
+        (
+            Some(b"k-0".to_vec()),
+            vec![0, 1, 2, 200, 255],
+            vec![("trace", b"abc".to_vec()), ("empty", vec![])],
+            1_700_000_000_001,
+        ),
         (None, b"{\"poison\":true}".to_vec(), vec![("bytes", vec![0, 127, 128, 255])], 1_700_000_000_002),
         (Some(b"k-2".to_vec()), b"third".to_vec(), vec![], 1_700_000_000_003),
     ]
 }
 
-async fn produce(bootstrap: &str, topic: &str, key: Option<&[u8]>, value: &[u8], headers: &[(&str, Vec<u8>)], timestamp: i64) -> TestResult<(i32, i64)> {
-    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", bootstrap).set("enable.idempotence", "false").create()?;
+async fn produce(
+    bootstrap: &str,
+    topic: &str,
+    key: Option<&[u8]>,
+    value: &[u8],
+    headers: &[(&str, Vec<u8>)],
+    timestamp: i64,
+) -> TestResult<(i32, i64)> {
+    let producer: FutureProducer =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).set("enable.idempotence", "false").create()?;
     let mut owned = OwnedHeaders::new();
     for (name, bytes) in headers {
         owned = owned.insert(Header { key: name, value: Some(bytes.as_slice()) });
     }
-    let mut record = FutureRecord::<[u8], [u8]>::to(topic).partition(0).payload(value).headers(owned).timestamp(timestamp);
+    let mut record =
+        FutureRecord::<[u8], [u8]>::to(topic).partition(0).payload(value).headers(owned).timestamp(timestamp);
     if let Some(key) = key {
         record = record.key(key);
     }
-    let delivered = producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| format!("produce to {topic}: {e}"))?;
+    let delivered =
+        producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| format!("produce to {topic}: {e}"))?;
     Ok((delivered.partition, delivered.offset))
 }
 
@@ -92,11 +107,19 @@ async fn give_up_to(destination: &str) -> TestResult<Given> {
     let moto = moto_config().await;
     let services = Services {
         invoker: invoker.clone(),
-        sinks: Arc::new(move |arn: &str| OnFailureDestination::new(arn, &moto).map(|d| Arc::new(d) as Arc<dyn FailureSink>)),
+        sinks: Arc::new(move |arn: &str| {
+            OnFailureDestination::new(arn, &moto).map(|d| Arc::new(d) as Arc<dyn FailureSink>)
+        }),
         secrets: Arc::new(NoSecrets),
     };
-    let cfg = config(&tansu(), &topic, &function, &group, json!({"MaximumRetryAttempts": 0, "BatchSize": 10,
-        "MaximumBatchingWindowInSeconds": 1, "DestinationConfig": {"OnFailure": {"Destination": destination}}}));
+    let cfg = config(
+        &tansu(),
+        &topic,
+        &function,
+        &group,
+        json!({"MaximumRetryAttempts": 0, "BatchSize": 10,
+        "MaximumBatchingWindowInSeconds": 1, "DestinationConfig": {"OnFailure": {"Destination": destination}}}),
+    );
     let report = run_all(&cfg, &services, &until_idle()).await;
     assert_eq!(report.mappings[0].counts.sent_to_destination, 3, "the poison batch was given up: {report:?}");
     let original_event = lambda.invocations(&function).first().ok_or("the target was invoked")?.payload.clone();
@@ -105,7 +128,11 @@ async fn give_up_to(destination: &str) -> TestResult<Given> {
 
 impl Given {
     async fn redrive(&self, source: &Source) -> TestResult<Summary> {
-        let services = redrive::Services { invoker: self.invoker.clone(), sdk_config: moto_config().await, secrets: Arc::new(NoSecrets) };
+        let services = redrive::Services {
+            invoker: self.invoker.clone(),
+            sdk_config: moto_config().await,
+            secrets: Arc::new(NoSecrets),
+        };
         let options = Options { target_timeout: Some(Duration::from_secs(5)), ..Options::new(source.clone()) };
         Ok(redrive::redrive(&self.mapping, &options, &services).await?)
     }
@@ -118,18 +145,30 @@ impl Given {
     /// as the original event. Then nothing more to send. Returns the third summary for source-specific checks.
     async fn fail_then_redrive(&self, source: &Source) -> TestResult<Summary> {
         let failed = self.redrive(source).await?;
-        assert_eq!((failed.batches_found, failed.batches_failed, failed.removed, failed.kept), (1, 1, 0, 1), "{failed:#?}");
+        assert_eq!(
+            (failed.batches_found, failed.batches_failed, failed.removed, failed.kept),
+            (1, 1, 0, 1),
+            "{failed:#?}"
+        );
         assert_eq!(failed.records_failed, 3);
         assert_eq!(self.invocations().len(), 2, "the original invocation and the failed redrive");
 
         self.lambda.register(&self.function, Duration::from_secs(5), echo_success());
         let redriven = self.redrive(source).await?;
-        assert_eq!((redriven.batches_found, redriven.batches_redriven, redriven.records_redriven), (1, 1, 3), "{redriven:#?}");
+        assert_eq!(
+            (redriven.batches_found, redriven.batches_redriven, redriven.records_redriven),
+            (1, 1, 3),
+            "{redriven:#?}"
+        );
         assert_eq!((redriven.removed, redriven.kept, redriven.records_missing), (1, 0, 0), "{redriven:#?}");
         let invocations = self.invocations();
         assert_eq!(invocations.len(), 3);
         let sent = invocations.last().expect("three invocations");
-        assert_eq!(String::from_utf8_lossy(sent), String::from_utf8_lossy(&self.original_event), "the original event, byte for byte");
+        assert_eq!(
+            String::from_utf8_lossy(sent),
+            String::from_utf8_lossy(&self.original_event),
+            "the original event, byte for byte"
+        );
         assert_records_are_the_poison_batch(sent, &self.topic)?;
 
         let again = self.redrive(source).await?;
@@ -144,13 +183,22 @@ fn assert_records_are_the_poison_batch(event: &[u8], topic: &str) -> TestResult 
     let (_, records) = redrive::parse::records_from_event(&serde_json::from_slice(event)?)?;
     let got: Vec<Carried> = records
         .iter()
-        .map(|r| (r.key_partition.to_string(), r.offset, r.key.clone(), r.value.clone(), r.headers.clone(), r.timestamp_ms))
+        .map(|r| {
+            (r.key_partition.to_string(), r.offset, r.key.clone(), r.value.clone(), r.headers.clone(), r.timestamp_ms)
+        })
         .collect();
     let want: Vec<Carried> = poison()
         .into_iter()
         .enumerate()
         .map(|(i, (key, value, headers, ts))| {
-            (format!("{topic}-0"), i as i64, key, Some(value), headers.into_iter().map(|(n, b)| (n.to_string(), b)).collect(), ts)
+            (
+                format!("{topic}-0"),
+                i as i64,
+                key,
+                Some(value),
+                headers.into_iter().map(|(n, b)| (n.to_string(), b)).collect(),
+                ts,
+            )
         })
         .collect();
     assert_eq!(got, want);
@@ -193,7 +241,11 @@ async fn redrive_sqs_batch_is_read_back_from_kafka_redriven_and_deleted_only_aft
     assert_eq!((redriven.records_redriven, redriven.removed), (3, 1), "{redriven:#?}");
     assert_eq!(visible_messages(&sdk, &url).await?, 0, "the queue is empty");
     let sent = given.invocations();
-    assert_eq!(sent.last().map(|s| s.as_slice()), Some(given.original_event.as_slice()), "the original event, byte for byte");
+    assert_eq!(
+        sent.last().map(|s| s.as_slice()),
+        Some(given.original_event.as_slice()),
+        "the original event, byte for byte"
+    );
     assert_records_are_the_poison_batch(sent.last().expect("invoked"), &given.topic)?;
     let again = given.redrive(&source).await?;
     assert_eq!(again.batches_found, 0);
@@ -224,7 +276,8 @@ async fn redrive_s3_batch_is_redriven_from_its_payload_and_checkpointed() -> Tes
     let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&sdk).force_path_style(true).build());
     s3.create_bucket().bucket(&bucket).send().await?;
     let given = give_up_to(&format!("arn:aws:s3:::{bucket}")).await?;
-    let again = given.fail_then_redrive(&Source::S3 { bucket: bucket.clone(), prefix: "kafka-lambda-relay/".into() }).await?;
+    let again =
+        given.fail_then_redrive(&Source::S3 { bucket: bucket.clone(), prefix: "kafka-lambda-relay/".into() }).await?;
     assert_eq!((again.batches_found, again.batches_already_redriven), (0, 1), "{again:#?}");
     let objects = s3.list_objects_v2().bucket(&bucket).send().await?;
     let keys: Vec<&str> = objects.contents().iter().filter_map(|o| o.key()).collect();
@@ -235,7 +288,11 @@ async fn redrive_s3_batch_is_redriven_from_its_payload_and_checkpointed() -> Tes
 }
 
 /// AWS's "Record format for a Kafka destination": one message per failed record, keyed by the record's key.
-fn aws_kafka_destination_message(source: &EventSource, record: &Record, function_arn: &str) -> TestResult<serde_json::Value> {
+fn aws_kafka_destination_message(
+    source: &EventSource,
+    record: &Record,
+    function_arn: &str,
+) -> TestResult<serde_json::Value> {
     let payload: serde_json::Value = serde_json::from_slice(&source.encode(std::slice::from_ref(record)))?;
     Ok(json!({
         "requestContext": {"requestId": uuid::Uuid::new_v4().to_string(), "functionArn": function_arn,
@@ -250,10 +307,12 @@ fn aws_kafka_destination_message(source: &EventSource, record: &Record, function
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redrive_kafka_failure_topic_records_in_awss_format_are_redriven_and_committed() -> TestResult {
-    let (topic, failures, function, group) = (unique_name("src"), unique_name("dlt"), unique_name("fn"), unique_name("rg"));
+    let (topic, failures, function, group) =
+        (unique_name("src"), unique_name("dlt"), unique_name("fn"), unique_name("rg"));
     let (bootstrap, name) = (tansu(), failures.clone());
     tokio::task::spawn_blocking(move || create_topic(&bootstrap, &name, 1)).await??;
-    let source = EventSource { event_source: "SelfManagedKafka".into(), event_source_arn: None, bootstrap_servers: tansu() };
+    let source =
+        EventSource { event_source: "SelfManagedKafka".into(), event_source_arn: None, bootstrap_servers: tansu() };
     let records: Vec<Record> = poison()
         .into_iter()
         .enumerate()
@@ -270,15 +329,21 @@ async fn redrive_kafka_failure_topic_records_in_awss_format_are_redriven_and_com
         })
         .collect();
     for record in &records {
-        let message = aws_kafka_destination_message(&source, record, "arn:aws:lambda:us-east-1:123456789012:function:f")?;
-        produce(&tansu(), &failures, record.key.as_deref(), message.to_string().as_bytes(), &[], record.timestamp_ms).await?;
+        let message =
+            aws_kafka_destination_message(&source, record, "arn:aws:lambda:us-east-1:123456789012:function:f")?;
+        produce(&tansu(), &failures, record.key.as_deref(), message.to_string().as_bytes(), &[], record.timestamp_ms)
+            .await?;
     }
     let lambda = LocalLambda::start().await?;
     lambda.register(&function, Duration::from_secs(5), always(Reply::unhandled("Poison", "still broken")));
     let invoker = Arc::new(LambdaInvoker::new(&local_sdk_config(&lambda.endpoint()).await));
     let services = redrive::Services { invoker, sdk_config: moto_config().await, secrets: Arc::new(NoSecrets) };
     let mapping = config(&tansu(), &topic, &function, &unique_name("g"), json!({})).mappings[0].clone();
-    let options = Options { target_timeout: Some(Duration::from_secs(5)), group: Some(group.clone()), ..Options::new(Source::Kafka { topic: failures.clone() }) };
+    let options = Options {
+        target_timeout: Some(Duration::from_secs(5)),
+        group: Some(group.clone()),
+        ..Options::new(Source::Kafka { topic: failures.clone() })
+    };
 
     let failed = redrive::redrive(&mapping, &options, &services).await?;
     assert_eq!((failed.batches_found, failed.batches_failed, failed.removed), (3, 3, 0), "{failed:#?}");
@@ -332,14 +397,27 @@ async fn redrive_offsets_kafka_does_not_have_are_reported_and_the_rest_redriven(
         .args(["--target-timeout", "5"])
         .envs([("AWS_ENDPOINT_URL", moto()), ("AWS_ENDPOINT_URL_LAMBDA", lambda.endpoint())])
         .envs([("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_REGION", "us-east-1")]);
-    let finished = tokio::task::spawn_blocking(move || run_captured("kafka-lambda-relay redrive", command, PROCESS_TIMEOUT)).await??;
+    let finished =
+        tokio::task::spawn_blocking(move || run_captured("kafka-lambda-relay redrive", command, PROCESS_TIMEOUT))
+            .await??;
     // The README's example output; shown with --nocapture.
     println!("{}", finished.stdout);
     assert_eq!(finished.code(), Some(0), "{}", finished.stderr_tail());
     let summary = finished.json()?;
-    assert_eq!((&summary["RecordsFound"], &summary["RecordsRedriven"], &summary["RecordsMissing"]), (&json!(3), &json!(3), &json!(3)), "{summary:#}");
-    assert_eq!(summary["Missing"], json!([{"Topic": topic, "Partition": 0, "FirstOffset": 3, "LastOffset": 5, "Reason": "BeyondLogEnd"}]));
-    assert_eq!((&summary["Removed"], &summary["Kept"]), (&json!(1), &json!(0)), "the rest was redriven, the gap reported");
+    assert_eq!(
+        (&summary["RecordsFound"], &summary["RecordsRedriven"], &summary["RecordsMissing"]),
+        (&json!(3), &json!(3), &json!(3)),
+        "{summary:#}"
+    );
+    assert_eq!(
+        summary["Missing"],
+        json!([{"Topic": topic, "Partition": 0, "FirstOffset": 3, "LastOffset": 5, "Reason": "BeyondLogEnd"}])
+    );
+    assert_eq!(
+        (&summary["Removed"], &summary["Kept"]),
+        (&json!(1), &json!(0)),
+        "the rest was redriven, the gap reported"
+    );
     assert_eq!(visible_messages(&sdk, &url).await?, 0);
     assert_records_are_the_poison_batch(&lambda.invocations(&function)[0].payload, &topic)?;
     Ok(())

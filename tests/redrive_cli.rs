@@ -31,7 +31,8 @@ fn a_bad_time_filter_exits_2_naming_it() -> Result<(), Box<dyn std::error::Error
 
 #[test]
 fn an_unknown_mapping_exits_2() -> Result<(), Box<dyn std::error::Error>> {
-    let out = relay().args(["redrive", "kafka://failed", "--config", &config(), "--mapping", "no-such-uuid"]).output()?;
+    let out =
+        relay().args(["redrive", "kafka://failed", "--config", &config(), "--mapping", "no-such-uuid"]).output()?;
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8(out.stderr)?.contains("no mapping with UUID \"no-such-uuid\""));
     Ok(())

@@ -64,37 +64,83 @@ fn failure_message(source: &EventSource, record: &Record) -> String {
 async fn failure_topic_commits_only_past_what_succeeded() -> TestResult {
     let kafka = MockKafka::start(1)?;
     kafka.create_topic("dlt", 1)?;
-    let source = EventSource { event_source: "SelfManagedKafka".into(), event_source_arn: None, bootstrap_servers: "b:9092".into() };
+    let source = EventSource {
+        event_source: "SelfManagedKafka".into(),
+        event_source_arn: None,
+        bootstrap_servers: "b:9092".into(),
+    };
     let records: Vec<Record> = (0..3)
-        .map(|i| Record::new(PartitionKey::new("orders", 0), i, 5, TimestampType::CreateTime, Some(vec![i as u8]), Some(b"v".to_vec()), vec![]))
+        .map(|i| {
+            Record::new(
+                PartitionKey::new("orders", 0),
+                i,
+                5,
+                TimestampType::CreateTime,
+                Some(vec![i as u8]),
+                Some(b"v".to_vec()),
+                vec![],
+            )
+        })
         .collect();
     for record in &records {
         kafka.produce("dlt", 0, record.key.as_deref(), Some(failure_message(&source, record).as_bytes()))?;
     }
     kafka.flush()?;
     let lambda = LocalLambda::start().await?;
-    lambda.register("target", Duration::from_secs(5), handler(|invocation| async move {
-        let text = String::from_utf8_lossy(&invocation.payload).to_string();
-        if text.contains("\"offset\":1,") { Reply::unhandled("Poison", "offset 1") } else { Reply::success("{}") }
-    }));
+    lambda.register(
+        "target",
+        Duration::from_secs(5),
+        handler(|invocation| async move {
+            let text = String::from_utf8_lossy(&invocation.payload).to_string();
+            if text.contains("\"offset\":1,") {
+                Reply::unhandled("Poison", "offset 1")
+            } else {
+                Reply::success("{}")
+            }
+        }),
+    );
     let invoker = Arc::new(LambdaInvoker::new(&local_sdk_config(&lambda.endpoint()).await));
-    let services = redrive::Services { invoker, sdk_config: local_sdk_config(&lambda.endpoint()).await, secrets: Arc::new(NoSecrets) };
+    let services = redrive::Services {
+        invoker,
+        sdk_config: local_sdk_config(&lambda.endpoint()).await,
+        secrets: Arc::new(NoSecrets),
+    };
     let mapping = config(kafka.bootstrap_servers(), "orders", "target", "g", json!({})).mappings[0].clone();
-    let options = Options { target_timeout: Some(Duration::from_secs(5)), group: Some("redrive".into()), ..Options::new(Source::Kafka { topic: "dlt".into() }) };
+    let options = Options {
+        target_timeout: Some(Duration::from_secs(5)),
+        group: Some("redrive".into()),
+        ..Options::new(Source::Kafka { topic: "dlt".into() })
+    };
 
     let summary = redrive::redrive(&mapping, &options, &services).await?;
     assert_eq!((summary.batches_found, summary.batches_redriven, summary.batches_failed), (3, 2, 1), "{summary:#?}");
-    assert_eq!(committed_offsets(kafka.bootstrap_servers(), "redrive", "dlt", 1)?, vec![Some(1)], "not past the failed one");
+    assert_eq!(
+        committed_offsets(kafka.bootstrap_servers(), "redrive", "dlt", 1)?,
+        vec![Some(1)],
+        "not past the failed one"
+    );
 
     let dry = Options { dry_run: true, ..options.clone() };
     let summary = redrive::redrive(&mapping, &dry, &services).await?;
     assert_eq!((summary.batches_found, summary.would_send.len(), summary.removed), (2, 2, 0), "{summary:#?}");
-    assert_eq!(summary.would_send[0].event, serde_json::from_slice::<serde_json::Value>(&source.encode(&records[1..2]))?);
-    assert_eq!(committed_offsets(kafka.bootstrap_servers(), "redrive", "dlt", 1)?, vec![Some(1)], "a dry run commits nothing");
+    assert_eq!(
+        summary.would_send[0].event,
+        serde_json::from_slice::<serde_json::Value>(&source.encode(&records[1..2]))?
+    );
+    assert_eq!(
+        committed_offsets(kafka.bootstrap_servers(), "redrive", "dlt", 1)?,
+        vec![Some(1)],
+        "a dry run commits nothing"
+    );
 
-    let filtered = Options { filters: redrive::Filters { partitions: vec![7], ..Default::default() }, ..options.clone() };
+    let filtered =
+        Options { filters: redrive::Filters { partitions: vec![7], ..Default::default() }, ..options.clone() };
     let summary = redrive::redrive(&mapping, &filtered, &services).await?;
-    assert_eq!((summary.batches_skipped_by_filter, summary.records_skipped_by_filter, summary.kept), (2, 2, 2), "{summary:#?}");
+    assert_eq!(
+        (summary.batches_skipped_by_filter, summary.records_skipped_by_filter, summary.kept),
+        (2, 2, 2),
+        "{summary:#?}"
+    );
     assert_eq!(lambda.invocation_count("target"), 3, "nothing sent for filtered records");
     assert_eq!(committed_offsets(kafka.bootstrap_servers(), "redrive", "dlt", 1)?, vec![Some(1)]);
     Ok(())
@@ -106,27 +152,55 @@ async fn failure_topic_commits_only_past_what_succeeded() -> TestResult {
 async fn partial_batch_response_is_a_failure_and_rate_spaces_invocations() -> TestResult {
     let kafka = MockKafka::start(1)?;
     kafka.create_topic("dlt", 1)?;
-    let source = EventSource { event_source: "SelfManagedKafka".into(), event_source_arn: None, bootstrap_servers: "b:9092".into() };
+    let source = EventSource {
+        event_source: "SelfManagedKafka".into(),
+        event_source_arn: None,
+        bootstrap_servers: "b:9092".into(),
+    };
     let records: Vec<Record> = (0..3)
-        .map(|i| Record::new(PartitionKey::new("orders", 0), i, 5, TimestampType::CreateTime, None, Some(b"v".to_vec()), vec![]))
+        .map(|i| {
+            Record::new(
+                PartitionKey::new("orders", 0),
+                i,
+                5,
+                TimestampType::CreateTime,
+                None,
+                Some(b"v".to_vec()),
+                vec![],
+            )
+        })
         .collect();
     for record in &records {
         kafka.produce("dlt", 0, None, Some(failure_message(&source, record).as_bytes()))?;
     }
     kafka.flush()?;
     let lambda = LocalLambda::start().await?;
-    lambda.register("target", Duration::from_secs(5), handler(|invocation| async move {
-        let text = String::from_utf8_lossy(&invocation.payload).to_string();
-        if text.contains("\"offset\":0,") {
-            Reply::json(&json!({"batchItemFailures": [{"itemIdentifier": {"partition": "orders-0", "offset": 0}}]}))
-        } else {
-            Reply::success("{}")
-        }
-    }));
+    lambda.register(
+        "target",
+        Duration::from_secs(5),
+        handler(|invocation| async move {
+            let text = String::from_utf8_lossy(&invocation.payload).to_string();
+            if text.contains("\"offset\":0,") {
+                Reply::json(&json!({"batchItemFailures": [{"itemIdentifier": {"partition": "orders-0", "offset": 0}}]}))
+            } else {
+                Reply::success("{}")
+            }
+        }),
+    );
     let invoker = Arc::new(LambdaInvoker::new(&local_sdk_config(&lambda.endpoint()).await));
-    let services = redrive::Services { invoker, sdk_config: local_sdk_config(&lambda.endpoint()).await, secrets: Arc::new(NoSecrets) };
-    let mapping = config(kafka.bootstrap_servers(), "orders", "target", "g", json!({"FunctionResponseTypes": ["ReportBatchItemFailures"]}))
-        .mappings[0]
+    let services = redrive::Services {
+        invoker,
+        sdk_config: local_sdk_config(&lambda.endpoint()).await,
+        secrets: Arc::new(NoSecrets),
+    };
+    let mapping = config(
+        kafka.bootstrap_servers(),
+        "orders",
+        "target",
+        "g",
+        json!({"FunctionResponseTypes": ["ReportBatchItemFailures"]}),
+    )
+    .mappings[0]
         .clone();
     let options = Options {
         target_timeout: Some(Duration::from_secs(5)),
@@ -139,7 +213,11 @@ async fn partial_batch_response_is_a_failure_and_rate_spaces_invocations() -> Te
     let elapsed = started.elapsed();
     assert_eq!((summary.batches_failed, summary.batches_redriven, summary.removed), (1, 2, 2), "{summary:#?}");
     assert!(summary.failures[0].reason.contains("batchItemFailures"), "{:?}", summary.failures);
-    assert_eq!(committed_offsets(kafka.bootstrap_servers(), "redrive", "dlt", 1)?, vec![None], "not past the first message");
+    assert_eq!(
+        committed_offsets(kafka.bootstrap_servers(), "redrive", "dlt", 1)?,
+        vec![None],
+        "not past the first message"
+    );
     // Three invocations at 5 per second: the second and third each wait 200 ms.
     assert!(elapsed >= Duration::from_millis(400), "{elapsed:?}");
     Ok(())

@@ -44,7 +44,10 @@ impl Queue {
             .visibility_timeout(VISIBILITY_TIMEOUT_SECONDS)
             .send()
             .await
-            .map_err(|e| RedriveError::ReceiveMessage { queue_url: self.url.clone(), source: Box::new(AwsError::from_sdk(e)) })?;
+            .map_err(|e| RedriveError::ReceiveMessage {
+                queue_url: self.url.clone(),
+                source: Box::new(AwsError::from_sdk(e)),
+            })?;
         Ok(output
             .messages
             .unwrap_or_default()
@@ -59,13 +62,17 @@ impl Queue {
 
     /// Deletes a message whose batch was redriven.
     pub async fn delete(&self, message: &Message) -> Result<(), RedriveError> {
-        self.client.delete_message().queue_url(&self.url).receipt_handle(&message.receipt_handle).send().await.map_err(|e| {
-            RedriveError::DeleteMessage {
+        self.client
+            .delete_message()
+            .queue_url(&self.url)
+            .receipt_handle(&message.receipt_handle)
+            .send()
+            .await
+            .map_err(|e| RedriveError::DeleteMessage {
                 queue_url: self.url.clone(),
                 message_id: message.message_id.clone(),
                 source: Box::new(AwsError::from_sdk(e)),
-            }
-        })?;
+            })?;
         Ok(())
     }
 
@@ -97,7 +104,8 @@ pub struct Bucket {
 impl Bucket {
     /// The bucket `name`; path-style addressing when the endpoint is overridden (emulators).
     pub fn new(sdk_config: &aws_config::SdkConfig, name: &str) -> Self {
-        let overridden = sdk_config.endpoint_url().is_some() || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some_and(|v| !v.is_empty());
+        let overridden = sdk_config.endpoint_url().is_some()
+            || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some_and(|v| !v.is_empty());
         let config = aws_sdk_s3::config::Builder::from(sdk_config).force_path_style(overridden).build();
         Self { client: aws_sdk_s3::Client::from_conf(config), name: name.to_string() }
     }
@@ -115,7 +123,11 @@ impl Bucket {
                 .set_continuation_token(token.take())
                 .send()
                 .await
-                .map_err(|e| RedriveError::ListObjects { bucket: self.name.clone(), prefix: prefix.to_string(), source: Box::new(AwsError::from_sdk(e)) })?;
+                .map_err(|e| RedriveError::ListObjects {
+                    bucket: self.name.clone(),
+                    prefix: prefix.to_string(),
+                    source: Box::new(AwsError::from_sdk(e)),
+                })?;
             keys.extend(output.contents().iter().filter_map(|o| o.key().map(str::to_string)));
             match output.next_continuation_token() {
                 Some(next) if output.is_truncated() == Some(true) => token = Some(next.to_string()),
@@ -126,9 +138,24 @@ impl Bucket {
 
     /// The object's bytes.
     pub async fn get(&self, key: &str) -> Result<Vec<u8>, RedriveError> {
-        let error = |source| RedriveError::GetObject { bucket: self.name.clone(), key: key.to_string(), source: Box::new(source) };
-        let output = self.client.get_object().bucket(&self.name).key(key).send().await.map_err(|e| error(AwsError::from_sdk(e)))?;
-        let body = output.body.collect().await.map_err(|e| error(AwsError::transport(AwsErrorKind::Response, &e.to_string())))?;
+        let error = |source| RedriveError::GetObject {
+            bucket: self.name.clone(),
+            key: key.to_string(),
+            source: Box::new(source),
+        };
+        let output = self
+            .client
+            .get_object()
+            .bucket(&self.name)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| error(AwsError::from_sdk(e)))?;
+        let body = output
+            .body
+            .collect()
+            .await
+            .map_err(|e| error(AwsError::transport(AwsErrorKind::Response, &e.to_string())))?;
         Ok(body.into_bytes().to_vec())
     }
 
@@ -137,7 +164,11 @@ impl Bucket {
         match self.client.head_object().bucket(&self.name).key(key).send().await {
             Ok(_) => Ok(true),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(false),
-            Err(e) => Err(RedriveError::HeadCheckpoint { bucket: self.name.clone(), key: key.to_string(), source: Box::new(AwsError::from_sdk(e)) }),
+            Err(e) => Err(RedriveError::HeadCheckpoint {
+                bucket: self.name.clone(),
+                key: key.to_string(),
+                source: Box::new(AwsError::from_sdk(e)),
+            }),
         }
     }
 
@@ -151,7 +182,11 @@ impl Bucket {
             .body(ByteStream::from(body))
             .send()
             .await
-            .map_err(|e| RedriveError::PutCheckpoint { bucket: self.name.clone(), key: key.to_string(), source: Box::new(AwsError::from_sdk(e)) })?;
+            .map_err(|e| RedriveError::PutCheckpoint {
+                bucket: self.name.clone(),
+                key: key.to_string(),
+                source: Box::new(AwsError::from_sdk(e)),
+            })?;
         Ok(())
     }
 }

@@ -11,8 +11,8 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::error::RedriveError;
-use super::select::{gaps, readable, Missing};
 use super::parse::OffsetRange;
+use super::select::{gaps, readable, Missing};
 use crate::auth::{ConnectionDiagnostics, DiagnosingContext, KafkaSecurity};
 use crate::config::Mapping;
 use crate::kafka::{PartitionKey, Record, TimestampType};
@@ -25,7 +25,12 @@ const READ_TIMEOUT: Duration = Duration::from_secs(60);
 type ReadConsumer = BaseConsumer<DiagnosingContext>;
 
 /// A consumer for `mapping`'s cluster with its authentication; `group` only for committing.
-fn consumer(mapping: &Mapping, security: &KafkaSecurity, group: &str, purpose: &'static str) -> Result<ReadConsumer, RedriveError> {
+fn consumer(
+    mapping: &Mapping,
+    security: &KafkaSecurity,
+    group: &str,
+    purpose: &'static str,
+) -> Result<ReadConsumer, RedriveError> {
     let diagnostics = Arc::new(ConnectionDiagnostics::new(security, mapping));
     let mut config = ClientConfig::new();
     config
@@ -40,7 +45,9 @@ fn consumer(mapping: &Mapping, security: &KafkaSecurity, group: &str, purpose: &
         .set("fetch.max.bytes", "52428800")
         .set("max.partition.fetch.bytes", "16777216");
     security.apply(&mut config);
-    config.create_with_context(DiagnosingContext::new(diagnostics)).map_err(|source| RedriveError::CreateConsumer { purpose, source: Box::new(source) })
+    config
+        .create_with_context(DiagnosingContext::new(diagnostics))
+        .map_err(|source| RedriveError::CreateConsumer { purpose, source: Box::new(source) })
 }
 
 /// The records read back, and the offsets that could not be.
@@ -54,14 +61,24 @@ pub struct ReadBack {
 
 /// Reads `ranges` back from the mapping's cluster: watermarks first (what retention deleted, what lies past
 /// the log end), then the rest through an assignment. Joins no group, commits nothing.
-pub fn read_ranges(mapping: &Mapping, security: &KafkaSecurity, ranges: &[OffsetRange]) -> Result<ReadBack, RedriveError> {
-    let consumer = consumer(mapping, security, "kafka-lambda-relay-redrive-reader", "reads the offsets of SQS/SNS records back")?;
+pub fn read_ranges(
+    mapping: &Mapping,
+    security: &KafkaSecurity,
+    ranges: &[OffsetRange],
+) -> Result<ReadBack, RedriveError> {
+    let consumer =
+        consumer(mapping, security, "kafka-lambda-relay-redrive-reader", "reads the offsets of SQS/SNS records back")?;
     let mut out = ReadBack::default();
     let mut wanted: Vec<(PartitionKey, i64, i64)> = Vec::new();
     for range in ranges {
-        let (low, high) = consumer.fetch_watermarks(&range.key.topic, range.key.partition, CALL_TIMEOUT).map_err(|source| {
-            RedriveError::Watermarks { topic: range.key.topic.to_string(), partition: range.key.partition, source: Box::new(source) }
-        })?;
+        let (low, high) =
+            consumer.fetch_watermarks(&range.key.topic, range.key.partition, CALL_TIMEOUT).map_err(|source| {
+                RedriveError::Watermarks {
+                    topic: range.key.topic.to_string(),
+                    partition: range.key.partition,
+                    source: Box::new(source),
+                }
+            })?;
         let (missing, rest) = readable(&range.key, range.first, range.last, low, high);
         out.missing.extend(missing);
         if let Some((from, to)) = rest {
@@ -81,7 +98,10 @@ pub fn read_ranges(mapping: &Mapping, security: &KafkaSecurity, ranges: &[Offset
 }
 
 /// Reads `from..=to` of each partition through one assignment; per partition in offset order.
-fn read_assigned(consumer: &ReadConsumer, wanted: &[(PartitionKey, i64, i64)]) -> Result<BTreeMap<PartitionKey, Vec<Record>>, RedriveError> {
+fn read_assigned(
+    consumer: &ReadConsumer,
+    wanted: &[(PartitionKey, i64, i64)],
+) -> Result<BTreeMap<PartitionKey, Vec<Record>>, RedriveError> {
     let mut out: BTreeMap<PartitionKey, Vec<Record>> = BTreeMap::new();
     // Several ranges of one partition: read from the lowest to the highest.
     let mut spans: BTreeMap<PartitionKey, (i64, i64)> = BTreeMap::new();
@@ -97,7 +117,9 @@ fn read_assigned(consumer: &ReadConsumer, wanted: &[(PartitionKey, i64, i64)]) -
             .add_partition_offset(&key.topic, key.partition, Offset::Offset(*from))
             .map_err(|source| RedriveError::Assign { topic: key.topic.to_string(), source: Box::new(source) })?;
     }
-    consumer.assign(&assignment).map_err(|source| RedriveError::Assign { topic: first_topic.clone(), source: Box::new(source) })?;
+    consumer
+        .assign(&assignment)
+        .map_err(|source| RedriveError::Assign { topic: first_topic.clone(), source: Box::new(source) })?;
     drop(assignment);
     let deadline = Instant::now() + READ_TIMEOUT;
     let mut open: BTreeMap<PartitionKey, i64> = spans.iter().map(|(k, (_, to))| (k.clone(), *to + 1)).collect();
@@ -105,7 +127,12 @@ fn read_assigned(consumer: &ReadConsumer, wanted: &[(PartitionKey, i64, i64)]) -
         if Instant::now() >= deadline {
             let (key, end) = open.iter().next().expect("open is not empty");
             let position = out.get(key).and_then(|r| r.last()).map_or(-1, |r| r.offset + 1);
-            return Err(RedriveError::FetchIncomplete { topic: key.topic.to_string(), partition: key.partition, position, end: *end });
+            return Err(RedriveError::FetchIncomplete {
+                topic: key.topic.to_string(),
+                partition: key.partition,
+                position,
+                end: *end,
+            });
         }
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(message)) => {
@@ -149,9 +176,19 @@ fn to_record(message: &rdkafka::message::BorrowedMessage<'_>, key: PartitionKey)
     };
     let headers = message
         .headers()
-        .map(|headers| headers.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec).unwrap_or_default())).collect())
+        .map(|headers| {
+            headers.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec).unwrap_or_default())).collect()
+        })
         .unwrap_or_default();
-    Record::new(key, message.offset(), timestamp_ms, timestamp_type, message.key().map(<[u8]>::to_vec), message.payload().map(<[u8]>::to_vec), headers)
+    Record::new(
+        key,
+        message.offset(),
+        timestamp_ms,
+        timestamp_type,
+        message.key().map(<[u8]>::to_vec),
+        message.payload().map(<[u8]>::to_vec),
+        headers,
+    )
 }
 
 /// One message of a failure topic.
@@ -167,12 +204,22 @@ pub struct FailureMessage {
 
 /// Every message of `topic` from `group`'s committed offsets (the log start where it has none) to the log
 /// end as it was when the read began.
-pub fn read_failure_topic(mapping: &Mapping, security: &KafkaSecurity, topic: &str, group: &str) -> Result<Vec<FailureMessage>, RedriveError> {
+pub fn read_failure_topic(
+    mapping: &Mapping,
+    security: &KafkaSecurity,
+    topic: &str,
+    group: &str,
+) -> Result<Vec<FailureMessage>, RedriveError> {
     let consumer = consumer(mapping, security, group, "reads the failure topic")?;
     let metadata = consumer
         .fetch_metadata(Some(topic), CALL_TIMEOUT)
         .map_err(|source| RedriveError::Metadata { topic: topic.to_string(), source: Box::new(source) })?;
-    let partitions: Vec<i32> = metadata.topics().iter().filter(|t| t.name() == topic).flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
     drop(metadata);
     let mut wanted = TopicPartitionList::new();
     for p in &partitions {
@@ -189,12 +236,16 @@ pub fn read_failure_topic(mapping: &Mapping, security: &KafkaSecurity, topic: &s
                 })
                 .collect()
         })
-        .map_err(|source| RedriveError::Committed { group: group.to_string(), topic: topic.to_string(), source: Box::new(source) })?;
+        .map_err(|source| RedriveError::Committed {
+            group: group.to_string(),
+            topic: topic.to_string(),
+            source: Box::new(source),
+        })?;
     let mut spans = Vec::new();
     for p in partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p, CALL_TIMEOUT)
-            .map_err(|source| RedriveError::Watermarks { topic: topic.to_string(), partition: p, source: Box::new(source) })?;
+        let (low, high) = consumer.fetch_watermarks(topic, p, CALL_TIMEOUT).map_err(|source| {
+            RedriveError::Watermarks { topic: topic.to_string(), partition: p, source: Box::new(source) }
+        })?;
         let from = committed.get(&p).copied().unwrap_or(low).max(low);
         if from < high {
             spans.push((PartitionKey::new(topic, p), from, high - 1));
@@ -205,7 +256,11 @@ pub fn read_failure_topic(mapping: &Mapping, security: &KafkaSecurity, topic: &s
     Ok(read
         .into_values()
         .flatten()
-        .map(|r| FailureMessage { partition: r.key_partition.partition, offset: r.offset, value: r.value.unwrap_or_default() })
+        .map(|r| FailureMessage {
+            partition: r.key_partition.partition,
+            offset: r.offset,
+            value: r.value.unwrap_or_default(),
+        })
         .collect())
 }
 
@@ -221,7 +276,8 @@ pub fn commit_failure_topic(
         return Ok(());
     }
     let consumer = consumer(mapping, security, group, "commits the redrive group")?;
-    let error = |source| RedriveError::Commit { group: group.to_string(), topic: topic.to_string(), source: Box::new(source) };
+    let error =
+        |source| RedriveError::Commit { group: group.to_string(), topic: topic.to_string(), source: Box::new(source) };
     let mut list = TopicPartitionList::new();
     for (partition, offset) in positions {
         list.add_partition_offset(topic, *partition, Offset::Offset(*offset)).map_err(error)?;

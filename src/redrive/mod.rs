@@ -201,8 +201,14 @@ impl Summary {
     /// One line for a terminal.
     pub fn progress_line(&self) -> String {
         format!(
-            "redrive: {} batch(es) read, {} redriven ({} records), {} failed, {} records skipped by filter, {} offsets missing",
-            self.batches_found, self.batches_redriven, self.records_redriven, self.batches_failed, self.records_skipped_by_filter, self.records_missing
+            "redrive: {} batch(es) read, {} redriven ({} records), {} failed, {} records skipped by filter, \
+             {} offsets missing",
+            self.batches_found,
+            self.batches_redriven,
+            self.records_redriven,
+            self.batches_failed,
+            self.records_skipped_by_filter,
+            self.records_missing
         )
     }
 }
@@ -235,9 +241,10 @@ pub struct WouldSend {
 pub fn choose_mapping<'a>(config: &'a RelayConfig, uuid: Option<&str>) -> Result<&'a Mapping, RedriveError> {
     match (uuid, config.mappings.as_slice()) {
         (_, []) => Err(RedriveError::NoMappings),
-        (Some(uuid), mappings) => {
-            mappings.iter().find(|m| m.uuid() == uuid).ok_or_else(|| RedriveError::UnknownMapping { uuid: uuid.to_string() })
-        }
+        (Some(uuid), mappings) => mappings
+            .iter()
+            .find(|m| m.uuid() == uuid)
+            .ok_or_else(|| RedriveError::UnknownMapping { uuid: uuid.to_string() }),
         (None, [only]) => Ok(only),
         (None, mappings) => Err(RedriveError::MappingNotChosen {
             count: mappings.len(),
@@ -296,7 +303,8 @@ mod tests {
         };
         let one = RelayConfig::from_json(&serde_json::json!({"Mappings": [mapping("a")]}).to_string()).unwrap();
         assert_eq!(choose_mapping(&one, None).unwrap().uuid(), "a");
-        let two = RelayConfig::from_json(&serde_json::json!({"Mappings": [mapping("a"), mapping("b")]}).to_string()).unwrap();
+        let two =
+            RelayConfig::from_json(&serde_json::json!({"Mappings": [mapping("a"), mapping("b")]}).to_string()).unwrap();
         assert_eq!(choose_mapping(&two, Some("b")).unwrap().uuid(), "b");
         assert!(matches!(choose_mapping(&two, None), Err(RedriveError::MappingNotChosen { count: 2, .. })));
         assert!(matches!(choose_mapping(&two, Some("c")), Err(RedriveError::UnknownMapping { .. })));

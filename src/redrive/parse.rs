@@ -124,8 +124,12 @@ fn offsets_content(info: &Value) -> Result<Content, String> {
         let offset = |field: &str| -> Result<i64, String> {
             let value = partition.get(field).ok_or_else(|| format!("recordsInfo {group:?} has no {field}"))?;
             match value {
-                Value::String(s) => s.parse().map_err(|_| format!("recordsInfo {group:?} {field} {s:?} is not an offset")),
-                Value::Number(n) => n.as_i64().ok_or_else(|| format!("recordsInfo {group:?} {field} {n} is not an offset")),
+                Value::String(s) => {
+                    s.parse().map_err(|_| format!("recordsInfo {group:?} {field} {s:?} is not an offset"))
+                }
+                Value::Number(n) => {
+                    n.as_i64().ok_or_else(|| format!("recordsInfo {group:?} {field} {n} is not an offset"))
+                }
                 _ => Err(format!("recordsInfo {group:?} {field} is not an offset")),
             }
         };
@@ -180,7 +184,9 @@ fn record(item: &Map<String, Value>) -> Result<Record, String> {
     };
     let headers = match item.get("headers") {
         None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(headers)) => headers.iter().map(header).collect::<Result<Vec<_>, _>>()?.into_iter().flatten().collect(),
+        Some(Value::Array(headers)) => {
+            headers.iter().map(header).collect::<Result<Vec<_>, _>>()?.into_iter().flatten().collect()
+        }
         Some(_) => return Err("headers is not an array".into()),
     };
     Ok(Record::with_schema_metadata(
@@ -274,12 +280,24 @@ mod tests {
                 None,
                 vec![],
             ),
-            Record::new(PartitionKey::new("or-ders", 10), 7, 5, TimestampType::CreateTime, Some(vec![]), Some(b"v".to_vec()), vec![]),
+            Record::new(
+                PartitionKey::new("or-ders", 10),
+                7,
+                5,
+                TimestampType::CreateTime,
+                Some(vec![]),
+                Some(b"v".to_vec()),
+                vec![],
+            ),
         ]
     }
 
     fn sample_source() -> EventSource {
-        EventSource { event_source: "SelfManagedKafka".into(), event_source_arn: None, bootstrap_servers: "a:1,b:2".into() }
+        EventSource {
+            event_source: "SelfManagedKafka".into(),
+            event_source_arn: None,
+            bootstrap_servers: "a:1,b:2".into(),
+        }
     }
 
     #[test]
@@ -352,7 +370,10 @@ mod tests {
         assert_eq!(source.event_source, "aws:kafka");
         assert_eq!(records.len(), 1);
         let r = &records[0];
-        assert_eq!((r.key_partition.to_string(), r.offset, r.timestamp_ms), ("my-topic-0".to_string(), 100, 1749116692330));
+        assert_eq!(
+            (r.key_partition.to_string(), r.offset, r.timestamp_ms),
+            ("my-topic-0".to_string(), 100, 1749116692330)
+        );
         assert_eq!((r.key.as_deref(), r.value.as_deref()), (Some(&b"test-key"[..]), Some(&b"test-value"[..])));
     }
 
@@ -370,7 +391,10 @@ mod tests {
         assert!(failed_batch(b"nope").unwrap_err().contains("not JSON"));
         assert!(failed_batch(b"{}").unwrap_err().contains("requestContext"));
         let mut record: Value = serde_json::from_slice(&fixture("failure-record-sqs-sns.json")).unwrap();
-        assert!(failed_batch(record.to_string().as_bytes()).unwrap_err().contains("is not an offset"), "a Kinesis number");
+        assert!(
+            failed_batch(record.to_string().as_bytes()).unwrap_err().contains("is not an offset"),
+            "a Kinesis number"
+        );
         record["KafkaBatchInfo"]["recordsInfo"]["Topic-0"]["firstRecordOffset"] = "x".into();
         assert!(failed_batch(record.to_string().as_bytes()).unwrap_err().contains("is not an offset"));
         record["KafkaBatchInfo"]["recordsInfo"] = serde_json::json!({"nodash": {}});

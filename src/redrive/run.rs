@@ -31,7 +31,12 @@ pub async fn redrive(mapping: &Mapping, options: &Options, services: &Services) 
                 .timeout
         }
     };
-    let summary = Summary { source: options.source.to_string(), function: function.clone(), dry_run: options.dry_run, ..Summary::default() };
+    let summary = Summary {
+        source: options.source.to_string(),
+        function: function.clone(),
+        dry_run: options.dry_run,
+        ..Summary::default()
+    };
     let mut run = Redrive { mapping, options, services, function, timeout, security: None, next_invoke: None, summary };
     match &options.source {
         Source::Sqs { url } => run.drain_sqs(url).await?,
@@ -118,7 +123,8 @@ impl Redrive<'_> {
         let group = self.options.group.clone().unwrap_or_else(|| format!("kafka-lambda-relay-redrive-{topic}"));
         let security = self.security().await?;
         let (mapping, topic_owned, group_owned) = (self.mapping.clone(), topic.to_string(), group.clone());
-        let messages = blocking(move || super::kafka::read_failure_topic(&mapping, &security, &topic_owned, &group_owned)).await?;
+        let messages =
+            blocking(move || super::kafka::read_failure_topic(&mapping, &security, &topic_owned, &group_owned)).await?;
         let mut done: BTreeMap<i32, BTreeMap<i64, bool>> = BTreeMap::new();
         for message in messages {
             let item = format!("{topic}-{}@{}", message.partition, message.offset);
@@ -130,7 +136,8 @@ impl Redrive<'_> {
                 self.summary.kept += 1;
             }
         }
-        let positions: BTreeMap<i32, i64> = done.iter().filter_map(|(p, d)| commit_position(d).map(|o| (*p, o))).collect();
+        let positions: BTreeMap<i32, i64> =
+            done.iter().filter_map(|(p, d)| commit_position(d).map(|o| (*p, o))).collect();
         // Messages after a kept one are sent again by the next redrive: the group cannot commit past a gap.
         let (mapping, security, topic) = (self.mapping.clone(), self.security().await?, topic.to_string());
         blocking(move || super::kafka::commit_failure_topic(&mapping, &security, &topic, &group, &positions)).await
@@ -266,7 +273,9 @@ impl Redrive<'_> {
 }
 
 /// Runs librdkafka's blocking calls off the async workers.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, RedriveError> + Send + 'static) -> Result<T, RedriveError> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, RedriveError> + Send + 'static,
+) -> Result<T, RedriveError> {
     match tokio::task::spawn_blocking(f).await {
         Ok(result) => result,
         Err(panic) => std::panic::resume_unwind(panic.into_panic()),

@@ -189,7 +189,10 @@ mod tests {
         let (missing, rest) = readable(&key, 5, 9, 7, 10);
         assert_eq!(rest, Some((7, 9)));
         assert_eq!(missing.len(), 1);
-        assert_eq!((missing[0].first_offset, missing[0].last_offset, missing[0].reason), (5, 6, MissingReason::DeletedByRetention));
+        assert_eq!(
+            (missing[0].first_offset, missing[0].last_offset, missing[0].reason),
+            (5, 6, MissingReason::DeletedByRetention)
+        );
         assert_eq!(missing[0].count(), 2);
         // Everything deleted.
         let (missing, rest) = readable(&key, 5, 9, 20, 30);
@@ -198,7 +201,10 @@ mod tests {
         // Log ends at 8: 8..=9 beyond it.
         let (missing, rest) = readable(&key, 5, 9, 0, 8);
         assert_eq!(rest, Some((5, 7)));
-        assert_eq!((missing[0].first_offset, missing[0].last_offset, missing[0].reason), (8, 9, MissingReason::BeyondLogEnd));
+        assert_eq!(
+            (missing[0].first_offset, missing[0].last_offset, missing[0].reason),
+            (8, 9, MissingReason::BeyondLogEnd)
+        );
         // Empty log: nothing readable, nothing counted twice.
         let (missing, rest) = readable(&key, 5, 9, 12, 12);
         assert_eq!(rest, None);
@@ -209,7 +215,8 @@ mod tests {
     fn gaps_name_every_offset_without_a_record() {
         let key = PartitionKey::new("t", 0);
         assert_eq!(gaps(&key, 0, 4, &[0, 1, 2, 3, 4]), vec![]);
-        let found: Vec<(i64, i64)> = gaps(&key, 0, 9, &[2, 3, 7]).iter().map(|m| (m.first_offset, m.last_offset)).collect();
+        let found: Vec<(i64, i64)> =
+            gaps(&key, 0, 9, &[2, 3, 7]).iter().map(|m| (m.first_offset, m.last_offset)).collect();
         assert_eq!(found, vec![(0, 1), (4, 6), (8, 9)]);
         assert_eq!(gaps(&key, 3, 3, &[]).len(), 1);
     }

@@ -22,6 +22,8 @@
 //! - [`destination`]: invocation records for given-up batches, written to SQS, SNS or S3, or one message per
 //!   record to a Kafka topic ([`destination::kafka`]); the opt-in large-record offload to S3
 //!   ([`destination::offload`]).
+//! - [`redrive`]: `kafka-lambda-relay redrive`: records an on-failure destination holds (SQS, SNS→SQS, S3, a
+//!   Kafka failure topic) rebuilt into AWS's event and sent to a function again; removed only after success.
 //! - [`commit`]: which offset may be committed per partition, and retry state kept in commit metadata.
 //! - [`metrics`]: the run report and CloudWatch Embedded Metric Format lines (AWS's metric names, per
 //!   minute, as deltas).
@@ -43,6 +45,7 @@ pub mod event;
 pub mod invoke;
 pub mod outcome;
 pub mod destination;
+pub mod redrive;
 pub mod commit;
 pub mod metrics;
 pub mod relay;

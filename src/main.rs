@@ -1,5 +1,6 @@
 //! The `kafka-lambda-relay` binary: a Lambda function when `AWS_LAMBDA_RUNTIME_API` is set, otherwise a
-//! command-line program (`run`, `status`, `validate`, `demo`). Everything that decides anything lives in the library.
+//! command-line program (`run`, `status`, `validate`, `redrive`, `demo`). Everything that decides anything
+//! lives in the library.
 
 // The Lambda handler's future (coordinator, hand-over, run) nests deeper than rustc's default layout limit.
 #![recursion_limit = "256"]
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use kafka_lambda_relay::app;
+use kafka_lambda_relay::redrive;
 use kafka_lambda_relay::config::RelayConfig;
 
 #[derive(Parser)]
@@ -74,6 +76,49 @@ enum Command {
         /// Configuration file; defaults to RELAY_CONFIG or RELAY_CONFIG_FILE.
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+    /// Send the records an on-failure destination holds back to the function (or another one): from an SQS
+    /// queue (SQS and SNS destinations), an S3 prefix or a Kafka failure topic. Each item is removed (SQS) or
+    /// checkpointed (S3 marker object, failure-topic group commit) only after its invocation succeeded.
+    /// Prints a JSON summary on stdout; exit 1 when a batch failed.
+    Redrive {
+        /// `https://sqs.REGION.amazonaws.com/ACCOUNT/QUEUE`, `s3://BUCKET/PREFIX` or `kafka://TOPIC`.
+        source: String,
+        /// The mapping configuration (connection, authentication, target); defaults to RELAY_CONFIG or
+        /// RELAY_CONFIG_FILE.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The mapping's UUID, when the configuration has several.
+        #[arg(long)]
+        mapping: Option<String>,
+        /// Invoke this function instead of the mapping's FunctionName.
+        #[arg(long)]
+        function: Option<String>,
+        /// Print what would be sent (in the summary's WouldSend); invoke nothing, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// At most N invocations per second.
+        #[arg(long, value_name = "N")]
+        rate: Option<f64>,
+        /// Only records with a timestamp at or after this time (RFC 3339 or Unix milliseconds).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only records with a timestamp at or before this time (RFC 3339 or Unix milliseconds).
+        #[arg(long)]
+        until: Option<String>,
+        /// Only records of this partition (repeatable).
+        #[arg(long = "partition", value_name = "N")]
+        partitions: Vec<i32>,
+        /// Assume this target timeout (seconds) instead of calling GetFunctionConfiguration.
+        #[arg(long)]
+        target_timeout: Option<u64>,
+        /// S3: prefix of the checkpoint markers in the source bucket.
+        #[arg(long, default_value = kafka_lambda_relay::redrive::DEFAULT_CHECKPOINT_PREFIX)]
+        checkpoint_prefix: String,
+        /// Kafka: the consumer group that checkpoints the failure topic (default
+        /// kafka-lambda-relay-redrive-TOPIC).
+        #[arg(long)]
+        group: Option<String>,
     },
     /// Run the relay end to end on an in-process Kafka and a sample target function (no cloud account).
     Demo {
@@ -148,6 +193,53 @@ fn stop_signal() -> tokio::sync::watch::Receiver<bool> {
         let _ = tx.send(true);
     });
     rx
+}
+
+/// The `redrive` subcommand's arguments after the configuration.
+struct RedriveArgs {
+    source: String,
+    mapping: Option<String>,
+    function: Option<String>,
+    dry_run: bool,
+    rate: Option<f64>,
+    since: Option<String>,
+    until: Option<String>,
+    partitions: Vec<i32>,
+    target_timeout: Option<u64>,
+    checkpoint_prefix: String,
+    group: Option<String>,
+}
+
+/// `redrive`: the mapping, the options, AWS clients from the environment, then the run.
+async fn run_redrive(config: &RelayConfig, args: RedriveArgs) -> Result<redrive::Summary, redrive::RedriveError> {
+    use kafka_lambda_relay::redrive::{Filters, Options, Source};
+    let mapping = redrive::choose_mapping(config, args.mapping.as_deref())?;
+    let filters = Filters {
+        since_ms: args.since.as_deref().map(|v| redrive::parse_time("--since", v)).transpose()?,
+        until_ms: args.until.as_deref().map(|v| redrive::parse_time("--until", v)).transpose()?,
+        partitions: args.partitions,
+    };
+    let options = Options {
+        function: args.function,
+        dry_run: args.dry_run,
+        rate: args.rate,
+        filters,
+        target_timeout: args
+            .target_timeout
+            .map(Duration::from_secs)
+            .or_else(|| app::env_seconds("RELAY_TARGET_TIMEOUT_SECONDS")),
+        checkpoint_prefix: args.checkpoint_prefix,
+        group: args.group,
+        progress: std::io::stderr().is_terminal(),
+        ..Options::new(Source::parse(&args.source)?)
+    };
+    let sdk_config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let services = redrive::Services {
+        invoker: std::sync::Arc::new(kafka_lambda_relay::invoke::lambda::LambdaInvoker::new(&sdk_config)),
+        secrets: std::sync::Arc::new(kafka_lambda_relay::auth::SecretsManagerSource::new(&sdk_config)),
+        sdk_config,
+    };
+    redrive::redrive(mapping, &options, &services).await
 }
 
 #[tokio::main]
@@ -250,6 +342,61 @@ async fn main() -> ExitCode {
                 ExitCode::from(1)
             } else {
                 ExitCode::SUCCESS
+            }
+        }
+        Command::Redrive {
+            source,
+            config,
+            mapping,
+            function,
+            dry_run,
+            rate,
+            since,
+            until,
+            partitions,
+            target_timeout,
+            checkpoint_prefix,
+            group,
+        } => {
+            init_tracing();
+            let config = match config_or_exit(config.as_ref()) {
+                Ok(config) => config,
+                Err(exit) => return exit,
+            };
+            let args = RedriveArgs {
+                source,
+                mapping,
+                function,
+                dry_run,
+                rate,
+                since,
+                until,
+                partitions,
+                target_timeout,
+                checkpoint_prefix,
+                group,
+            };
+            match run_redrive(&config, args).await {
+                Ok(summary) => {
+                    println!("{}", serde_json::to_string_pretty(&summary).expect("summary serializes"));
+                    if summary.has_failures() {
+                        ExitCode::from(1)
+                    } else {
+                        ExitCode::SUCCESS
+                    }
+                }
+                Err(error) => {
+                    eprintln!("redrive failed: {error}");
+                    let bad_arguments = matches!(
+                        error,
+                        redrive::RedriveError::InvalidSource { .. }
+                            | redrive::RedriveError::InvalidTime { .. }
+                            | redrive::RedriveError::MappingNotChosen { .. }
+                            | redrive::RedriveError::UnknownMapping { .. }
+                            | redrive::RedriveError::NoMappings
+                    );
+                    ExitCode::from(if bad_arguments { 2 } else { 1 })
+                }
             }
         }
         Command::Demo { records, partitions } => {

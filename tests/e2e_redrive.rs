@@ -422,3 +422,50 @@ async fn redrive_offsets_kafka_does_not_have_are_reported_and_the_rest_redriven(
     assert_records_are_the_poison_batch(&lambda.invocations(&function)[0].payload, &topic)?;
     Ok(())
 }
+
+/// The whole loop on a Kafka failure topic: the relay's own `kafka://` destination writes the poison batch
+/// (one message per record, AWS's format), and `redrive` brings each record back to the target once it
+/// works, as the event of that one record; nothing is committed while the target still fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redrive_records_the_relays_kafka_destination_wrote_are_redriven_once_the_target_works() -> TestResult {
+    let (failures, group) = (unique_name("dlt"), unique_name("rg"));
+    let (bootstrap, name) = (tansu(), failures.clone());
+    tokio::task::spawn_blocking(move || create_topic(&bootstrap, &name, 1)).await??;
+    let given = give_up_to(&format!("kafka://{failures}")).await?;
+    let options = Options {
+        target_timeout: Some(Duration::from_secs(5)),
+        group: Some(group.clone()),
+        ..Options::new(Source::Kafka { topic: failures.clone() })
+    };
+    let services = redrive::Services {
+        invoker: given.invoker.clone(),
+        sdk_config: moto_config().await,
+        secrets: Arc::new(NoSecrets),
+    };
+
+    let failed = redrive::redrive(&given.mapping, &options, &services).await?;
+    assert_eq!((failed.batches_found, failed.batches_failed, failed.removed), (3, 3, 0), "{failed:#?}");
+    assert_eq!(committed_offsets(&tansu(), &group, &failures, 1)?, vec![None], "a failing redrive commits nothing");
+
+    given.lambda.register(&given.function, Duration::from_secs(5), echo_success());
+    let redriven = redrive::redrive(&given.mapping, &options, &services).await?;
+    assert_eq!((redriven.batches_redriven, redriven.records_redriven, redriven.removed), (3, 3, 3), "{redriven:#?}");
+    assert_eq!(committed_offsets(&tansu(), &group, &failures, 1)?, vec![Some(3)], "checkpointed");
+    // The original invocation, three failed redrives, three redriven records: each one the original
+    // record (offset, key, value, headers, timestamp) in an event of its own.
+    let sent = given.invocations();
+    assert_eq!(sent.len(), 7);
+    let (_, original) = redrive::parse::records_from_event(&serde_json::from_slice(&given.original_event)?)?;
+    for (event, want) in sent[4..].iter().zip(&original) {
+        let (_, got) = redrive::parse::records_from_event(&serde_json::from_slice(event)?)?;
+        assert_eq!(got.len(), 1);
+        let (got, want) = (&got[0], want);
+        assert_eq!(
+            (&got.key_partition, got.offset, &got.key, &got.value, &got.headers, got.timestamp_ms),
+            (&want.key_partition, want.offset, &want.key, &want.value, &want.headers, want.timestamp_ms)
+        );
+    }
+    let again = redrive::redrive(&given.mapping, &options, &services).await?;
+    assert_eq!(again.batches_found, 0, "{again:#?}");
+    Ok(())
+}

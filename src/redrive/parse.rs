@@ -307,7 +307,7 @@ mod tests {
         let (read_source, read) = records_from_event(&serde_json::from_slice(&event).unwrap()).unwrap();
         assert_eq!(read_source, source);
         let mut sorted = records.clone();
-        sorted.sort_by(|a, b| (a.key_partition.to_string(), a.offset).cmp(&(b.key_partition.to_string(), b.offset)));
+        sorted.sort_by_key(|r| (r.key_partition.to_string(), r.offset));
         assert_eq!(read, sorted);
         assert_eq!(read_source.encode(&read).len(), event.len());
     }

@@ -63,6 +63,9 @@ pub(super) async fn run(mapping: &Mapping, services: &Services, options: &RunOpt
     driver.finish().await
 }
 
+/// What a job sends the driver: which job, and what happened.
+type JobMessage = (JobId, JobEvent);
+
 struct Driver<'a> {
     mapping: &'a Mapping,
     options: &'a RunOptions,
@@ -73,7 +76,7 @@ struct Driver<'a> {
     context: Arc<JobContext>,
     policy: Policy,
     jobs: JoinSet<()>,
-    events: (mpsc::UnboundedSender<(JobId, JobEvent)>, mpsc::UnboundedReceiver<(JobId, JobEvent)>),
+    events: (mpsc::UnboundedSender<JobMessage>, mpsc::UnboundedReceiver<JobMessage>),
     commits: mpsc::UnboundedReceiver<CommitOutcome>,
     commit_tx: mpsc::UnboundedSender<CommitOutcome>,
     /// The offsets of the commit the group has not answered yet.
@@ -345,7 +348,7 @@ impl<'a> Driver<'a> {
         self.apply_group_events();
         match message {
             Ok(message) => {
-                let record = self.to_record(&message);
+                let record = self.record_of(&message);
                 drop(message);
                 self.accept(record).await;
                 // Take what librdkafka already fetched before forming batches, so a busy topic fills
@@ -357,7 +360,7 @@ impl<'a> Driver<'a> {
                     }
                     match try_recv(&consumer) {
                         Some(Ok(message)) => {
-                            let record = self.to_record(&message);
+                            let record = self.record_of(&message);
                             drop(message);
                             self.accept(record).await;
                         }
@@ -370,7 +373,8 @@ impl<'a> Driver<'a> {
         }
     }
 
-    fn to_record(&mut self, message: &rdkafka::message::BorrowedMessage<'_>) -> Record {
+    /// The message as a record, its partition key shared with the previous record's when it is the same.
+    fn record_of(&mut self, message: &rdkafka::message::BorrowedMessage<'_>) -> Record {
         let key = match &self.last_key {
             Some(key) if key.partition == message.partition() && *key.topic == *message.topic() => key.clone(),
             _ => {

@@ -113,7 +113,7 @@ pub(super) async fn run(
         let leaving = context.in_flight.any_leaving(delivery.held());
         let now = Now {
             unix_ms: unix_ms(),
-            may_invoke: !leaving && !*stop.borrow() && !context.invoke_cutoff.is_some_and(|c| Instant::now() >= c),
+            may_invoke: !leaving && !*stop.borrow() && context.invoke_cutoff.is_none_or(|c| Instant::now() < c),
         };
         input = match delivery.next(input, now) {
             Step::Invoke => {

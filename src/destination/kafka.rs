@@ -245,8 +245,8 @@ impl crate::relay::FailureSink for KafkaDestination {
 
 #[cfg(test)]
 mod tests {
+    use crate::destination::test_support::given_up;
     use super::*;
-    use crate::destination::Condition;
     use crate::kafka::{PartitionKey, TimestampType};
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::mocking::MockCluster;
@@ -274,23 +274,6 @@ mod tests {
         ]
     }
 
-    fn given_up<'a>(records: &'a [Record], payload: &'a [u8]) -> GivenUp<'a> {
-        GivenUp {
-            mapping_uuid: "6f2c1c8e-1b1e-4f57-9a53-0c3d1b7b3e11",
-            function_arn: "arn:aws:lambda:eu-west-1:111122223333:function:target",
-            event_source_arn: None,
-            bootstrap_servers: "b:9092",
-            condition: Condition::RetryAttemptsExhausted,
-            approximate_invoke_count: 11,
-            response: Some(ResponseContext {
-                status_code: 200,
-                executed_version: "$LATEST".into(),
-                function_error: Some("Unhandled".into()),
-            }),
-            records,
-            payload,
-        }
-    }
 
     fn destination(bootstrap: &str, topic: &str, timeout: Duration) -> Result<KafkaDestination, DestinationError> {
         let mut connection = ClientConfig::new();

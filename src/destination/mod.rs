@@ -394,6 +394,31 @@ pub fn object_key(
     format!("kafka-lambda-relay/{mapping_uuid}/{partition}/{day}/{stamp}-{first_offset:020}-{request_id}.json")
 }
 
+/// What the destinations' unit tests share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+
+    /// A batch given up after 11 attempts with a function error, as the destinations' tests write it.
+    pub(crate) fn given_up<'a>(records: &'a [Record], payload: &'a [u8]) -> GivenUp<'a> {
+        GivenUp {
+            mapping_uuid: "6f2c1c8e-1b1e-4f57-9a53-0c3d1b7b3e11",
+            function_arn: "arn:aws:lambda:eu-west-1:111122223333:function:target",
+            event_source_arn: None,
+            bootstrap_servers: "b:9092",
+            condition: Condition::RetryAttemptsExhausted,
+            approximate_invoke_count: 11,
+            response: Some(ResponseContext {
+                status_code: 200,
+                executed_version: "$LATEST".into(),
+                function_error: Some("Unhandled".into()),
+            }),
+            records,
+            payload,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -481,21 +506,7 @@ mod tests {
     const EVENT: &[u8] = br#"{"eventSource":"SelfManagedKafka","bootstrapServers":"b:9092","records":{}}"#;
 
     fn given_up(records: &[Record]) -> GivenUp<'_> {
-        GivenUp {
-            mapping_uuid: "6f2c1c8e-1b1e-4f57-9a53-0c3d1b7b3e11",
-            function_arn: "arn:aws:lambda:eu-west-1:111122223333:function:target",
-            event_source_arn: None,
-            bootstrap_servers: "b:9092",
-            condition: Condition::RetryAttemptsExhausted,
-            approximate_invoke_count: 11,
-            response: Some(ResponseContext {
-                status_code: 200,
-                executed_version: "$LATEST".into(),
-                function_error: Some("Unhandled".into()),
-            }),
-            records,
-            payload: EVENT,
-        }
+        test_support::given_up(records, EVENT)
     }
 
     fn at(s: &str) -> OffsetDateTime {

@@ -94,6 +94,32 @@ struct DecodedParts {
 }
 
 impl Record {
+    /// An owned record from a polled message; `key` is the partition's key (shared, not allocated per
+    /// record). A message without a timestamp gets 0, as `CreateTime`.
+    pub fn from_message(message: &impl rdkafka::message::Message, key: PartitionKey) -> Self {
+        use rdkafka::message::Headers as _;
+        let (timestamp_ms, timestamp_type) = match message.timestamp() {
+            rdkafka::Timestamp::CreateTime(t) => (t, TimestampType::CreateTime),
+            rdkafka::Timestamp::LogAppendTime(t) => (t, TimestampType::LogAppendTime),
+            rdkafka::Timestamp::NotAvailable => (0, TimestampType::CreateTime),
+        };
+        let headers = message
+            .headers()
+            .map(|headers| {
+                headers.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec).unwrap_or_default())).collect()
+            })
+            .unwrap_or_default();
+        Self::new(
+            key,
+            message.offset(),
+            timestamp_ms,
+            timestamp_type,
+            message.key().map(<[u8]>::to_vec),
+            message.payload().map(<[u8]>::to_vec),
+            headers,
+        )
+    }
+
     /// Builds a record and measures its event JSON.
     pub fn new(
         key_partition: PartitionKey,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::error::RedriveError;
@@ -15,7 +15,7 @@ use super::parse::OffsetRange;
 use super::select::{gaps, readable, Missing};
 use crate::auth::{ConnectionDiagnostics, DiagnosingContext, KafkaSecurity};
 use crate::config::Mapping;
-use crate::kafka::{PartitionKey, Record, TimestampType};
+use crate::kafka::{PartitionKey, Record};
 
 /// How long one broker round trip may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
@@ -139,7 +139,7 @@ fn read_assigned(
                 let key = PartitionKey::new(message.topic(), message.partition());
                 if let Some(&end) = open.get(&key) {
                     if message.offset() < end {
-                        out.entry(key.clone()).or_default().push(to_record(&message, key.clone()));
+                        out.entry(key.clone()).or_default().push(Record::from_message(&message, key.clone()));
                     }
                     if message.offset() + 1 >= end {
                         open.remove(&key);
@@ -167,29 +167,6 @@ fn close_finished(consumer: &ReadConsumer, open: &mut BTreeMap<PartitionKey, i64
     }
 }
 
-/// An owned record from a polled message.
-fn to_record(message: &rdkafka::message::BorrowedMessage<'_>, key: PartitionKey) -> Record {
-    let (timestamp_ms, timestamp_type) = match message.timestamp() {
-        rdkafka::Timestamp::CreateTime(t) => (t, TimestampType::CreateTime),
-        rdkafka::Timestamp::LogAppendTime(t) => (t, TimestampType::LogAppendTime),
-        rdkafka::Timestamp::NotAvailable => (0, TimestampType::CreateTime),
-    };
-    let headers = message
-        .headers()
-        .map(|headers| {
-            headers.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec).unwrap_or_default())).collect()
-        })
-        .unwrap_or_default();
-    Record::new(
-        key,
-        message.offset(),
-        timestamp_ms,
-        timestamp_type,
-        message.key().map(<[u8]>::to_vec),
-        message.payload().map(<[u8]>::to_vec),
-        headers,
-    )
-}
 
 /// One message of a failure topic.
 #[derive(Debug, Clone)]

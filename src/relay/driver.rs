@@ -14,14 +14,14 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::config::Mapping;
 use crate::filter::Filters;
 use crate::kafka::consumer::{self, CommitOutcome, GroupEvent, RelayConsumer};
-use crate::kafka::{PartitionKey, Record, TimestampType};
+use crate::kafka::{PartitionKey, Record};
 use crate::metrics::{MappingReport, MinuteMetrics, OffsetLag, PartitionLag, TimeLagTracker};
 
 use super::delivery::{Delivery, Notice, Policy};
@@ -383,7 +383,7 @@ impl<'a> Driver<'a> {
                 key
             }
         };
-        to_record(message, key)
+        Record::from_message(message, key)
     }
 
     async fn accept(&mut self, record: Record) {
@@ -830,27 +830,6 @@ fn try_recv(consumer: &RelayConsumer) -> Option<rdkafka::error::KafkaResult<rdka
     }
 }
 
-/// An owned record from a polled message; `key` is the partition's key (shared, not allocated per record).
-fn to_record(message: &rdkafka::message::BorrowedMessage<'_>, key: PartitionKey) -> Record {
-    let (timestamp_ms, timestamp_type) = match message.timestamp() {
-        rdkafka::Timestamp::CreateTime(t) => (t, TimestampType::CreateTime),
-        rdkafka::Timestamp::LogAppendTime(t) => (t, TimestampType::LogAppendTime),
-        rdkafka::Timestamp::NotAvailable => (0, TimestampType::CreateTime),
-    };
-    let headers = message
-        .headers()
-        .map(|headers| headers.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec).unwrap_or_default())).collect())
-        .unwrap_or_default();
-    Record::new(
-        key,
-        message.offset(),
-        timestamp_ms,
-        timestamp_type,
-        message.key().map(<[u8]>::to_vec),
-        message.payload().map(<[u8]>::to_vec),
-        headers,
-    )
-}
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {

@@ -109,6 +109,9 @@ pub(super) async fn run(
     let mut input = Input::Go;
     // Held until the task ends or is aborted: a revocation of these partitions waits for that.
     let hold = context.in_flight.hold(delivery.held().to_vec());
+    let report = |event: JobEvent| {
+        let _ = events.send((job, event));
+    };
     loop {
         let leaving = context.in_flight.any_leaving(delivery.held());
         let now = Now {
@@ -123,82 +126,24 @@ pub(super) async fn run(
                         _ = stop.wait_for(|s| *s) => None,
                     };
                 }
-                if permit.is_none() {
+                match permit {
+                    Some(_) => invoke(&context, delivery.in_hand(), &report).await,
                     // Stopped while waiting for a slot: the machine reports the records unfinished.
-                    input = Input::Stopped;
-                    continue;
+                    None => Input::Stopped,
                 }
-                let payload = match event_for(&context, delivery.in_hand()).await {
-                    Ok(payload) => payload,
-                    Err(not_invoked) => {
-                        input = Input::Invoked(not_invoked);
-                        continue;
-                    }
-                };
-                let (records, bytes) = (delivery.in_hand().len(), payload.len());
-                let timeout = context.function.timeout + Duration::from_secs(5);
-                let started = Instant::now();
-                let result = context.invoker.invoke(&context.function_name, payload, timeout).await;
-                let _ = events.send((job, JobEvent::Invocation { duration: started.elapsed(), records, bytes }));
-                Input::Invoked(result)
             }
             Step::HandOff { condition, attempts, response } => {
-                let Some(sink) = &context.sink else { unreachable!("the machine drops records when there is no destination") };
-                let offloaded = match offloaded(&context, delivery.in_hand()).await {
-                    Ok(offloaded) => offloaded,
-                    Err(error) => {
-                        let _ = events.send((job, JobEvent::DestinationFailed));
-                        input = Input::HandedOff(Err(HandOffFailure { code: error.source.code().to_string(), retryable: error.source.retryable() }));
-                        continue;
-                    }
-                };
-                let (records, payload) = match &offloaded {
-                    Some((pointer, event)) => (std::slice::from_ref(pointer), event.clone()),
-                    None => (delivery.in_hand(), context.source.encode(delivery.in_hand())),
-                };
-                let given_up = GivenUp {
-                    mapping_uuid: &context.mapping_uuid,
-                    function_arn: &context.function.function_arn,
-                    event_source_arn: context.source.event_source_arn.as_deref(),
-                    bootstrap_servers: &context.source.bootstrap_servers,
-                    condition,
-                    approximate_invoke_count: attempts.invoked,
-                    response,
-                    records,
-                    payload: &payload,
-                };
-                match sink.send(&given_up).await {
-                    Ok(location) => {
-                        tracing::info!(mapping = %context.mapping_uuid, condition = condition.as_str(), records = records.len(), location = %location, "records written to the on-failure destination");
-                        Input::HandedOff(Ok(()))
-                    }
-                    Err(error) => {
-                        let _ = events.send((job, JobEvent::DestinationFailed));
-                        tracing::warn!(error_code = "DESTINATION_WRITE_FAILED", mapping = %context.mapping_uuid, aws_error_code = error.error_code(), retryable = error.retryable(), %error, "on-failure destination write failed; the partition waits");
-                        Input::HandedOff(Err(HandOffFailure { code: error.error_code().to_string(), retryable: error.retryable() }))
-                    }
-                }
+                let given_up = GiveUp { condition, invoked: attempts.invoked, response };
+                hand_off(&context, delivery.in_hand(), given_up, &report).await
             }
             Step::Wait(duration) => {
                 // Waiting is not invoking: the slot goes to another partition meanwhile.
                 permit = None;
-                let until = tokio::time::Instant::now() + duration;
-                loop {
-                    // A revocation of a partition held here cuts the wait short, as a stop does.
-                    let revoked = context.in_flight.leaving_now.notified();
-                    if context.in_flight.any_leaving(delivery.held()) {
-                        break Input::Stopped;
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(until) => break Input::Go,
-                        _ = stop.wait_for(|s| *s) => break Input::Stopped,
-                        _ = revoked => {}
-                    }
-                }
+                wait(&context, delivery.held(), duration, &mut stop).await
             }
             Step::Notify(notice) => {
                 log(&context.mapping_uuid, &notice);
-                let _ = events.send((job, JobEvent::Notice(notice)));
+                report(JobEvent::Notice(notice));
                 Input::Go
             }
             Step::Finished => break,
@@ -208,8 +153,83 @@ pub(super) async fn run(
     let held = delivery.held().to_vec();
     drop(delivery);
     drop(charge);
-    let _ = events.send((job, JobEvent::Finished(held)));
+    report(JobEvent::Finished(held));
     drop(hold);
+}
+
+/// One invocation of the target with `records` (encoded here, or offloaded first).
+async fn invoke(context: &JobContext, records: &[Record], report: &impl Fn(JobEvent)) -> Input {
+    let payload = match event_for(context, records).await {
+        Ok(payload) => payload,
+        Err(not_invoked) => return Input::Invoked(not_invoked),
+    };
+    let (count, bytes) = (records.len(), payload.len());
+    let timeout = context.function.timeout + Duration::from_secs(5);
+    let started = Instant::now();
+    let result = context.invoker.invoke(&context.function_name, payload, timeout).await;
+    report(JobEvent::Invocation { duration: started.elapsed(), records: count, bytes });
+    Input::Invoked(result)
+}
+
+/// Why and after what records are given up (the machine's [`Step::HandOff`]).
+struct GiveUp {
+    condition: crate::destination::Condition,
+    invoked: u32,
+    response: Option<crate::destination::ResponseContext>,
+}
+
+/// Writes `records` to the on-failure destination (as their pointer when a large record was offloaded).
+async fn hand_off(context: &JobContext, records: &[Record], why: GiveUp, report: &impl Fn(JobEvent)) -> Input {
+    let Some(sink) = &context.sink else { unreachable!("the machine drops records when there is no destination") };
+    let offloaded = match offloaded(context, records).await {
+        Ok(offloaded) => offloaded,
+        Err(error) => {
+            report(JobEvent::DestinationFailed);
+            return Input::HandedOff(Err(HandOffFailure { code: error.source.code().to_string(), retryable: error.source.retryable() }));
+        }
+    };
+    let (records, payload) = match &offloaded {
+        Some((pointer, event)) => (std::slice::from_ref(pointer), event.clone()),
+        None => (records, context.source.encode(records)),
+    };
+    let given_up = GivenUp {
+        mapping_uuid: &context.mapping_uuid,
+        function_arn: &context.function.function_arn,
+        event_source_arn: context.source.event_source_arn.as_deref(),
+        bootstrap_servers: &context.source.bootstrap_servers,
+        condition: why.condition,
+        approximate_invoke_count: why.invoked,
+        response: why.response,
+        records,
+        payload: &payload,
+    };
+    match sink.send(&given_up).await {
+        Ok(location) => {
+            tracing::info!(mapping = %context.mapping_uuid, condition = why.condition.as_str(), records = records.len(), location = %location, "records written to the on-failure destination");
+            Input::HandedOff(Ok(()))
+        }
+        Err(error) => {
+            report(JobEvent::DestinationFailed);
+            tracing::warn!(error_code = "DESTINATION_WRITE_FAILED", mapping = %context.mapping_uuid, aws_error_code = error.error_code(), retryable = error.retryable(), %error, "on-failure destination write failed; the partition waits");
+            Input::HandedOff(Err(HandOffFailure { code: error.error_code().to_string(), retryable: error.retryable() }))
+        }
+    }
+}
+
+/// Waits `duration`; a stop, or a revocation of a partition held here, cuts the wait short.
+async fn wait(context: &JobContext, held: &[PartitionKey], duration: Duration, stop: &mut watch::Receiver<bool>) -> Input {
+    let until = tokio::time::Instant::now() + duration;
+    loop {
+        let revoked = context.in_flight.leaving_now.notified();
+        if context.in_flight.any_leaving(held) {
+            return Input::Stopped;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => return Input::Go,
+            _ = stop.wait_for(|s| *s) => return Input::Stopped,
+            _ = revoked => {}
+        }
+    }
 }
 
 fn log(mapping: &str, notice: &Notice) {

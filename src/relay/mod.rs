@@ -231,7 +231,8 @@ struct Prepared {
     offload: Option<Arc<crate::destination::offload::LargeRecordOffload>>,
 }
 
-async fn prepare(mapping: &Mapping, services: &Services, options: &RunOptions) -> Result<Prepared, Problem> {
+/// The target function (its ARN and timeout), checked against the run's length.
+async fn target_function(mapping: &Mapping, services: &Services, options: &RunOptions) -> Result<FunctionInfo, Problem> {
     let function = match options.target_timeout {
         Some(timeout) => FunctionInfo { function_arn: function_arn(&mapping.function_name), timeout },
         None => services.invoker.function_info(&mapping.function_name).await.map_err(|error| match error {
@@ -260,21 +261,17 @@ async fn prepare(mapping: &Mapping, services: &Services, options: &RunOptions) -
             return Err(Problem::cannot(ErrorCode::RunShorterThanTargetTimeout, sentence));
         }
     }
-    let sink = match mapping.destination() {
-        // Built below, on the mapping's cluster and credentials.
-        Some(arn) if crate::config::kafka_destination_topic(arn).is_some() => None,
-        Some(arn) => Some((services.sinks)(arn).map_err(|error| {
-            Problem::cannot(ErrorCode::EsmConfigNotValid, format!("the on-failure destination {arn:?} cannot be used: {error}"))
-        })?),
-        None => None,
-    };
-    let filters = Filters::new(mapping.filter_criteria.as_ref())
-        .map_err(|error| Problem::cannot(ErrorCode::EsmConfigNotValid, format!("FilterCriteria is not valid: {error}")))?;
-    let decoder = schema_decoder(mapping, services).await?;
-    let security = crate::auth::resolve(mapping, services.secrets.as_ref())
-        .await
-        .map_err(|error| Problem::Cannot { code: error.code, sentence: error.sentence })?;
-    let diagnostics = Arc::new(crate::auth::ConnectionDiagnostics::new(&security, mapping));
+    Ok(function)
+}
+
+/// The mapping's consumer, subscribed to its topics with its security settings.
+fn subscribe(
+    mapping: &Mapping,
+    options: &RunOptions,
+    function: &FunctionInfo,
+    security: &crate::auth::KafkaSecurity,
+    diagnostics: &Arc<crate::auth::ConnectionDiagnostics>,
+) -> Result<consumer::RelayConsumer, Problem> {
     let starting_position = mapping.starting_position.unwrap_or(crate::config::StartingPosition::Latest);
     let mut config = consumer::consumer_config(
         &mapping.bootstrap_servers().join(","),
@@ -290,11 +287,33 @@ async fn prepare(mapping: &Mapping, services: &Services, options: &RunOptions) -
     let timestamp_ms = mapping.starting_position_timestamp.map(|s| (s * 1000.0) as i64);
     let context = RelayContext::new(starting_position, timestamp_ms, diagnostics.clone());
     context.set_revoke_wait(revoke_wait);
-    let consumer = consumer::subscribe(&config, context, &mapping.topics).map_err(|error| {
+    consumer::subscribe(&config, context, &mapping.topics).map_err(|error| {
         // Never log the error itself: a ClientConfig error quotes the (secret) value.
         let error = diagnostics.creation_error(&error);
         Problem::Cannot { code: error.code, sentence: error.sentence }
-    })?;
+    })
+}
+
+/// Everything a mapping's run needs before its first poll: the target, the destination, filters, decoding, the
+/// subscribed consumer and the events' header; a `Problem` names what makes the mapping unusable.
+async fn prepare(mapping: &Mapping, services: &Services, options: &RunOptions) -> Result<Prepared, Problem> {
+    let function = target_function(mapping, services, options).await?;
+    let sink = match mapping.destination() {
+        // Built below, on the mapping's cluster and credentials.
+        Some(arn) if crate::config::kafka_destination_topic(arn).is_some() => None,
+        Some(arn) => Some((services.sinks)(arn).map_err(|error| {
+            Problem::cannot(ErrorCode::EsmConfigNotValid, format!("the on-failure destination {arn:?} cannot be used: {error}"))
+        })?),
+        None => None,
+    };
+    let filters = Filters::new(mapping.filter_criteria.as_ref())
+        .map_err(|error| Problem::cannot(ErrorCode::EsmConfigNotValid, format!("FilterCriteria is not valid: {error}")))?;
+    let decoder = schema_decoder(mapping, services).await?;
+    let security = crate::auth::resolve(mapping, services.secrets.as_ref())
+        .await
+        .map_err(|error| Problem::Cannot { code: error.code, sentence: error.sentence })?;
+    let diagnostics = Arc::new(crate::auth::ConnectionDiagnostics::new(&security, mapping));
+    let consumer = subscribe(mapping, options, &function, &security, &diagnostics)?;
     let source = crate::event::EventSource {
         bootstrap_servers: security.bootstrap_servers_for(mapping),
         ..crate::event::EventSource::for_mapping(mapping)

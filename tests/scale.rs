@@ -331,3 +331,94 @@ async fn a_continuous_run_polls_until_its_deadline_and_starts_its_successor_befo
     // 0.6 answers: `scale::chain_running` is untested here.
     Ok(())
 }
+
+/// Continuous mode's hand-over (issue 10): a successor that joined the group while its predecessor was
+/// still running takes the predecessor's partitions over when it leaves, without waiting out a session
+/// timeout (10 s here) or the initial rebalance delay: every partition is invoked again within 2 s of the
+/// predecessor leaving, and no record is lost. (`benches/handover_latency.rs` measures the gap and the
+/// latency percentiles; this test holds the 2 s bound, which the bench shows met with a wide margin.)
+///
+/// Ignored because it fails today (2026-11-30): with the relay's default 10 s session the successor's
+/// join starts a cooperative rebalance the predecessor does not finish before its deadline, its final commit
+/// is refused (`COMMIT_FAILED`), and the successor holds no partition until its own deadline. With a 1.5 s
+/// session (the bench's setting) it passes; a 1 s heartbeat alone did not fix it. Open in issue 10.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails: hand-over with the default 10 s session (issue 10)"]
+async fn a_successor_takes_the_partitions_over_within_two_seconds_of_its_predecessor_leaving() -> TestResult {
+    const PARTITIONS: i32 = 4;
+    let h = Harness::start().await?;
+    let (topic, group, function) = (unique_name("handover"), unique_name("group"), unique_name("fn"));
+    h.kafka.create_topic(&topic, PARTITIONS)?;
+    // (arrival, partition, offset) of every record invoked.
+    let seen: Arc<Mutex<Vec<(Instant, i32, i64)>>> = Arc::default();
+    let record = seen.clone();
+    h.lambda.register(
+        &function,
+        Duration::from_secs(1),
+        handler(move |invocation| {
+            let now = Instant::now();
+            record.lock().unwrap().extend(event_records(&invocation.payload).into_iter().map(|(p, o)| (now, p, o)));
+            async { Reply::success("{}") }
+        }),
+    );
+    let cfg = config(h.kafka.bootstrap_servers(), &topic, &function, &group, serde_json::json!({"MaximumBatchingWindowInSeconds": 0}));
+    let options = |seconds: u64| RunOptions {
+        deadline: Some(Instant::now() + Duration::from_secs(seconds)),
+        until_idle: false,
+        target_timeout: Some(Duration::from_secs(1)),
+        margin: Duration::from_millis(200),
+        session_timeout: Duration::from_secs(10),
+        ..RunOptions::default()
+    };
+    let producing = std::sync::atomic::AtomicBool::new(true);
+    // 200 records a second, spread over the partitions, until both runs are over.
+    let producer = async {
+        let mut n = 0i64;
+        while producing.load(Ordering::SeqCst) {
+            for _ in 0..4 {
+                let partition = (n % PARTITIONS as i64) as i32;
+                h.kafka.produce_at(&topic, partition, None, Some(b"x"), None).expect("produce");
+                n += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let (first, second) = (options(6), options(11));
+    let runs = async {
+        let predecessor = async {
+            let report = run_all(&cfg, &h.services, &first).await;
+            (Instant::now(), report)
+        };
+        let successor = async {
+            // Joins while the predecessor still runs, as a continuous run's successor does.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            run_all(&cfg, &h.services, &second).await
+        };
+        let ((left_at, first_report), second_report) = tokio::join!(predecessor, successor);
+        h.kafka.flush().expect("flush");
+        // Let the successor's last records arrive: it ran until its deadline.
+        producing.store(false, Ordering::SeqCst);
+        (left_at, first_report, second_report)
+    };
+    let ((left_at, first_report, second_report), ()) = tokio::join!(runs, producer);
+    assert!(first_report.mappings[0].counts.delivered > 0, "the predecessor delivered: {first_report:?}");
+    assert!(second_report.mappings[0].counts.delivered > 0, "the successor delivered: {second_report:?}");
+
+    let seen = seen.lock().unwrap().clone();
+    for partition in 0..PARTITIONS {
+        let after: Vec<Instant> = seen.iter().filter(|(at, p, _)| *p == partition && *at >= left_at).map(|(at, _, _)| *at).collect();
+        let first_after = after.iter().min().ok_or(format!("partition {partition} was never invoked after the predecessor left"))?;
+        let gap = *first_after - left_at;
+        assert!(gap <= Duration::from_secs(2), "partition {partition} waited {gap:?} after the predecessor left");
+    }
+    // Nothing lost: every offset the successor's run could have reached, up to what it committed, was invoked.
+    let committed = committed_offsets(h.kafka.bootstrap_servers(), &group, &topic, PARTITIONS)?;
+    for partition in 0..PARTITIONS {
+        let end = committed[partition as usize].ok_or(format!("partition {partition} has no committed offset"))?;
+        let offsets: BTreeSet<i64> = seen.iter().filter(|(_, p, _)| *p == partition).map(|(_, _, o)| *o).collect();
+        assert!(end > 0, "partition {partition} was consumed");
+        let missing: Vec<i64> = (0..end).filter(|o| !offsets.contains(o)).collect();
+        assert!(missing.is_empty(), "partition {partition}: committed {end} but never invoked {missing:?}");
+    }
+    Ok(())
+}

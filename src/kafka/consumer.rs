@@ -721,10 +721,17 @@ impl ConsumerContext for RelayContext {
 /// The consumer type the relay uses.
 pub type RelayConsumer = StreamConsumer<RelayContext>;
 
+/// The longest time between a member's heartbeats. A member learns that its group is rebalancing only from
+/// a heartbeat's answer: with heartbeats every third of the default 10 s session, a continuous run's
+/// successor (or a new worker) would learn of its predecessor's LeaveGroup up to 3.3 s late, and the
+/// cooperative-sticky protocol needs two rounds when partitions move between live members. One heartbeat a
+/// second per member is a negligible load on the group coordinator.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The librdkafka settings of a mapping's consumer, before authentication settings are added.
 ///
 /// `session_timeout` bounds how long the next run waits for partitions when this one could not leave the
-/// group cleanly (a killed Lambda); heartbeats go every third of it.
+/// group cleanly (a killed Lambda); heartbeats go every third of it, at most [`HEARTBEAT_INTERVAL`] apart.
 pub fn consumer_config(
     bootstrap_servers: &str,
     group_id: &str,
@@ -767,7 +774,7 @@ pub fn consumer_config(
         // The group's join state (is a rebalance under way?) comes with the statistics.
         .set("statistics.interval.ms", "1000")
         .set("session.timeout.ms", session_timeout.as_millis().to_string())
-        .set("heartbeat.interval.ms", (session_timeout.as_millis() / 3).max(100).to_string());
+        .set("heartbeat.interval.ms", (session_timeout / 3).min(HEARTBEAT_INTERVAL).as_millis().max(100).to_string());
     // For measurements: librdkafka settings to try instead (comma-separated key=value).
     if let Ok(overrides) = std::env::var("RELAY_LIBRDKAFKA_OVERRIDES") {
         for (key, value) in overrides.split(',').filter_map(|pair| pair.split_once('=')) {
@@ -970,6 +977,20 @@ pub fn unresolved_start_problem(assigned: &[AssignedPartition]) -> Option<String
 mod tests {
     use super::*;
     use rdkafka::error::RDKafkaErrorCode as Code;
+
+    /// A member hears of a rebalance (a successor joining, a predecessor leaving) within a second, whatever
+    /// the session; short sessions keep their third.
+    #[test]
+    fn heartbeats_go_every_third_of_the_session_and_at_least_every_second() {
+        let heartbeat = |session: Duration| {
+            let config = consumer_config("b:9092", "g", StartingPosition::Latest, session);
+            config.get("heartbeat.interval.ms").map(str::to_owned)
+        };
+        assert_eq!(heartbeat(Duration::from_secs(10)).as_deref(), Some("1000"));
+        assert_eq!(heartbeat(Duration::from_secs(45)).as_deref(), Some("1000"));
+        assert_eq!(heartbeat(Duration::from_millis(1500)).as_deref(), Some("500"));
+        assert_eq!(heartbeat(Duration::from_millis(150)).as_deref(), Some("100"));
+    }
 
     #[test]
     fn a_commit_refused_during_a_rebalance_is_deferred_not_failed() {

@@ -480,7 +480,7 @@ pub async fn bootstrap_brokers(
                 )),
                 None => AuthError::config(format!(
                     "cannot reach the MSK control plane for cluster {arn:?} (kafka:GetBootstrapBrokers: {}); the relay needs a route to the kafka.<region>.amazonaws.com endpoint (a NAT gateway or a VPC interface endpoint for MSK)",
-                    redact_tokens(&error_chain(&error))
+                    redact_tokens(&crate::error::with_causes(&error))
                 )),
             });
         }
@@ -519,17 +519,6 @@ pub async fn bootstrap_brokers(
         }
     };
     Err(AuthError::config(sentence))
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
 }
 
 static SHARED: tokio::sync::OnceCell<MskEnvironment> = tokio::sync::OnceCell::const_new();

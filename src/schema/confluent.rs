@@ -181,13 +181,13 @@ impl ConfluentRegistry {
         let response = request.send().await.map_err(|e| RegistryError::Unreachable {
             id: id.to_string(),
             // Without the URL: it is the configured one, and a URL could carry user info.
-            message: describe(&e.without_url()),
+            message: crate::error::with_causes(&e.without_url()),
         })?;
         let status = response.status();
         let body = response
             .text()
             .await
-            .map_err(|e| RegistryError::Unreachable { id: id.to_string(), message: describe(&e.without_url()) })?;
+            .map_err(|e| RegistryError::Unreachable { id: id.to_string(), message: crate::error::with_causes(&e.without_url()) })?;
         classify(id, status.as_u16(), &body)
     }
 }
@@ -234,18 +234,6 @@ fn classify(id: &str, status: u16, body: &str) -> Result<SchemaBody, RegistryErr
             message: message(),
         }),
     }
-}
-
-/// The error and its causes, which name the failing step (connect, TLS, timeout).
-fn describe(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -94,7 +94,7 @@ where
             let message = service.err().message().unwrap_or_default().to_string();
             error_for_code(id, &code, message)
         }
-        other => RegistryError::Unreachable { id: id.into(), message: describe(other) },
+        other => RegistryError::Unreachable { id: id.into(), message: crate::error::with_causes(other) },
     }
 }
 
@@ -111,17 +111,6 @@ fn error_for_code(id: &str, code: &str, message: String) -> RegistryError {
             message,
         },
     }
-}
-
-fn describe(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

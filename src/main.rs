@@ -82,43 +82,12 @@ enum Command {
     /// checkpointed (S3 marker object, failure-topic group commit) only after its invocation succeeded.
     /// Prints a JSON summary on stdout; exit 1 when a batch failed.
     Redrive {
-        /// `https://sqs.REGION.amazonaws.com/ACCOUNT/QUEUE`, `s3://BUCKET/PREFIX` or `kafka://TOPIC`.
-        source: String,
         /// The mapping configuration (connection, authentication, target); defaults to RELAY_CONFIG or
         /// RELAY_CONFIG_FILE.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// The mapping's UUID, when the configuration has several.
-        #[arg(long)]
-        mapping: Option<String>,
-        /// Invoke this function instead of the mapping's FunctionName.
-        #[arg(long)]
-        function: Option<String>,
-        /// Print what would be sent (in the summary's WouldSend); invoke nothing, remove nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// At most N invocations per second.
-        #[arg(long, value_name = "N")]
-        rate: Option<f64>,
-        /// Only records with a timestamp at or after this time (RFC 3339 or Unix milliseconds).
-        #[arg(long)]
-        since: Option<String>,
-        /// Only records with a timestamp at or before this time (RFC 3339 or Unix milliseconds).
-        #[arg(long)]
-        until: Option<String>,
-        /// Only records of this partition (repeatable).
-        #[arg(long = "partition", value_name = "N")]
-        partitions: Vec<i32>,
-        /// Assume this target timeout (seconds) instead of calling GetFunctionConfiguration.
-        #[arg(long)]
-        target_timeout: Option<u64>,
-        /// S3: prefix of the checkpoint markers in the source bucket.
-        #[arg(long, default_value = kafka_lambda_relay::redrive::DEFAULT_CHECKPOINT_PREFIX)]
-        checkpoint_prefix: String,
-        /// Kafka: the consumer group that checkpoints the failure topic (default
-        /// kafka-lambda-relay-redrive-TOPIC).
-        #[arg(long)]
-        group: Option<String>,
+        #[command(flatten)]
+        args: RedriveArgs,
     },
     /// Run the relay end to end on an in-process Kafka and a sample target function (no cloud account).
     Demo {
@@ -196,17 +165,40 @@ fn stop_signal() -> tokio::sync::watch::Receiver<bool> {
 }
 
 /// The `redrive` subcommand's arguments after the configuration.
+#[derive(clap::Args)]
 struct RedriveArgs {
+    /// `https://sqs.REGION.amazonaws.com/ACCOUNT/QUEUE`, `s3://BUCKET/PREFIX` or `kafka://TOPIC`.
     source: String,
+    /// The mapping's UUID, when the configuration has several.
+    #[arg(long)]
     mapping: Option<String>,
+    /// Invoke this function instead of the mapping's FunctionName.
+    #[arg(long)]
     function: Option<String>,
+    /// Print what would be sent (in the summary's WouldSend); invoke nothing, remove nothing.
+    #[arg(long)]
     dry_run: bool,
+    /// At most N invocations per second.
+    #[arg(long, value_name = "N")]
     rate: Option<f64>,
+    /// Only records with a timestamp at or after this time (RFC 3339 or Unix milliseconds).
+    #[arg(long)]
     since: Option<String>,
+    /// Only records with a timestamp at or before this time (RFC 3339 or Unix milliseconds).
+    #[arg(long)]
     until: Option<String>,
+    /// Only records of this partition (repeatable).
+    #[arg(long = "partition", value_name = "N")]
     partitions: Vec<i32>,
+    /// Assume this target timeout (seconds) instead of calling GetFunctionConfiguration.
+    #[arg(long)]
     target_timeout: Option<u64>,
+    /// S3: prefix of the checkpoint markers in the source bucket.
+    #[arg(long, default_value = kafka_lambda_relay::redrive::DEFAULT_CHECKPOINT_PREFIX)]
     checkpoint_prefix: String,
+    /// Kafka: the consumer group that checkpoints the failure topic (default
+    /// kafka-lambda-relay-redrive-TOPIC).
+    #[arg(long)]
     group: Option<String>,
 }
 
@@ -344,37 +336,11 @@ async fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
         }
-        Command::Redrive {
-            source,
-            config,
-            mapping,
-            function,
-            dry_run,
-            rate,
-            since,
-            until,
-            partitions,
-            target_timeout,
-            checkpoint_prefix,
-            group,
-        } => {
+        Command::Redrive { config, args } => {
             init_tracing();
             let config = match config_or_exit(config.as_ref()) {
                 Ok(config) => config,
                 Err(exit) => return exit,
-            };
-            let args = RedriveArgs {
-                source,
-                mapping,
-                function,
-                dry_run,
-                rate,
-                since,
-                until,
-                partitions,
-                target_timeout,
-                checkpoint_prefix,
-                group,
             };
             match run_redrive(&config, args).await {
                 Ok(summary) => {

@@ -13,7 +13,7 @@
 //! - flow control is by bytes: the process's buffer budget counts queued records and batches being
 //!   delivered (with their encoded event); when it is spent the driver stops taking records from librdkafka
 //!   (whose own prefetch limit then stops fetching); a single partition is paused only when its queue holds
-//!   plenty (two full events' worth, or four batches and at least 10,000 records), and resumed under half.
+//!   a quarter of the budget (at least two full events' worth, see `partition_cap`), and resumed under half.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};

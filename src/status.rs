@@ -275,13 +275,10 @@ fn read_positions(
     }
 
     // One record per lagging partition, read at the group's next offset through a manual assignment.
-    let mut assignment = TopicPartitionList::new();
-    for p in partitions.iter().filter(|p| p.lag > 0) {
+    let assignment = crate::kafka::consumer::partition_list(partitions.iter().filter(|p| p.lag > 0).map(|p| {
         let next = p.committed_offset.unwrap_or(p.low_watermark).max(p.low_watermark);
-        assignment
-            .add_partition_offset(&p.topic, p.partition, Offset::Offset(next))
-            .map_err(|error| format!("cannot assign {}-{}: {error}", p.topic, p.partition))?;
-    }
+        (p.topic.as_str(), p.partition, Offset::Offset(next))
+    }));
     let mut waiting = assignment.count();
     if waiting > 0 {
         consumer

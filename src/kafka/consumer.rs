@@ -12,7 +12,7 @@
 //! end, and records produced between two runs would be skipped), and is reported through
 //! [`AssignedPartition::unresolved_start`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -205,6 +205,8 @@ pub struct RelayContext {
     starting_position: StartingPosition,
     starting_timestamp_ms: Option<i64>,
     start_lookup: StartLookup,
+    /// The run's deadline: the rebalance callback holds up the run's loop, so its lookups end by then.
+    run_deadline: Option<Instant>,
     events: Mutex<Vec<GroupEvent>>,
     /// What may be committed now, per partition, with its metadata; kept current by the relay loop so a
     /// revocation commits progress before the partitions move to another consumer.
@@ -248,6 +250,7 @@ impl RelayContext {
             starting_position,
             starting_timestamp_ms,
             start_lookup: StartLookup::default(),
+            run_deadline: None,
             events: Mutex::new(Vec::new()),
             committable: Mutex::new(BTreeMap::new()),
             paused: Mutex::new(BTreeSet::new()),
@@ -264,6 +267,19 @@ impl RelayContext {
     pub fn with_start_lookup(mut self, lookup: StartLookup) -> Self {
         self.start_lookup = lookup;
         self
+    }
+
+    /// The same context for a run that ends at `deadline`: an assignment's starting-offset lookups end by
+    /// then too (a partition not looked up in time is not consumed, and the next run looks it up).
+    pub fn with_run_deadline(mut self, deadline: Option<Instant>) -> Self {
+        self.run_deadline = deadline;
+        self
+    }
+
+    /// When this assignment's lookups must end: after the lookup budget, and never after the run's deadline.
+    fn start_lookup_deadline(&self) -> Instant {
+        let budget = Instant::now() + self.start_lookup.budget;
+        self.run_deadline.map_or(budget, |deadline| budget.min(deadline))
     }
 
     /// Partitions held by delivery jobs (jobs register there; revocations wait on it).
@@ -316,10 +332,12 @@ impl RelayContext {
     }
 
     fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
-        let deadline = Instant::now() + self.start_lookup.budget;
+        let deadline = self.start_lookup_deadline();
         let resolves_starts = self.starting_position != StartingPosition::TrimHorizon;
         let mut assigned = Vec::new();
-        let mut without_offset = TopicPartitionList::new();
+        // Partition → where it starts (its committed offset or its resolved start), set on `tpl` in one pass.
+        let mut starts: HashMap<(String, i32), Offset> = HashMap::new();
+        let mut without_offset: Vec<(String, i32)> = Vec::new();
         // Partition → why its start is unknown.
         let mut unresolved: BTreeMap<(String, i32), String> = BTreeMap::new();
         match self.committed_offsets(consumer, tpl, deadline) {
@@ -331,13 +349,12 @@ impl RelayContext {
                         _ => None,
                     };
                     let retry = offset.and(RetryState::decode(&element.metadata)).filter(|r| Some(r.offset) == offset);
-                    if let Some(n) = offset {
+                    match offset {
                         // Start exactly where the group left off.
-                        let _ = tpl.set_partition_offset(&element.topic, element.partition, Offset::Offset(n));
-                    } else {
-                        without_offset
-                            .add_partition_offset(&element.topic, element.partition, Offset::Offset(self.starting_timestamp_ms.unwrap_or(0)))
-                            .ok();
+                        Some(n) => {
+                            starts.insert((element.topic, element.partition), Offset::Offset(n));
+                        }
+                        None => without_offset.push((element.topic, element.partition)),
                     }
                     assigned.push(AssignedPartition {
                         key,
@@ -371,12 +388,14 @@ impl RelayContext {
                 }
             }
         }
-        if without_offset.count() > 0 && resolves_starts {
-            // One ListOffsets round trip for all partitions: by timestamp, or -1 (the log end) for LATEST.
-            if self.starting_position == StartingPosition::Latest {
-                let _ = without_offset.set_all_offsets(Offset::End);
-            }
-            let (mut resolved, failed) = self.list_offsets(consumer, &without_offset, deadline);
+        if !without_offset.is_empty() && resolves_starts {
+            // ListOffsets in chunked requests: by timestamp, or -1 (the log end) for LATEST.
+            let query = match self.starting_position {
+                StartingPosition::Latest => Offset::End,
+                _ => Offset::Offset(self.starting_timestamp_ms.unwrap_or(0)),
+            };
+            let (mut resolved, failed) =
+                self.list_offsets(consumer, &partition_list(without_offset.iter().map(|(t, p)| (t.as_str(), *p, query))), deadline);
             unresolved.extend(failed);
             let past_end: Vec<(String, i32)> = resolved
                 .iter()
@@ -385,16 +404,13 @@ impl RelayContext {
                 .collect();
             if !past_end.is_empty() {
                 // No record at or after the timestamp: start at the log end.
-                let mut ends = TopicPartitionList::new();
-                for (topic, partition) in &past_end {
-                    let _ = ends.add_partition_offset(topic, *partition, Offset::End);
-                }
+                let ends = partition_list(past_end.iter().map(|(topic, partition)| (topic.as_str(), *partition, Offset::End)));
                 resolved.retain(|(_, offset)| offset.is_some());
                 let (at_end, failed) = self.list_offsets(consumer, &ends, deadline);
                 resolved.extend(at_end);
                 unresolved.extend(failed);
             }
-            let index: std::collections::HashMap<(String, i32), usize> = assigned
+            let index: HashMap<(String, i32), usize> = assigned
                 .iter()
                 .enumerate()
                 .map(|(i, a)| ((a.key.topic.to_string(), a.key.partition), i))
@@ -405,12 +421,13 @@ impl RelayContext {
                         .insert((topic, partition), "LIST_OFFSETS_FAILED: the log end offset was not returned".into());
                     continue;
                 };
-                let _ = tpl.set_partition_offset(&topic, partition, Offset::Offset(offset));
-                if let Some(&i) = index.get(&(topic, partition)) {
+                if let Some(&i) = index.get(&(topic.clone(), partition)) {
                     assigned[i].start = Some(offset);
                 }
+                starts.insert((topic, partition), Offset::Offset(offset));
             }
         }
+        set_offsets(tpl, &starts);
         self.in_flight.stay(assigned.iter().map(|a| a.key.clone()));
         let consumable = if unresolved.is_empty() {
             tpl.clone()
@@ -426,13 +443,13 @@ impl RelayContext {
             for entry in &mut assigned {
                 entry.unresolved_start = unresolved.get(&(entry.key.topic.to_string(), entry.key.partition)).cloned();
             }
-            let mut consumable = TopicPartitionList::new();
-            for element in tpl.elements() {
-                if !unresolved.contains_key(&(element.topic().to_string(), element.partition())) {
-                    let _ = consumable.add_partition_offset(element.topic(), element.partition(), element.offset());
-                }
-            }
-            consumable
+            let elements = tpl.elements();
+            partition_list(
+                elements
+                    .iter()
+                    .filter(|e| !unresolved.contains_key(&(e.topic().to_string(), e.partition())))
+                    .map(|e| (e.topic(), e.partition(), e.offset())),
+            )
         };
         // With the cooperative protocol the list holds only the partitions added to the assignment.
         let result = match consumer.rebalance_protocol() {
@@ -544,14 +561,11 @@ impl RelayContext {
             for chunk in keys.chunks(LOOKUP_CHUNK) {
                 if Instant::now() >= deadline {
                     for (key, _) in chunk {
-                        errors.entry(key.clone()).or_insert_with(|| "the lookup ran out of time".into());
+                        errors.entry(key.clone()).or_insert_with(|| "the lookup ran out of time (the run's deadline or the lookup's budget came first)".into());
                     }
                     continue;
                 }
-                let mut request = TopicPartitionList::with_capacity(chunk.len());
-                for ((topic, partition), offset) in chunk {
-                    let _ = request.add_partition_offset(topic, *partition, *offset);
-                }
+                let request = partition_list(chunk.iter().map(|((topic, partition), offset)| (topic.as_str(), *partition, *offset)));
                 match consumer.offsets_for_times(request, StartLookup::call_timeout(deadline)) {
                     Ok(found) => {
                         for e in found.elements() {
@@ -606,7 +620,7 @@ impl RelayContext {
             revoked.iter().filter_map(|key| Some((key.clone(), committable.remove(key)?))).collect()
         };
         if !offsets.is_empty() {
-            if let Err(error) = offset_list(&offsets).and_then(|list| consumer.commit(&list, CommitMode::Sync)) {
+            if let Err(error) = commit(consumer, &offsets) {
                 // The next owner re-reads from the older committed offset: duplicates, never loss.
                 tracing::warn!(error_code = "COMMIT_ON_REVOKE_FAILED", %error, "commit before giving up partitions failed");
             }
@@ -656,10 +670,12 @@ impl ClientContext for RelayContext {
 }
 
 /// The consumer group's `state` and `join_state` in librdkafka's statistics JSON (without parsing the whole
-/// document, which lists every partition).
+/// document, which lists every partition). librdkafka writes the `cgrp` object after `topics`, so it is
+/// searched from the end: a search from the start read megabytes every second over 20,000 partitions (issue
+/// 13), and could stop at a topic named `cgrp`.
 fn group_state(statistics: &[u8]) -> Option<(&[u8], &[u8])> {
     const GROUP: &[u8] = b"\"cgrp\"";
-    let at = statistics.windows(GROUP.len()).position(|w| w == GROUP)?;
+    let at = statistics.windows(GROUP.len()).rposition(|w| w == GROUP)?;
     let group = &statistics[at..];
     Some((
         string_field(group, b"\"state\"")?,
@@ -808,7 +824,7 @@ pub fn commit_off_loop(
     answers: tokio::sync::mpsc::UnboundedSender<CommitOutcome>,
 ) {
     std::thread::spawn(move || {
-        let result = commit(&consumer, &offsets);
+        let result = commit(&*consumer, &offsets);
         drop(consumer);
         let _ = answers.send(CommitOutcome { offsets: offsets.into_iter().map(|(k, (o, _))| (k, o)).collect(), result });
     });
@@ -822,6 +838,32 @@ fn offset_list(offsets: &BTreeMap<PartitionKey, (i64, String)>) -> KafkaResult<T
         element.set_metadata(metadata.clone());
     }
     Ok(tpl)
+}
+
+/// A partition list of `(topic, partition, offset)`, built in one pass. rdkafka's `add_partition_offset`
+/// searches the list for the partition it has just added, so a list of n partitions built that way costs
+/// n² comparisons: seconds at 20,000 partitions, inside the rebalance callback (issue 13).
+pub fn partition_list<'a>(partitions: impl IntoIterator<Item = (&'a str, i32, Offset)>) -> TopicPartitionList {
+    let partitions = partitions.into_iter();
+    let mut list = TopicPartitionList::with_capacity(partitions.size_hint().0.max(1));
+    for (topic, partition, offset) in partitions {
+        // Only `Offset::OffsetTail` has no raw form; no caller passes one.
+        let _ = list.add_partition(topic, partition).set_offset(offset);
+    }
+    list
+}
+
+/// Sets the offsets of `tpl`'s partitions found in `offsets`, in one pass over the list (setting them one by
+/// one with `set_partition_offset` searches the list each time: n² comparisons, see [`partition_list`]).
+fn set_offsets(tpl: &TopicPartitionList, offsets: &HashMap<(String, i32), Offset>) {
+    if offsets.is_empty() {
+        return;
+    }
+    for mut element in tpl.elements() {
+        if let Some(offset) = offsets.get(&(element.topic().to_string(), element.partition())) {
+            let _ = element.set_offset(*offset);
+        }
+    }
 }
 
 /// Whether the group refused a commit only because it is rebalancing (members joining or leaving): the
@@ -843,7 +885,7 @@ pub const COMMIT_CHUNK: usize = 2000;
 /// Commits `offsets` (partition → (offset, metadata)) synchronously, in requests of [`COMMIT_CHUNK`]
 /// partitions. Nothing to commit is success; the first error is returned, and the caller offers all of
 /// `offsets` again (committing an offset the group already holds changes nothing).
-pub fn commit(consumer: &RelayConsumer, offsets: &BTreeMap<PartitionKey, (i64, String)>) -> KafkaResult<()> {
+pub fn commit<C: Consumer<RelayContext>>(consumer: &C, offsets: &BTreeMap<PartitionKey, (i64, String)>) -> KafkaResult<()> {
     let mut result = Ok(());
     let entries: Vec<(&PartitionKey, &(i64, String))> = offsets.iter().collect();
     for chunk in entries.chunks(COMMIT_CHUNK) {
@@ -878,6 +920,19 @@ pub fn watermarks(consumer: &RelayConsumer, key: &PartitionKey, query_timeout: D
         return None;
     }
     consumer.fetch_watermarks(&key.topic, key.partition, query_timeout).ok()
+}
+
+/// librdkafka's position of each of `keys` (the next offset it hands out), in order; `None` where it has
+/// none yet. One call for all of them, unlike `Consumer::position`, which copies the whole assignment.
+pub fn positions<'a>(consumer: &RelayConsumer, keys: impl IntoIterator<Item = &'a PartitionKey>) -> Vec<Option<i64>> {
+    let list = partition_list(keys.into_iter().map(|key| (&*key.topic, key.partition, Offset::Invalid)));
+    // SAFETY: the handle and the list are alive for the duration of the call, which only writes the list's
+    // offsets and errors.
+    let err = unsafe { rdkafka::bindings::rd_kafka_position(consumer.client().native_ptr(), list.ptr()) };
+    if err != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR {
+        return vec![None; list.count()];
+    }
+    list.elements().iter().map(|e| e.error().ok().and(e.offset().to_raw()).filter(|o| *o >= 0)).collect()
 }
 
 /// Pauses (`pause` true) or resumes `keys` in one librdkafka call, remembering which are paused so an
@@ -927,10 +982,7 @@ pub fn log_bounds(consumer: &RelayConsumer, keys: &[(PartitionKey, bool)], by: I
         if left.is_zero() {
             break;
         }
-        let mut request = TopicPartitionList::with_capacity(chunk.len());
-        for key in chunk {
-            let _ = request.add_partition_offset(&key.topic, key.partition, end);
-        }
+        let request = partition_list(chunk.iter().map(|key| (&*key.topic, key.partition, end)));
         let Ok(found) = consumer.offsets_for_times(request, left) else { continue };
         for e in found.elements() {
             let (Ok(()), Offset::Offset(n)) = (e.error(), e.offset()) else { continue };
@@ -1019,6 +1071,9 @@ mod tests {
             Some((&b"up"[..], &b"wait-unassign-call"[..]))
         );
         assert_eq!(group_state(br#"{"name":"c"}"#), None);
+        // The group's object comes after `topics`, where a topic may be named "cgrp" too.
+        let stats = br#"{"topics":{"cgrp":{"topic":"cgrp","state":"x","join_state":"y"}}, "cgrp": {"state":"up","join_state":"steady"}}"#;
+        assert_eq!(group_state(stats), Some((&b"up"[..], &b"steady"[..])));
     }
 
     #[test]

@@ -15,6 +15,7 @@ use super::parse::OffsetRange;
 use super::select::{gaps, readable, Missing};
 use crate::auth::{ConnectionDiagnostics, DiagnosingContext, KafkaSecurity};
 use crate::config::Mapping;
+use crate::kafka::consumer::partition_list;
 use crate::kafka::{PartitionKey, Record};
 
 /// How long one broker round trip may take.
@@ -111,12 +112,7 @@ fn read_assigned(
     }
     let Some((first_key, _)) = spans.iter().next() else { return Ok(out) };
     let first_topic = first_key.topic.to_string();
-    let mut assignment = TopicPartitionList::new();
-    for (key, (from, _)) in &spans {
-        assignment
-            .add_partition_offset(&key.topic, key.partition, Offset::Offset(*from))
-            .map_err(|source| RedriveError::Assign { topic: key.topic.to_string(), source: Box::new(source) })?;
-    }
+    let assignment = partition_list(spans.iter().map(|(key, (from, _))| (&*key.topic, key.partition, Offset::Offset(*from))));
     consumer
         .assign(&assignment)
         .map_err(|source| RedriveError::Assign { topic: first_topic.clone(), source: Box::new(source) })?;
@@ -255,10 +251,7 @@ pub fn commit_failure_topic(
     let consumer = consumer(mapping, security, group, "commits the redrive group")?;
     let error =
         |source| RedriveError::Commit { group: group.to_string(), topic: topic.to_string(), source: Box::new(source) };
-    let mut list = TopicPartitionList::new();
-    for (partition, offset) in positions {
-        list.add_partition_offset(topic, *partition, Offset::Offset(*offset)).map_err(error)?;
-    }
+    let list = partition_list(positions.iter().map(|(partition, offset)| (topic, *partition, Offset::Offset(*offset))));
     let result = consumer.commit(&list, CommitMode::Sync).map_err(error);
     drop(list);
     drop(consumer);

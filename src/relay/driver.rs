@@ -25,6 +25,7 @@ use crate::kafka::{PartitionKey, Record};
 use crate::metrics::{MappingReport, MinuteMetrics, OffsetLag, PartitionLag, TimeLagTracker};
 
 use super::delivery::{Delivery, Notice, Policy};
+use super::idle::{Epoch, IdleCheck, Seen, Verdict};
 use super::job::{self, JobContext, JobEvent};
 use super::ledger::{Effect, JobId, Ledger, Start};
 use super::{Prepared, Problem, RunOptions, Services, Shared};
@@ -43,6 +44,13 @@ const DRAIN_AT_ONCE: usize = 2000;
 /// How long one lookup of the log bounds of partitions not fetched yet may take (chunked `ListOffsets`
 /// requests, see [`consumer::log_bounds`]); never past the run's deadline.
 const BOUNDS_LOOKUP: Duration = Duration::from_secs(10);
+
+/// Above this many assigned partitions the progress line leaves out the lag (reading every partition's
+/// watermarks twice a second would take a good part of the loop's time).
+const PROGRESS_LAG_PARTITIONS: usize = 2000;
+
+/// The loop's time one step of the caught-up check may take (a step per 100 ms tick).
+const IDLE_CHECK_STEP: Duration = Duration::from_millis(25);
 
 /// How long looked-up log bounds stand in for a partition's fetch watermarks.
 const BOUNDS_FRESH: Duration = Duration::from_secs(5);
@@ -109,8 +117,8 @@ struct Driver<'a> {
     bounds: (BTreeMap<PartitionKey, consumer::LogBounds>, Instant),
     /// The chunked lookup under way (on a thread of its own: the loop never waits for the broker).
     bounds_lookup: Option<std::thread::JoinHandle<BTreeMap<PartitionKey, consumer::LogBounds>>>,
-    /// No caught-up check before this (a check over tens of thousands of partitions takes a while).
-    next_idle_check: Instant,
+    /// The caught-up check, a slice of partitions per tick (see [`super::idle`]).
+    idle: IdleCheck,
 }
 
 impl<'a> Driver<'a> {
@@ -170,7 +178,7 @@ impl<'a> Driver<'a> {
             held: BTreeMap::new(),
             bounds: (BTreeMap::new(), Instant::now()),
             bounds_lookup: None,
-            next_idle_check: Instant::now(),
+            idle: IdleCheck::default(),
         }
     }
 
@@ -520,10 +528,17 @@ impl<'a> Driver<'a> {
         if self.last_progress.elapsed() >= Duration::from_millis(500) {
             self.last_progress = Instant::now();
             if let Some(progress) = &self.options.progress {
-                // Watermarks of the last fetch only (cached by librdkafka): no broker round trip.
-                let left = crate::metrics::lag_remaining(self.ledger.positions().iter().map(|(key, position)| {
-                    (*position, consumer::watermarks(&self.consumer, key, Duration::ZERO).map(|(_, high)| high))
-                }));
+                // Watermarks of the last fetch only (cached by librdkafka): no broker round trip. Each costs
+                // librdkafka a search of its topics, so over many partitions the line leaves the lag out
+                // rather than hold the loop (issue 13).
+                let positions = self.ledger.positions_after(None);
+                let left = if self.ledger.assigned_count() > PROGRESS_LAG_PARTITIONS {
+                    None
+                } else {
+                    crate::metrics::lag_remaining(positions.map(|(key, position)| {
+                        (position, consumer::watermarks(&self.consumer, key, Duration::ZERO).map(|(_, high)| high))
+                    }))
+                };
                 progress(&self.context.mapping_uuid, &self.ledger.counts, left);
             }
             self.diagnose_client_errors().await;
@@ -556,15 +571,11 @@ impl<'a> Driver<'a> {
             }
             return false;
         }
-        if context.rebalancing() || !self.ledger.is_idle() || Instant::now() < self.next_idle_check {
+        if context.rebalancing() || !self.ledger.is_idle() {
+            self.idle.restart();
             return false;
         }
-        let checked = Instant::now();
-        let caught_up = self.caught_up();
-        // A check costs librdkafka a lookup per partition: over thousands of partitions it is spaced out so
-        // it takes at most a fifth of the loop's time.
-        self.next_idle_check = Instant::now() + checked.elapsed() * 4;
-        caught_up
+        self.caught_up()
     }
 
     /// Joins the group anew when this consumer has held nothing for longer than a session: a member that
@@ -585,38 +596,36 @@ impl<'a> Driver<'a> {
         }
     }
 
-    /// Whether every assigned partition's position reached its high watermark: as of the last fetch, or for
-    /// partitions not fetched yet, as of a chunked lookup made off the loop (never one round trip per
-    /// partition: over 20,000 partitions those took minutes, issue 13). False while that lookup is under way.
+    /// One step of the caught-up check (at most [`IDLE_CHECK_STEP`] of the loop's time): true once a whole
+    /// pass found every assigned partition at its log end (see [`super::idle`]). Log ends come from the last
+    /// fetch or, for partitions not fetched yet, from a chunked lookup made off the loop (never one round
+    /// trip per partition: over 20,000 partitions those took minutes, issue 13).
     fn caught_up(&mut self) -> bool {
         self.take_bounds();
-        let Ok(position) = self.consumer.position() else { return false };
-        let positions: BTreeMap<PartitionKey, i64> = position
-            .elements()
-            .iter()
-            .filter_map(|e| Some((PartitionKey::new(e.topic(), e.partition()), e.offset().to_raw().filter(|o| *o >= 0)?)))
-            .collect();
-        drop(position);
-        let mut unknown = Vec::new();
-        for (key, at) in self.ledger.positions() {
-            let at = positions.get(&key).copied().or(at);
-            let (low, high) = match consumer::watermarks(&self.consumer, &key, Duration::ZERO) {
-                Some((low, high)) => (Some(low), Some(high)),
-                None => self.bounds.0.get(&key).map_or((None, None), |b| (b.low, b.high)),
-            };
-            // A partition with nothing fetched and nothing committed is caught up only when it is empty.
-            match (at, low, high) {
-                (Some(at), _, Some(high)) if at < high => return false,
-                (None, Some(low), Some(high)) if low < high => return false,
-                (Some(_), _, Some(_)) | (None, Some(_), Some(_)) => {}
-                _ => unknown.push((key, at.is_none())),
+        let epoch = Epoch { polled: self.ledger.counts.polled, group_change: self.consumer.context().last_change() };
+        let (consumer, bounds, ledger) = (&self.consumer, &self.bounds.0, &self.ledger);
+        let read = |slice: &[(&PartitionKey, Option<i64>)]| -> Vec<Seen> {
+            let positions = consumer::positions(consumer, slice.iter().map(|(key, _)| *key));
+            slice
+                .iter()
+                .zip(positions)
+                .map(|((key, _), position)| {
+                    let (low, high) = match consumer::watermarks(consumer, key, Duration::ZERO) {
+                        Some((low, high)) => (Some(low), Some(high)),
+                        None => bounds.get(*key).map_or((None, None), |b| (b.low, b.high)),
+                    };
+                    Seen { position, low, high }
+                })
+                .collect()
+        };
+        match self.idle.step(|after| ledger.positions_after(after), epoch, IDLE_CHECK_STEP, read) {
+            Verdict::CaughtUp => true,
+            Verdict::LookUp(unknown) => {
+                self.look_up_bounds(unknown);
+                false
             }
+            Verdict::Behind | Verdict::Checking => false,
         }
-        if unknown.is_empty() {
-            return true;
-        }
-        self.look_up_bounds(unknown);
-        false
     }
 
     /// Starts a chunked lookup of `keys`' log bounds off the loop, unless one is under way.
@@ -697,7 +706,8 @@ impl<'a> Driver<'a> {
         tracing::debug!(mapping = %self.context.mapping_uuid, "report written");
         // The run's last metrics: what happened since the last interval, and the lags now.
         self.emit_metrics(Some(&report));
-        let close_by = self.options.deadline.map_or(Instant::now() + FINAL_COMMIT_WAIT, |d| d.max(Instant::now())) + CLOSE_GRACE;
+        // The grace counts from the deadline, not from now: a run that reaches its end late still ends on time.
+        let close_by = self.options.deadline.unwrap_or_else(|| Instant::now() + FINAL_COMMIT_WAIT) + CLOSE_GRACE;
         // A lookup under way holds the consumer: it ends by the deadline, and the group is left after it.
         if let Some(lookup) = self.bounds_lookup.take() {
             let wait = close_by.saturating_duration_since(Instant::now());

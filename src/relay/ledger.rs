@@ -220,6 +220,11 @@ impl Ledger {
         }
     }
 
+    /// How many partitions are assigned.
+    pub fn assigned_count(&self) -> usize {
+        self.partitions.values().filter(|p| p.assigned).count()
+    }
+
     /// Whether any partition is assigned.
     pub fn has_partitions(&self) -> bool {
         self.partitions.values().any(|p| p.assigned)
@@ -444,6 +449,16 @@ impl Ledger {
     /// The local position of each assigned partition: the committable offset (the next record to deliver).
     pub fn positions(&self) -> BTreeMap<PartitionKey, Option<i64>> {
         self.partitions.iter().filter(|(_, p)| p.assigned).map(|(k, p)| (k.clone(), p.tracker.committable())).collect()
+    }
+
+    /// [`Ledger::positions`] of the assigned partitions after `after` (all of them for `None`), in order, without
+    /// copying the whole map (the idle check reads them a slice at a time).
+    pub fn positions_after(&self, after: Option<PartitionKey>) -> impl Iterator<Item = (&PartitionKey, Option<i64>)> {
+        let from = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        self.partitions
+            .range((from, std::ops::Bound::Unbounded))
+            .filter(|(_, p)| p.assigned)
+            .map(|(k, p)| (k, p.tracker.committable()))
     }
 
     /// Per assigned partition, the report entry, given each partition's high watermark.

@@ -17,6 +17,8 @@
 //!   writes, as a pure state machine. **Where retries happen**: [`delivery`] applies the rules of
 //!   [`crate::outcome`] step by step.
 //! - [`job`]: the async interpreter of one delivery: invokes, writes, waits, reports.
+//! - [`idle`]: whether the run has caught up, checked a slice of partitions per tick, so a check over tens
+//!   of thousands of partitions never holds the loop past its deadline.
 //!
 //! Records of one partition are in at most one job at a time, so they are delivered in order; jobs of
 //! different partitions run concurrently, bounded by a process-wide number of invocations in flight and
@@ -24,6 +26,7 @@
 
 pub mod delivery;
 mod driver;
+mod idle;
 mod job;
 pub mod ledger;
 
@@ -285,7 +288,7 @@ fn subscribe(
     config.set("max.poll.interval.ms", (revoke_wait + REVOKE_MARGIN).max(Duration::from_secs(300)).as_millis().to_string());
     security.apply(&mut config);
     let timestamp_ms = mapping.starting_position_timestamp.map(|s| (s * 1000.0) as i64);
-    let context = RelayContext::new(starting_position, timestamp_ms, diagnostics.clone());
+    let context = RelayContext::new(starting_position, timestamp_ms, diagnostics.clone()).with_run_deadline(options.deadline);
     context.set_revoke_wait(revoke_wait);
     consumer::subscribe(&config, context, &mapping.topics).map_err(|error| {
         // Never log the error itself: a ClientConfig error quotes the (secret) value.

@@ -72,3 +72,42 @@ async fn idle_partitions_are_caught_up_without_a_round_trip_each_and_the_run_kee
     assert!(list_offsets <= 10 * per_lookup, "{list_offsets} ListOffsets requests for {} partitions", TOPICS * PARTITIONS as usize);
     Ok(())
 }
+
+/// TRIM_HORIZON over 2,000 partitions with a record in each: every start is looked up in a handful of
+/// chunked requests (librdkafka's reset policy asks the broker one partition at a time, and over 20,000
+/// partitions records trickled in for the whole run, issue 13), and every record is delivered once and
+/// committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trim_horizon_starts_are_looked_up_in_chunks_and_every_record_is_delivered() -> TestResult {
+    let harness = Harness::start().await?;
+    harness.register("target", handler(|_| async { Reply::success("{}") }));
+    let names: Vec<String> = (0..TOPICS).map(|i| unique_name(&format!("trim-{i:02}"))).collect();
+    for name in &names {
+        harness.kafka.create_topic(name, PARTITIONS)?;
+        for partition in 0..PARTITIONS {
+            harness.kafka.produce(name, partition, None, Some(b"x"))?;
+        }
+    }
+    harness.kafka.flush()?;
+    let group = unique_name("trim");
+    let mut config = config(harness.kafka.bootstrap_servers(), &names[0], "target", &group, serde_json::json!({"StartingPosition": "TRIM_HORIZON"}));
+    config.mappings[0].topics = names.clone();
+
+    harness.kafka.track_requests();
+    let options = bounded(60);
+    let report = run_all(&config, &harness.services, &options).await;
+    let mapping = &report.mappings[0];
+    assert_eq!(mapping.partitions.len(), TOPICS * PARTITIONS as usize, "{}", mapping.last_processing_result);
+
+    let mut delivered = harness.delivered("target");
+    delivered.sort_unstable();
+    assert_eq!(delivered.len(), TOPICS * PARTITIONS as usize, "one record per partition, each delivered once");
+    assert_eq!(mapping.counts.delivered, (TOPICS * PARTITIONS as usize) as u64);
+    for name in &names {
+        assert_eq!(harness.committed(&group, name, PARTITIONS), vec![Some(1); PARTITIONS as usize], "committed offsets of {name}");
+    }
+    let list_offsets = harness.kafka.requests(RDKafkaApiKey::ListOffsets);
+    let per_lookup = (TOPICS * PARTITIONS as usize).div_ceil(LOG_BOUNDS_CHUNK);
+    assert!(list_offsets <= 10 * per_lookup, "{list_offsets} ListOffsets requests for {} partitions", TOPICS * PARTITIONS as usize);
+    Ok(())
+}

@@ -87,3 +87,73 @@ fn validate_warns_when_the_run_cannot_fit_one_invocation() -> Result<(), Box<dyn
     assert_eq!(String::from_utf8(out.stderr)?, "", "a run that fits says nothing");
     Ok(())
 }
+
+/// A mapping `validate` and `run` both accept.
+fn valid_mapping(group: &str) -> serde_json::Value {
+    serde_json::json!({
+        "FunctionName": "target",
+        "Topics": ["orders"],
+        "StartingPosition": "LATEST",
+        "SelfManagedEventSource": {"Endpoints": {"KAFKA_BOOTSTRAP_SERVERS": ["127.0.0.1:9092"]}},
+        "SelfManagedKafkaEventSourceConfig": {"ConsumerGroupId": group}
+    })
+}
+
+/// `validate` on `mappings`: the exit code and stderr.
+fn validate(mappings: Vec<serde_json::Value>) -> Result<(Option<i32>, String), Box<dyn std::error::Error>> {
+    let dir = std::env::temp_dir().join(format!("relay-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{}.json", uuid::Uuid::new_v4()));
+    std::fs::write(&path, serde_json::to_vec(&serde_json::json!({"Mappings": mappings}))?)?;
+    let out = relay().args(["validate", "--config", path.to_str().ok_or("path")?]).output()?;
+    let _ = std::fs::remove_file(&path);
+    Ok((out.status.code(), String::from_utf8(out.stderr)?))
+}
+
+// Defects of issue 13, each as the user met it with the binary: configurations `validate` accepted although
+// `run` then refused them, or AWS's CreateEventSourceMapping would have; values echoed whole into errors.
+#[test]
+fn validate_refuses_what_run_or_aws_would_refuse_and_quotes_bad_values_short() -> Result<(), Box<dyn std::error::Error>> {
+    assert_eq!(validate(vec![valid_mapping("g")])?.0, Some(0), "the base mapping is valid");
+    let huge = "x".repeat(1 << 20);
+    let with = |field: &str, value: serde_json::Value| {
+        let mut m = valid_mapping("g");
+        m[field] = value;
+        m
+    };
+    let bootstrap = |server: &str| {
+        let mut m = valid_mapping("g");
+        m["SelfManagedEventSource"]["Endpoints"]["KAFKA_BOOTSTRAP_SERVERS"] = serde_json::json!([server]);
+        m
+    };
+    let group = |id: &str| valid_mapping(id);
+    let shared = |topic: &str, function: &str| {
+        let mut m = valid_mapping("shared");
+        m["Topics"] = serde_json::json!([topic]);
+        m["FunctionName"] = serde_json::json!(function);
+        m
+    };
+    // (what, mappings, a field the error must name)
+    let cases: Vec<(&str, Vec<serde_json::Value>, &str)> = vec![
+        ("the same topic twice (run: `Subscription error`)", vec![with("Topics", serde_json::json!(["orders", "orders"]))], "Topics"),
+        ("a NUL byte in a bootstrap server (run: `FFI nul error`)", vec![bootstrap("broker\u{0}:9092")], "KAFKA_BOOTSTRAP_SERVERS"),
+        ("a bootstrap server without a port", vec![bootstrap("broker")], "KAFKA_BOOTSTRAP_SERVERS"),
+        ("a path as FunctionName", vec![with("FunctionName", serde_json::json!("../../etc/passwd"))], "FunctionName"),
+        ("a query string in FunctionName", vec![with("FunctionName", serde_json::json!("target?x=1#y"))], "FunctionName"),
+        ("an emoji FunctionName", vec![with("FunctionName", serde_json::json!("fn-\u{1F600}"))], "FunctionName"),
+        ("a 1 MB UUID", vec![with("UUID", serde_json::json!(huge))], "UUID"),
+        ("a 1 MB filter pattern", vec![with("FilterCriteria", serde_json::json!({"Filters": [{"Pattern": huge}]}))], "FilterCriteria"),
+        ("a topic name Kafka refuses", vec![with("Topics", serde_json::json!(["orders/2024"]))], "Topics"),
+        ("a topic name of 250 characters", vec![with("Topics", serde_json::json!(["t".repeat(250)]))], "Topics"),
+        ("a consumer group ID of 201 characters", vec![group(&"g".repeat(201))], "ConsumerGroupId"),
+        ("an SQS destination that is not an SQS ARN", vec![with("DestinationConfig", serde_json::json!({"OnFailure": {"Destination": "arn:aws:sqs:us-east-1:123456789012"}}))], "DestinationConfig.OnFailure.Destination"),
+        ("two mappings of different topics and functions sharing a consumer group", vec![shared("orders", "a"), shared("payments", "b")], "ConsumerGroupId"),
+    ];
+    for (what, mappings, field) in cases {
+        let (code, stderr) = validate(mappings)?;
+        assert_eq!(code, Some(2), "{what}: accepted; stderr: {}", stderr.chars().take(500).collect::<String>());
+        assert!(stderr.contains(field), "{what}: the error does not name {field}: {stderr}");
+        assert!(stderr.len() < 2000, "{what}: {} bytes of errors (a value echoed whole?)", stderr.len());
+    }
+    Ok(())
+}

@@ -58,10 +58,10 @@
 //! | join and assign 20,000 partitions (phase above)     | 9.50 s                  | 7.76 s                     |
 //! | 5,000 topics, LATEST, 15 s                           | 17.22-17.86 s (2.2-2.9 s past) | 16.01 s (1.01 s: the grace to leave the group) |
 //! | 5,000 topics, TRIM_HORIZON, 30 s, one record a topic | 31.01 s, 2,150 of 5,000 records delivered | 31.01 s, 3,065-3,462 delivered (the rest waits for the next run; fetching 20,000 partitions from one broker is the limit now) |
-//! | `run --max-seconds 15` of the binary, 5,000 topics (`tests/many_topics_deadline.rs`) | 23.65 s with the binary of the time | 16.17 s |
+//! | `run --max-seconds 15` of the binary, 5,000 topics (`tests/binary_runs.rs`) | 23.65 s with the binary of the time | 16.17 s |
 //!
 //! The fast-tier bounds: `tests/many_partitions.rs` (2,000 partitions, no fetch watermarks, caught up in a
-//! handful of chunked requests; TRIM_HORIZON starts in chunked requests) and `tests/many_topics_deadline.rs`
+//! handful of chunked requests; TRIM_HORIZON starts in chunked requests) and `tests/binary_runs.rs`
 //! (the binary over 5,000 topics ends by its deadline and the grace, every LATEST start committed).
 
 mod common;

@@ -89,6 +89,12 @@ impl MockKafka {
         cluster.request_errors(api, errors);
     }
 
+    /// Drops the errors [`MockKafka::fail_next_requests`] queued for `api` and not used yet.
+    pub fn clear_request_errors(&self, api: rdkafka::types::RDKafkaApiKey) {
+        let cluster = self.producer.client().mock_cluster().expect("mock cluster");
+        cluster.clear_request_errors(api);
+    }
+
     /// Takes broker `id` down (`up = false`: connections are closed and refused) or brings it back (tests: a
     /// broker that goes away).
     pub fn set_broker_up(&self, id: i32, up: bool) -> KafkaResult<()> {

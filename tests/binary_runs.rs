@@ -7,6 +7,8 @@
 //!   before the fix overran (23.7 s here): one rebalance callback looked up 20,000 starting offsets in one
 //!   request, and the loop read every partition's position and watermarks in one go, seconds at a time.
 //!   `tests/scale_topics.rs` measures where the time goes.
+//! - A run shorter than the target's timeout started no invocation and reported "No records processed",
+//!   state Enabled, exit 0, while records waited.
 //! - A LATEST mapping whose starting-offset lookup failed fell back to librdkafka's reset policy, committed no
 //!   start and reported success; the next run started from "latest" again, skipping what was produced in
 //!   between.
@@ -94,6 +96,24 @@ fn a_latest_start_that_cannot_be_looked_up_fails_the_run_instead_of_starting_any
     Ok(())
 }
 
+#[test]
+fn a_run_shorter_than_the_target_timeout_is_a_problem_not_an_idle_success() -> TestResult {
+    let kafka = MockKafka::start(1)?;
+    let topic = format!("short-{}", uuid::Uuid::new_v4().simple());
+    kafka.create_topic(&topic, 1)?;
+    let group = format!("short-{}", uuid::Uuid::new_v4().simple());
+
+    let run = run_binary(&mapping(&kafka, std::slice::from_ref(&topic), &group), &["--max-seconds", "5", "--target-timeout", "30"])?;
+
+    // The issue-time binary started no invocation and reported "No records processed", Enabled, exit 0.
+    let report = run.report()?;
+    assert_eq!(run.code, Some(1), "{report}");
+    assert_eq!(report["Mappings"][0]["ErrorCode"], "RUN_SHORTER_THAN_TARGET_TIMEOUT", "{report}");
+    let result = report["Mappings"][0]["LastProcessingResult"].as_str().unwrap_or_default();
+    assert!(result.starts_with("PROBLEM: the run lasts") && result.contains("timeout is 30 s"), "{result}");
+    Ok(())
+}
+
 /// A LATEST mapping of `topics` on `kafka`'s cluster.
 fn mapping(kafka: &MockKafka, topics: &[String], group: &str) -> serde_json::Value {
     serde_json::json!({"Mappings": [{
@@ -124,15 +144,16 @@ impl Run {
     }
 }
 
-/// `run --config <config> --target-timeout 1 <args>` of the binary. No record reaches a target in these
-/// tests, so nothing is invoked, and nothing may reach a real AWS endpoint. `TEST_RELAY_LOG` sets the run's
+/// `run --config <config> <args>` of the binary, with a target timeout of 1 s unless `args` name one. No
+/// record reaches a target in these tests, so nothing is invoked, and nothing may reach a real AWS endpoint. `TEST_RELAY_LOG` sets the run's
 /// `RUST_LOG` (default `warn`).
 fn run_binary(config: &serde_json::Value, args: &[&str]) -> TestResult<Run> {
     let path = std::env::temp_dir().join(format!("relay-run-{}.json", uuid::Uuid::new_v4().simple()));
     std::fs::write(&path, serde_json::to_vec(config)?)?;
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_kafka-lambda-relay"))
-        .args(["run", "--config", path.to_str().ok_or("path")?, "--target-timeout", "1"])
+        .args(["run", "--config", path.to_str().ok_or("path")?])
+        .args(if args.contains(&"--target-timeout") { &[][..] } else { &["--target-timeout", "1"][..] })
         .args(args)
         .env("AWS_REGION", "us-east-1")
         .env("AWS_ACCESS_KEY_ID", "test")

@@ -52,6 +52,19 @@ impl fmt::Display for ErrorCode {
     }
 }
 
+/// An error with its causes, outermost first, joined by `": "`: the causes name the failing step (connect,
+/// TLS, timeout) that the outer message leaves out.
+pub fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,15 +85,3 @@ mod tests {
     }
 }
 
-/// An error with its causes, outermost first, joined by `": "`: the causes name the failing step (connect,
-/// TLS, timeout) that the outer message leaves out.
-pub fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}

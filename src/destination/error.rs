@@ -24,8 +24,9 @@ pub enum AwsErrorKind {
 #[error("{}", self.describe())]
 pub struct AwsError {
     kind: AwsErrorKind,
-    code: Option<String>,
-    message: Option<String>,
+    // Boxed strings keep every `DestinationError` variant small (clippy's `result_large_err`).
+    code: Option<Box<str>>,
+    message: Option<Box<str>>,
     status: Option<u16>,
     #[source]
     source: Option<Box<dyn std::error::Error + Send + Sync>>,
@@ -36,8 +37,8 @@ impl AwsError {
     pub fn service(code: &str, status: u16, message: &str) -> Self {
         Self {
             kind: AwsErrorKind::Service,
-            code: Some(code.to_string()),
-            message: Some(message.to_string()),
+            code: Some(code.into()),
+            message: Some(message.into()),
             status: Some(status),
             source: None,
         }
@@ -45,7 +46,7 @@ impl AwsError {
 
     /// An error without a service answer (`Dispatch`, `Timeout`, ...): for fakes and tests.
     pub fn transport(kind: AwsErrorKind, message: &str) -> Self {
-        Self { kind, code: None, message: Some(message.to_string()), status: None, source: None }
+        Self { kind, code: None, message: Some(message.into()), status: None, source: None }
     }
 
     /// Keeps the code, status and message of an SDK error of any of the three services.
@@ -74,7 +75,7 @@ impl AwsError {
             }
             _ => (AwsErrorKind::Construction, None, Some(DisplayErrorContext(&err).to_string()), None),
         };
-        Self { kind, code, message, status, source: Some(Box::new(err)) }
+        Self { kind, code: code.map(Into::into), message: message.map(Into::into), status, source: Some(Box::new(err)) }
     }
 
     /// How the call failed.

@@ -326,6 +326,11 @@ impl RelayContext {
         self.committable.lock().expect("committable lock").insert(key.clone(), (offset, metadata));
     }
 
+    /// Forgets every partition's committable offset: the group has them all (the run's final commit).
+    pub fn forget_all(&self) {
+        self.committable.lock().expect("committable lock").clear();
+    }
+
     /// Forgets a partition (revoked).
     pub fn forget(&self, key: &PartitionKey) {
         self.committable.lock().expect("committable lock").remove(key);

@@ -695,9 +695,14 @@ impl<'a> Driver<'a> {
             self.on_job_event(job, event);
         }
         let commit_by = self.options.deadline.map_or(Instant::now() + FINAL_COMMIT_WAIT, |d| d.max(Instant::now()));
-        if let Err(problem) = self.final_commit(commit_by).await {
-            tracing::error!(error_code = "COMMIT_FAILED", mapping = %self.context.mapping_uuid, %problem, "final commit failed");
-            self.problem.get_or_insert(problem);
+        match self.final_commit(commit_by).await {
+            // The group holds every offset and its metadata: leaving the group need not commit them again
+            // (over 20,000 partitions that took the revocation seconds, past the grace).
+            Ok(()) => self.consumer.context().forget_all(),
+            Err(problem) => {
+                tracing::error!(error_code = "COMMIT_FAILED", mapping = %self.context.mapping_uuid, %problem, "final commit failed");
+                self.problem.get_or_insert(problem);
+            }
         }
         tracing::debug!(mapping = %self.context.mapping_uuid, "final commit over");
         self.ledger.counts.polling_errors += self.consumer.context().take_client_errors();

@@ -28,8 +28,8 @@
 //! - [`metrics`]: the run report and CloudWatch Embedded Metric Format lines (AWS's metric names, per
 //!   minute, as deltas).
 //! - [`relay`]: the engine that carries the decisions out: a thin driver per mapping, a per-partition
-//!   ledger (what may be committed, what is paused), and each batch's delivery as a pure state machine
-//!   interpreted by an async job.
+//!   ledger (what may be committed, what is paused), each batch's delivery as a pure state machine
+//!   interpreted by an async job, and the caught-up check done a slice of partitions at a time.
 //! - [`app`], [`handler`], [`demo`]: running all mappings, the Lambda entry point, the embedded demo.
 //! - [`scale`]: how many workers (AWS's pollers) a mapping's run starts, from its lag and measured rate.
 //! - [`logging`], [`status`]: log format, levels and the span per mapping; `status`, the groups' state read

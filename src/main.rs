@@ -29,8 +29,8 @@ enum Command {
         /// Configuration file ({"Mappings": [...]}); defaults to RELAY_CONFIG (inline JSON) or RELAY_CONFIG_FILE.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Stop after this many seconds (in-flight invocations finish, offsets are committed). Also
-        /// RELAY_MAX_SECONDS.
+        /// Stop after this many seconds (in-flight invocations finish, offsets are committed; leaving the
+        /// consumer groups may take one second more). Also RELAY_MAX_SECONDS.
         #[arg(long)]
         max_seconds: Option<u64>,
         /// Exit once every partition is caught up and committed.

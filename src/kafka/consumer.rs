@@ -434,9 +434,7 @@ impl RelayContext {
                     }
                     continue;
                 };
-                // A LATEST or AT_TIMESTAMP start is committed by the run, so the next run keeps its place; a
-                // TRIM_HORIZON start (the log start) is where the next run would start anyway.
-                if let Some(&i) = index.get(&(topic.clone(), partition)).filter(|_| resolves_starts) {
+                if let Some(&i) = index.get(&(topic.clone(), partition)) {
                     assigned[i].start = Some(offset);
                 }
                 starts.insert((topic, partition), Offset::Offset(offset));

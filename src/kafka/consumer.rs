@@ -2,8 +2,8 @@
 //!
 //! Offsets are never auto-committed or auto-stored: the relay commits explicitly what
 //! [`crate::commit::OffsetTracker`] allows. `StartingPosition` applies only to partitions without a
-//! committed offset, looked up (`ListOffsets`, in chunked requests) when the partitions are assigned; a
-//! TRIM_HORIZON partition whose lookup failed starts through `auto.offset.reset` (the oldest record).
+//! committed offset: TRIM_HORIZON through `auto.offset.reset`, LATEST and AT_TIMESTAMP by looking the
+//! offsets up (`ListOffsets`) when the partitions are assigned.
 //!
 //! Rule enforced in [`RelayContext`]'s assignment: **a LATEST or AT_TIMESTAMP partition is consumed only from
 //! a starting offset the relay resolved itself** (and the run commits that offset, so the next run starts
@@ -393,31 +393,25 @@ impl RelayContext {
                 }
             }
         }
-        if !without_offset.is_empty() {
-            // ListOffsets in chunked requests: by timestamp, -1 (the log end) for LATEST, -2 (the log start)
-            // for TRIM_HORIZON. TRIM_HORIZON could be left to librdkafka's reset policy, which loses nothing,
-            // but that looks each partition up in a request of its own: over thousands of partitions records
-            // trickled in for the whole run (issue 13). Its failures are left to that policy, without retries.
+        if !without_offset.is_empty() && resolves_starts {
+            // ListOffsets in chunked requests: by timestamp, or -1 (the log end) for LATEST.
             let query = match self.starting_position {
                 StartingPosition::Latest => Offset::End,
-                StartingPosition::TrimHorizon => Offset::Beginning,
-                StartingPosition::AtTimestamp => Offset::Offset(self.starting_timestamp_ms.unwrap_or(0)),
+                _ => Offset::Offset(self.starting_timestamp_ms.unwrap_or(0)),
             };
-            let query = partition_list(without_offset.iter().map(|(t, p)| (t.as_str(), *p, query)));
-            let (mut resolved, failed) = self.list_offsets(consumer, &query, deadline, resolves_starts);
-            if resolves_starts {
-                unresolved.extend(failed);
-            }
+            let (mut resolved, failed) =
+                self.list_offsets(consumer, &partition_list(without_offset.iter().map(|(t, p)| (t.as_str(), *p, query))), deadline);
+            unresolved.extend(failed);
             let past_end: Vec<(String, i32)> = resolved
                 .iter()
                 .filter(|(_, offset)| offset.is_none())
                 .map(|((topic, partition), _)| (topic.clone(), *partition))
                 .collect();
-            if !past_end.is_empty() && self.starting_position == StartingPosition::AtTimestamp {
+            if !past_end.is_empty() {
                 // No record at or after the timestamp: start at the log end.
                 let ends = partition_list(past_end.iter().map(|(topic, partition)| (topic.as_str(), *partition, Offset::End)));
                 resolved.retain(|(_, offset)| offset.is_some());
-                let (at_end, failed) = self.list_offsets(consumer, &ends, deadline, true);
+                let (at_end, failed) = self.list_offsets(consumer, &ends, deadline);
                 resolved.extend(at_end);
                 unresolved.extend(failed);
             }
@@ -428,10 +422,8 @@ impl RelayContext {
                 .collect();
             for ((topic, partition), offset) in resolved {
                 let Some(offset) = offset else {
-                    if resolves_starts {
-                        unresolved
-                            .insert((topic, partition), "LIST_OFFSETS_FAILED: the log end offset was not returned".into());
-                    }
+                    unresolved
+                        .insert((topic, partition), "LIST_OFFSETS_FAILED: the log end offset was not returned".into());
                     continue;
                 };
                 if let Some(&i) = index.get(&(topic.clone(), partition)) {
@@ -541,8 +533,8 @@ impl RelayContext {
         Ok(out)
     }
 
-    /// `ListOffsets` for `query` (offsets are timestamps, -1 for the log end or -2 for the log start); with
-    /// `retry`, retried with backoff for the partitions that failed. Returns the partitions resolved (`None`: no record at or after the
+    /// `ListOffsets` for `query` (offsets are timestamps, or -1 for the log end), retried with backoff for
+    /// the partitions that failed. Returns the partitions resolved (`None`: no record at or after the
     /// timestamp) and those still failing, each with a sentence naming the last error.
     #[allow(clippy::type_complexity)]
     fn list_offsets(
@@ -550,14 +542,13 @@ impl RelayContext {
         consumer: &BaseConsumer<Self>,
         query: &TopicPartitionList,
         deadline: Instant,
-        retry: bool,
     ) -> (Vec<((String, i32), Option<i64>)>, BTreeMap<(String, i32), String>) {
         let mut pending: BTreeMap<(String, i32), Offset> =
             query.elements().iter().map(|e| ((e.topic().to_string(), e.partition()), e.offset())).collect();
         let mut resolved = Vec::new();
         let mut errors: BTreeMap<(String, i32), String> = BTreeMap::new();
         let mut attempt = 0;
-        while !pending.is_empty() && (retry || attempt == 0) {
+        while !pending.is_empty() {
             let Some(wait) = self.start_lookup.wait_before(attempt, deadline) else {
                 break;
             };

@@ -169,7 +169,7 @@ fn run_with_three_workers_shares_the_partitions_and_reports_every_worker() -> Te
     assert_eq!(entries.len(), 3, "one entry per worker: {report}");
     let polled: Vec<i64> = entries.iter().map(|m| m["Counts"]["Polled"].as_i64().unwrap_or(0)).collect();
     assert!(polled.iter().filter(|n| **n > 0).count() >= 2, "the partitions were shared: {polled:?}");
-    assert_eq!(overlaps.load(Ordering::SeqCst), 0, "a partition was in two invocations at once");
+    assert_eq!(overlaps.load(Ordering::SeqCst), 0, "a partition was in two invocations at once; the workers' log:\n{}", finished.stderr_tail());
     let delivered: BTreeSet<(i32, i64)> = lambda.invocations("recorder").iter().flat_map(|i| event_records(&i.payload)).collect();
     let expected: BTreeSet<(i32, i64)> = produced.iter().map(|p| (p.partition, p.offset)).collect();
     assert_eq!(delivered, expected, "every record delivered");

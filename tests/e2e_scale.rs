@@ -177,3 +177,49 @@ fn run_with_three_workers_shares_the_partitions_and_reports_every_worker() -> Te
     drop(runtime);
     Ok(())
 }
+
+/// A LATEST mapping's first run with three workers while records arrive: every worker looks the partitions'
+/// starts up when they are assigned (no committed offsets yet), and still no partition is ever in two
+/// invocations at once. (A start lookup made in the assign callback for TRIM_HORIZON, tried and reverted,
+/// made the three-workers test above fail that way when a worker left mid-run.)
+#[test]
+fn latest_first_run_with_three_workers_never_overlaps() -> TestResult {
+    const PARTITIONS: i32 = 12;
+    let topic = unique_name("latest-workers");
+    let group = unique_name("group");
+    create_topic(&tansu(), &topic, PARTITIONS)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let lambda = runtime.block_on(LocalLambda::start())?;
+    let overlaps = register_recorder(&lambda, Duration::from_millis(100));
+    let mut mapping = tansu_mapping("recorder", &topic, &group);
+    mapping["BatchSize"] = json!(10);
+    mapping["StartingPosition"] = json!("LATEST");
+    let dir = TempDir::new("workers-config")?;
+    let file = dir.path().join("config.json");
+    std::fs::write(&file, serde_json::to_vec(&json!({"Mappings": [mapping]}))?)?;
+    let bootstrap = tansu();
+    let producer_topic = topic.clone();
+    // 60 records every 400 ms for 12 s, while the workers join, look their starts up and consume.
+    let producer = std::thread::spawn(move || {
+        for round in 0..30 {
+            std::thread::sleep(Duration::from_millis(400));
+            let _ = populate_topic(&bootstrap, &producer_topic, PARTITIONS, 60, |i| format!("r{round}-{i}"));
+        }
+    });
+    let mut command = Command::new(relay_bin());
+    command
+        .args(["run", "--workers", "3", "--max-seconds", "20", "--target-timeout", "3", "--max-in-flight", "2", "--config"])
+        .arg(&file)
+        .env("AWS_ENDPOINT_URL_LAMBDA", lambda.endpoint())
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("RUST_LOG", "warn");
+    let finished = run_captured("relay run --workers 3", command, PROCESS_TIMEOUT)?;
+    let _ = producer.join();
+    assert_eq!(finished.code(), Some(0), "{}", finished.stderr_tail());
+    assert!(!lambda.invocations("recorder").is_empty(), "records produced during the run were delivered");
+    assert_eq!(overlaps.load(Ordering::SeqCst), 0, "a partition was in two invocations at once; the workers' log:\n{}", finished.stderr_tail());
+    drop(runtime);
+    Ok(())
+}

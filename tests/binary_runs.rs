@@ -17,13 +17,13 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{committed_offsets, committed_offsets_of_topics, unique_name, TestResult};
 use kafka_lambda_relay::kafka::mock::MockKafka;
 use kafka_lambda_relay::relay::CLOSE_GRACE;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// The mock cluster's partitions for a topic it creates on first use.
 const AUTO_PARTITIONS: i32 = 4;
@@ -42,7 +42,7 @@ fn a_run_over_5000_topics_ends_by_its_deadline_and_loses_no_starting_position() 
         kafka.produce(name, 0, None, Some(b"x"))?;
     }
     kafka.flush()?;
-    let group = format!("deadline-{}", uuid::Uuid::new_v4().simple());
+    let group = unique_name("deadline");
 
     let run = run_binary(&mapping(&kafka, &names, &group), &["--max-seconds", &RUN_SECONDS.to_string()])?;
 
@@ -56,7 +56,7 @@ fn a_run_over_5000_topics_ends_by_its_deadline_and_loses_no_starting_position() 
     eprintln!("ended after {:?}; {reported} partitions in the report", run.took);
     if reported > 0 {
         assert_eq!(reported, TOPICS * AUTO_PARTITIONS as usize, "{report}");
-        let committed = committed_offsets(kafka.bootstrap_servers(), &group, &names, AUTO_PARTITIONS)?;
+        let committed = committed_offsets_of_topics(kafka.bootstrap_servers(), &group, &names, AUTO_PARTITIONS)?;
         // Each topic has one record, in partition 0: its log end is 1 there and 0 elsewhere.
         let expected: Vec<Option<i64>> = names.iter().flat_map(|_| (0..AUTO_PARTITIONS).map(|p| Some(i64::from(p == 0)))).collect();
         let missing = committed.iter().zip(&expected).filter(|(c, e)| c != e).count();
@@ -68,7 +68,7 @@ fn a_run_over_5000_topics_ends_by_its_deadline_and_loses_no_starting_position() 
 #[test]
 fn a_latest_start_that_cannot_be_looked_up_fails_the_run_instead_of_starting_anywhere() -> TestResult {
     let kafka = MockKafka::start(1)?;
-    let topic = format!("start-{}", uuid::Uuid::new_v4().simple());
+    let topic = unique_name("start");
     kafka.create_topic(&topic, 2)?;
     for partition in 0..2 {
         for _ in 0..3 {
@@ -76,7 +76,7 @@ fn a_latest_start_that_cannot_be_looked_up_fails_the_run_instead_of_starting_any
         }
     }
     kafka.flush()?;
-    let group = format!("start-{}", uuid::Uuid::new_v4().simple());
+    let group = unique_name("start");
     let config = mapping(&kafka, std::slice::from_ref(&topic), &group);
 
     // Run 1: every ListOffsets fails. Nothing is consumed, the report says why, the exit is non-zero.
@@ -86,22 +86,22 @@ fn a_latest_start_that_cannot_be_looked_up_fails_the_run_instead_of_starting_any
     assert_eq!(run.code, Some(1), "the run reported success; stderr:\n{}", run.stderr_tail());
     assert_eq!(report["Mappings"][0]["ErrorCode"], "STARTING_POSITION_UNRESOLVED", "{report}");
     kafka.clear_request_errors(RDKafkaApiKey::ListOffsets);
-    assert_eq!(committed_offsets(kafka.bootstrap_servers(), &group, std::slice::from_ref(&topic), 2)?, vec![None, None]);
+    assert_eq!(committed_offsets(kafka.bootstrap_servers(), &group, &topic, 2)?, vec![None, None]);
 
     // Run 2: the lookup works; the start (the log end, 3) is committed although nothing arrived, so a record
     // produced before the next run is delivered by it.
     let run = run_binary(&config, &["--until-idle", "--max-seconds", "30"])?;
     assert_eq!(run.code, Some(0), "{}", run.stderr_tail());
-    assert_eq!(committed_offsets(kafka.bootstrap_servers(), &group, std::slice::from_ref(&topic), 2)?, vec![Some(3), Some(3)]);
+    assert_eq!(committed_offsets(kafka.bootstrap_servers(), &group, &topic, 2)?, vec![Some(3), Some(3)]);
     Ok(())
 }
 
 #[test]
 fn a_run_shorter_than_the_target_timeout_is_a_problem_not_an_idle_success() -> TestResult {
     let kafka = MockKafka::start(1)?;
-    let topic = format!("short-{}", uuid::Uuid::new_v4().simple());
+    let topic = unique_name("short");
     kafka.create_topic(&topic, 1)?;
-    let group = format!("short-{}", uuid::Uuid::new_v4().simple());
+    let group = unique_name("short");
 
     let run = run_binary(&mapping(&kafka, std::slice::from_ref(&topic), &group), &["--max-seconds", "5", "--target-timeout", "30"])?;
 
@@ -148,7 +148,7 @@ impl Run {
 /// record reaches a target in these tests, so nothing is invoked, and nothing may reach a real AWS endpoint. `TEST_RELAY_LOG` sets the run's
 /// `RUST_LOG` (default `warn`).
 fn run_binary(config: &serde_json::Value, args: &[&str]) -> TestResult<Run> {
-    let path = std::env::temp_dir().join(format!("relay-run-{}.json", uuid::Uuid::new_v4().simple()));
+    let path = std::env::temp_dir().join(format!("{}.json", unique_name("relay-run")));
     std::fs::write(&path, serde_json::to_vec(config)?)?;
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_kafka-lambda-relay"))
@@ -183,26 +183,4 @@ fn reader(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<std::
         let mut text = String::new();
         pipe.read_to_string(&mut text).map(|_| text)
     })
-}
-
-/// The group's committed offsets of partitions 0..`partitions` of every topic, in requests of at most 500
-/// partitions.
-fn committed_offsets(bootstrap: &str, group: &str, topics: &[String], partitions: i32) -> TestResult<Vec<Option<i64>>> {
-    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create()?;
-    let mut out = Vec::new();
-    for chunk in topics.chunks((500 / partitions as usize).max(1)) {
-        let mut wanted = TopicPartitionList::new();
-        for topic in chunk {
-            wanted.add_partition_range(topic, 0, partitions - 1);
-        }
-        let committed = consumer.committed_offsets(wanted, Duration::from_secs(30))?;
-        out.extend(committed.elements().iter().map(|e| match e.offset() {
-            Offset::Offset(n) => Some(n),
-            _ => None,
-        }));
-        // librdkafka hangs destroying a consumer while a list it returned is alive.
-        drop(committed);
-    }
-    drop(consumer);
-    Ok(out)
 }

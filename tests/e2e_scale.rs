@@ -150,19 +150,7 @@ fn run_with_three_workers_shares_the_partitions_and_reports_every_worker() -> Te
     let overlaps = register_recorder(&lambda, Duration::from_millis(100));
     let mut mapping = tansu_mapping("recorder", &topic, &group);
     mapping["BatchSize"] = json!(10);
-    let dir = TempDir::new("workers-config")?;
-    let file = dir.path().join("config.json");
-    std::fs::write(&file, serde_json::to_vec(&json!({"Mappings": [mapping]}))?)?;
-    let mut command = Command::new(relay_bin());
-    command
-        .args(["run", "--workers", "3", "--until-idle", "--max-seconds", "60", "--target-timeout", "3", "--max-in-flight", "2", "--config"])
-        .arg(&file)
-        .env("AWS_ENDPOINT_URL_LAMBDA", lambda.endpoint())
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
-        .env("RUST_LOG", "warn");
-    let finished = run_captured("relay run --workers 3", command, PROCESS_TIMEOUT)?;
+    let finished = run_three_workers(&mapping, &lambda, &["--until-idle", "--max-seconds", "60"])?;
     assert_eq!(finished.code(), Some(0), "{}", finished.stderr_tail());
     let report = finished.json()?;
     let entries = report["Mappings"].as_array().ok_or("Mappings")?;
@@ -194,9 +182,6 @@ fn latest_first_run_with_three_workers_never_overlaps() -> TestResult {
     let mut mapping = tansu_mapping("recorder", &topic, &group);
     mapping["BatchSize"] = json!(10);
     mapping["StartingPosition"] = json!("LATEST");
-    let dir = TempDir::new("workers-config")?;
-    let file = dir.path().join("config.json");
-    std::fs::write(&file, serde_json::to_vec(&json!({"Mappings": [mapping]}))?)?;
     let bootstrap = tansu();
     let producer_topic = topic.clone();
     // 60 records every 400 ms for 12 s, while the workers join, look their starts up and consume.
@@ -206,20 +191,31 @@ fn latest_first_run_with_three_workers_never_overlaps() -> TestResult {
             let _ = populate_topic(&bootstrap, &producer_topic, PARTITIONS, 60, |i| format!("r{round}-{i}"));
         }
     });
-    let mut command = Command::new(relay_bin());
-    command
-        .args(["run", "--workers", "3", "--max-seconds", "20", "--target-timeout", "3", "--max-in-flight", "2", "--config"])
-        .arg(&file)
-        .env("AWS_ENDPOINT_URL_LAMBDA", lambda.endpoint())
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
-        .env("RUST_LOG", "warn");
-    let finished = run_captured("relay run --workers 3", command, PROCESS_TIMEOUT)?;
+    let finished = run_three_workers(&mapping, &lambda, &["--max-seconds", "20"])?;
     let _ = producer.join();
     assert_eq!(finished.code(), Some(0), "{}", finished.stderr_tail());
     assert!(!lambda.invocations("recorder").is_empty(), "records produced during the run were delivered");
     assert_eq!(overlaps.load(Ordering::SeqCst), 0, "a partition was in two invocations at once; the workers' log:\n{}", finished.stderr_tail());
     drop(runtime);
     Ok(())
+}
+
+/// `run --workers 3 <args>` of `mapping` on a laptop, invoking through `lambda`: at most two invocations in
+/// flight per process, a 3 s target timeout.
+fn run_three_workers(mapping: &serde_json::Value, lambda: &LocalLambda, args: &[&str]) -> TestResult<Finished> {
+    let dir = TempDir::new("workers-config")?;
+    let file = dir.path().join("config.json");
+    std::fs::write(&file, serde_json::to_vec(&json!({"Mappings": [mapping]}))?)?;
+    let mut command = Command::new(relay_bin());
+    command
+        .args(["run", "--workers", "3", "--target-timeout", "3", "--max-in-flight", "2"])
+        .args(args)
+        .arg("--config")
+        .arg(&file)
+        .env("AWS_ENDPOINT_URL_LAMBDA", lambda.endpoint())
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("RUST_LOG", "warn");
+    run_captured("relay run --workers 3", command, PROCESS_TIMEOUT)
 }

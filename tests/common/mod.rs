@@ -220,20 +220,28 @@ fn group_consumer(bootstrap: &str, group: &str) -> TestResult<BaseConsumer> {
 
 /// The group's committed offset per partition `0..partitions` (`None` where it has none).
 pub fn committed_offsets(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> TestResult<Vec<Option<i64>>> {
+    committed_offsets_of_topics(bootstrap, group, std::slice::from_ref(&topic.to_string()), partitions)
+}
+
+/// [`committed_offsets`] of every topic of `topics` in turn, asked in requests of at most 500 partitions
+/// (thousands of topics in one request take librdkafka seconds).
+pub fn committed_offsets_of_topics(bootstrap: &str, group: &str, topics: &[String], partitions: i32) -> TestResult<Vec<Option<i64>>> {
     let consumer = group_consumer(bootstrap, group)?;
-    let mut wanted = TopicPartitionList::new();
-    for p in 0..partitions {
-        wanted.add_partition(topic, p);
-    }
-    let committed = consumer.committed_offsets(wanted, KAFKA_TIMEOUT)?;
-    let offsets = (0..partitions)
-        .map(|p| match committed.find_partition(topic, p).map(|e| e.offset()) {
-            Some(Offset::Offset(n)) => Some(n),
+    let mut offsets = Vec::new();
+    for chunk in topics.chunks((500 / partitions.max(1) as usize).max(1)) {
+        let mut wanted = TopicPartitionList::new();
+        for topic in chunk {
+            wanted.add_partition_range(topic, 0, partitions - 1);
+        }
+        let committed = consumer.committed_offsets(wanted, KAFKA_TIMEOUT)?;
+        // The answer lists the partitions in the order asked.
+        offsets.extend(committed.elements().iter().map(|e| match e.offset() {
+            Offset::Offset(n) => Some(n),
             _ => None,
-        })
-        .collect();
-    // librdkafka hangs in rd_kafka_destroy when a consumer is dropped while a list it returned is alive.
-    drop(committed);
+        }));
+        // librdkafka hangs in rd_kafka_destroy when a consumer is dropped while a list it returned is alive.
+        drop(committed);
+    }
     drop(consumer);
     Ok(offsets)
 }

@@ -55,14 +55,9 @@ fn run_refuses_an_invalid_configuration_without_connecting() -> Result<(), Box<d
 
 #[test]
 fn a_misspelled_field_is_an_error_naming_it() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = std::env::temp_dir().join(format!("relay-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join("typo.json");
-    std::fs::write(&path, r#"{"Mappings": [{"FunctionName": "f", "Topics": ["t"], "StartingPositon": "LATEST"}]}"#)?;
-    let out = relay().args(["validate", "--config"]).arg(&path).output()?;
-    std::fs::remove_dir_all(&dir)?;
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8(out.stderr)?.contains("StartingPositon"));
+    let (code, stderr) = validate_file(br#"{"Mappings": [{"FunctionName": "f", "Topics": ["t"], "StartingPositon": "LATEST"}]}"#)?;
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("StartingPositon"));
     Ok(())
 }
 
@@ -101,12 +96,15 @@ fn valid_mapping(group: &str) -> serde_json::Value {
 
 /// `validate` on `mappings`: the exit code and stderr.
 fn validate(mappings: Vec<serde_json::Value>) -> Result<(Option<i32>, String), Box<dyn std::error::Error>> {
-    let dir = std::env::temp_dir().join(format!("relay-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join(format!("{}.json", uuid::Uuid::new_v4()));
-    std::fs::write(&path, serde_json::to_vec(&serde_json::json!({"Mappings": mappings}))?)?;
-    let out = relay().args(["validate", "--config", path.to_str().ok_or("path")?]).output()?;
-    let _ = std::fs::remove_file(&path);
+    validate_file(&serde_json::to_vec(&serde_json::json!({"Mappings": mappings}))?)
+}
+
+/// `validate --config` on a file holding `contents` (a file of its own: the tests run at once).
+fn validate_file(contents: &[u8]) -> Result<(Option<i32>, String), Box<dyn std::error::Error>> {
+    let path = std::env::temp_dir().join(format!("relay-cli-{}.json", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&path, contents)?;
+    let out = relay().args(["validate", "--config"]).arg(&path).output()?;
+    std::fs::remove_file(&path)?;
     Ok((out.status.code(), String::from_utf8(out.stderr)?))
 }
 

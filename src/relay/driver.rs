@@ -531,11 +531,10 @@ impl<'a> Driver<'a> {
                 // Watermarks of the last fetch only (cached by librdkafka): no broker round trip. Each costs
                 // librdkafka a search of its topics, so over many partitions the line leaves the lag out
                 // rather than hold the loop (issue 13).
-                let positions = self.ledger.positions_after(None);
                 let left = if self.ledger.assigned_count() > PROGRESS_LAG_PARTITIONS {
                     None
                 } else {
-                    crate::metrics::lag_remaining(positions.map(|(key, position)| {
+                    crate::metrics::lag_remaining(self.ledger.positions_after(None).map(|(key, position)| {
                         (position, consumer::watermarks(&self.consumer, key, Duration::ZERO).map(|(_, high)| high))
                     }))
                 };

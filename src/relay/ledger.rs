@@ -448,7 +448,7 @@ impl Ledger {
 
     /// The local position of each assigned partition: the committable offset (the next record to deliver).
     pub fn positions(&self) -> BTreeMap<PartitionKey, Option<i64>> {
-        self.partitions.iter().filter(|(_, p)| p.assigned).map(|(k, p)| (k.clone(), p.tracker.committable())).collect()
+        self.positions_after(None).map(|(k, position)| (k.clone(), position)).collect()
     }
 
     /// [`Ledger::positions`] of the assigned partitions after `after` (all of them for `None`), in order, without
